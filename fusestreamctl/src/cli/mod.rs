@@ -1,0 +1,238 @@
+//! The command-line client: one function per subcommand, each a call to the control
+//! plane. Errors are printed as one line; the exit code says what kind of failure it was
+//! (see [`Failure`]).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use fusestream_shared::api::{self, control_client::ControlClient};
+use fusestream_shared::{grpc, http};
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// How a command failed, and so its exit code.
+pub enum Failure {
+    /// The request failed (exit 1).
+    Request(String),
+    /// The command line was wrong (exit 2).
+    Usage(String),
+    /// The control plane is not reachable (exit 3).
+    Unreachable(String),
+}
+
+impl Failure {
+    pub fn report(self) -> ExitCode {
+        let (message, code) = match self {
+            Failure::Request(m) => (m, 1),
+            Failure::Usage(m) => (m, 2),
+            Failure::Unreachable(m) => (m, 3),
+        };
+        eprintln!("fusestreamctl: {message}");
+        ExitCode::from(code)
+    }
+}
+
+pub struct Client {
+    control: ControlClient<Channel>,
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: &Path) -> Client {
+        // Generous: staging resolves remote metadata; the server bounds its own calls.
+        let channel = grpc::unix_channel(socket, Duration::from_secs(120));
+        Client {
+            control: ControlClient::new(channel),
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    /// Turns a failed call into a one-line failure, `context` first.
+    fn failure(&self, context: &str, status: tonic::Status) -> Failure {
+        // The server itself also answers UNAVAILABLE (e.g. mount daemon down), so ask
+        // the socket whether anyone is there.
+        let transport_down = matches!(status.code(), Code::Unavailable | Code::Unknown)
+            && std::os::unix::net::UnixStream::connect(&self.socket).is_err();
+        if transport_down {
+            return Failure::Unreachable(format!(
+                "control plane at {} is not running (start it with `fusestreamctl serve`)",
+                self.socket.display()
+            ));
+        }
+        Failure::Request(format!(
+            "{context}: {}: {}",
+            code_name(status.code()),
+            status.message()
+        ))
+    }
+
+    pub async fn stage(
+        &self,
+        sources: &[String],
+        name: Option<String>,
+        replace: bool,
+    ) -> Result<(), Failure> {
+        if name.is_some() && sources.len() != 1 {
+            return Err(Failure::Usage("--name needs exactly one source".into()));
+        }
+        let mut failed = None;
+        for source in sources {
+            let request = api::StageRequest {
+                source: absolute_source(source)?,
+                name: name.clone().unwrap_or_default(),
+                replace,
+            };
+            match self.control.clone().stage(request).await {
+                Ok(response) => {
+                    let path = response
+                        .into_inner()
+                        .entry
+                        .map(|e| e.path)
+                        .unwrap_or_default();
+                    println!("{path}");
+                }
+                Err(status) => {
+                    let failure = self.failure(&format!("stage {source}"), status);
+                    if let Failure::Unreachable(_) = failure {
+                        return Err(failure);
+                    }
+                    // Report now, go on with the other sources, fail at the end.
+                    if let Some(previous) = failed.replace(failure) {
+                        let _ = previous.report();
+                    }
+                }
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    pub async fn unstage(&self, names: &[String]) -> Result<(), Failure> {
+        for name in names {
+            self.control
+                .clone()
+                .unstage(api::UnstageRequest { name: name.clone() })
+                .await
+                .map_err(|s| self.failure(&format!("unstage {name}"), s))?;
+        }
+        Ok(())
+    }
+
+    pub async fn ls(&self) -> Result<(), Failure> {
+        let entries = self
+            .control
+            .clone()
+            .list(api::ListRequest {})
+            .await
+            .map_err(|s| self.failure("ls", s))?
+            .into_inner()
+            .entries;
+        let rows: Vec<[String; 5]> = entries
+            .iter()
+            .map(|e| {
+                [
+                    e.name.clone(),
+                    e.size.to_string(),
+                    e.bytes_fetched.to_string(),
+                    e.open_handles.to_string(),
+                    e.source.clone(),
+                ]
+            })
+            .collect();
+        print_table(["NAME", "SIZE", "FETCHED", "OPEN", "SOURCE"], &rows);
+        Ok(())
+    }
+
+    pub async fn status(&self) -> Result<(), Failure> {
+        let status = self
+            .control
+            .clone()
+            .status(api::StatusRequest {})
+            .await
+            .map_err(|s| self.failure("status", s))?
+            .into_inner();
+        if let Some(c) = status.control {
+            println!(
+                "control plane: running (pid {}, version {}, up {}s)",
+                c.pid, c.version, c.uptime_seconds
+            );
+            println!("  socket:        {}", c.socket);
+            if !c.listen.is_empty() {
+                println!("  listen:        {}", c.listen);
+            }
+            println!("  local files:   served on {}", c.local_source_addr);
+            println!("  mount daemon:  {}", c.mountd_socket);
+        }
+        match status.mount {
+            Some(m) => {
+                println!(
+                    "mount daemon: running (pid {}, version {}, up {}s)",
+                    m.pid, m.version, m.uptime_seconds
+                );
+                println!("  mount point:   {}", m.mountpoint);
+                println!("  cache dir:     {}", m.cache_dir);
+                println!("  entries:       {}", m.entries);
+                println!("  open handles:  {}", m.open_handles);
+                println!("  fetched:       {} bytes", m.bytes_fetched);
+                println!("  reads waiting: {}", m.reads_waiting);
+                Ok(())
+            }
+            None => Err(Failure::Request(format!(
+                "mount daemon: {}",
+                status.mount_error
+            ))),
+        }
+    }
+}
+
+/// The gRPC code in words, as the CLI prints it (e.g. "not found").
+fn code_name(code: Code) -> String {
+    let camel = format!("{code:?}");
+    let mut words = String::new();
+    for c in camel.chars() {
+        if c.is_uppercase() && !words.is_empty() {
+            words.push(' ');
+        }
+        words.push(c.to_ascii_lowercase());
+    }
+    words
+}
+
+/// Sources are sent to the control plane as absolute paths (it has its own working
+/// directory) or as URLs.
+fn absolute_source(source: &str) -> Result<String, Failure> {
+    if http::is_http_url(source) {
+        return Ok(source.to_string());
+    }
+    std::path::absolute(source)
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|e| Failure::Usage(format!("stage {source}: {e}")))
+}
+
+fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i + 1 == N {
+                    c.to_string()
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
+            .collect();
+        println!("{}", padded.join("  "));
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}

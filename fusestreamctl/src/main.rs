@@ -1,0 +1,130 @@
+//! `fusestreamctl`: the FuseStream control plane (`serve`) and the command-line client
+//! that talks to it.
+
+mod cli;
+mod serve;
+mod sources;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use fusestream_shared::logging::{self, LogTarget};
+use fusestream_shared::paths;
+
+use cli::{Client, Failure};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fusestreamctl",
+    version,
+    about = "Stage remote and local files into the FuseStream mount"
+)]
+struct Cli {
+    /// The control plane's socket.
+    #[arg(long, global = true, env = paths::CONTROL_SOCKET_ENV, default_value_os_t = paths::default_control_socket())]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane (as the user whose files and credentials it uses).
+    Serve {
+        /// The mount daemon's socket.
+        #[arg(long, env = paths::MOUNTD_SOCKET_ENV, default_value_os_t = paths::default_mountd_socket())]
+        mountd_socket: PathBuf,
+        /// Also serve the Control API on this TCP address (loopback only), e.g. 127.0.0.1:7450.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Lifetime in seconds of the temp URLs issued for local files (renewed at a quarter).
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(4..))]
+        url_lifetime: u64,
+        /// Write logs to this file instead of stderr.
+        #[arg(long)]
+        log_file: Option<PathBuf>,
+    },
+    /// Stage files or URLs; prints the path of each in the mount.
+    Stage {
+        /// Local files (relative paths are fine) or http(s) URLs.
+        #[arg(required = true)]
+        sources: Vec<String>,
+        /// Name in the mount (may contain '/'); only with a single source.
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace an entry already staged under the same name.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Remove entries from the mount (open files keep reading until closed).
+    Unstage {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// List staged entries: name, size, bytes fetched, open handles, source.
+    Ls,
+    /// Show the state of both daemons.
+    Status,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            mountd_socket,
+            listen,
+            url_lifetime,
+            log_file,
+        } => {
+            let target = log_file.map_or(LogTarget::Stderr, LogTarget::File);
+            if let Err(e) = logging::init(target, "info") {
+                return Failure::Request(format!("logging: {e}")).report();
+            }
+            let config = serve::ServeConfig {
+                socket: cli.socket,
+                mountd_socket,
+                listen,
+                url_lifetime: Duration::from_secs(url_lifetime),
+            };
+            let result = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| rt.block_on(serve::run(config)));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => Failure::Request(format!("serve: {e}")).report(),
+            }
+        }
+        command => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return Failure::Request(format!("runtime: {e}")).report(),
+            };
+            let result = runtime.block_on(async {
+                let client = Client::new(&cli.socket);
+                match command {
+                    Command::Stage {
+                        sources,
+                        name,
+                        replace,
+                    } => client.stage(&sources, name, replace).await,
+                    Command::Unstage { names } => client.unstage(&names).await,
+                    Command::Ls => client.ls().await,
+                    Command::Status => client.status().await,
+                    Command::Serve { .. } => unreachable!("handled above"),
+                }
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(failure) => failure.report(),
+            }
+        }
+    }
+}

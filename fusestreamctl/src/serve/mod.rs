@@ -1,0 +1,90 @@
+//! `fusestreamctl serve`: the unprivileged control plane. It serves the
+//! `fusestream.v1.Control` API, resolves sources into temp URLs with the user's rights,
+//! hands entries to the mount daemon and renews the URLs it issued before they expire.
+
+mod control;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fusestream_shared::api::control_server::ControlServer;
+use fusestream_shared::{grpc, readiness};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::sources::http::HttpSource;
+use crate::sources::local::LocalSource;
+use control::ControlService;
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub socket: PathBuf,
+    pub mountd_socket: PathBuf,
+    pub listen: Option<SocketAddr>,
+    /// Lifetime of the temp URLs issued for local files.
+    pub url_lifetime: Duration,
+}
+
+pub async fn run(config: ServeConfig) -> Result<(), String> {
+    if let Some(addr) = config.listen
+        && !addr.ip().is_loopback()
+    {
+        return Err(format!(
+            "--listen {addr}: only loopback addresses are allowed (the API is unauthenticated)"
+        ));
+    }
+    let unix = grpc::bind_unix(&config.socket, 0o600)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tcp = match config.listen {
+        Some(addr) => Some(grpc::bind_tcp(addr).await.map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let listen = tcp.as_ref().and_then(|l| l.local_addr().ok());
+    let local = LocalSource::start(config.url_lifetime)
+        .await
+        .map_err(|e| format!("local file server: {e}"))?;
+    let http = HttpSource::new().map_err(|e| format!("HTTP client: {e}"))?;
+    let mountd = grpc::unix_channel(&config.mountd_socket, Duration::from_secs(30));
+    let service = Arc::new(ControlService::new(
+        config.clone(),
+        listen,
+        local,
+        http,
+        mountd,
+    ));
+    let renewal = tokio::spawn(service.clone().renew_urls());
+
+    let mut routes = tonic::service::Routes::builder();
+    routes.add_service(ControlServer::from_arc(service));
+    let routes = grpc::with_standard_services(routes, &["fusestream.v1.Control"])
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
+        socket = %config.socket.display(),
+        listen = ?listen,
+        mountd_socket = %config.mountd_socket.display(),
+        "control plane serving"
+    );
+    if let Some(addr) = listen {
+        // Machine-readable, for scripts that asked for an ephemeral port.
+        println!("listening on {addr}");
+    }
+    if let Err(e) = readiness::notify("READY=1") {
+        tracing::warn!("readiness notification failed: {e}");
+    }
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    let result = grpc::serve(routes, unix, tcp, shutdown).await;
+    renewal.abort();
+    let _ = std::fs::remove_file(&config.socket);
+    result.map_err(|e| e.to_string())
+}

@@ -1,0 +1,193 @@
+//! The `fusestream.v1.Mount` gRPC service: staging, listing and renewing entries.
+//!
+//! Requests are checked here (names, URL schemes) and errors are mapped to gRPC status in
+//! one place, [`status_of`]. The caller's uid and gid, from the Unix socket's peer
+//! credentials, become the owner of the entries it stages.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fusestream_shared::api::{self, mount_server::Mount};
+use fusestream_shared::{http, names};
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use crate::fs::{EntryInfo, Fs, NamespaceError, NewEntry};
+use crate::object::Version;
+use crate::store::BackingStore;
+
+pub struct MountService {
+    fs: Arc<Fs>,
+}
+
+impl MountService {
+    pub fn new(fs: Arc<Fs>) -> MountService {
+        MountService { fs }
+    }
+}
+
+/// Who may call the Mount service: root, the daemon's own user and `allowed` uids.
+pub fn peer_check(
+    allowed: Vec<u32>,
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    move |request: Request<()>| {
+        let uid = request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|info| info.peer_cred)
+            .map(|cred| cred.uid());
+        match uid {
+            Some(uid) if uid == 0 || uid == me || allowed.contains(&uid) => Ok(request),
+            Some(uid) => Err(Status::permission_denied(format!(
+                "uid {uid} may not use the mount daemon (see --allow-uid)"
+            ))),
+            None => Err(Status::permission_denied("peer credentials unavailable")),
+        }
+    }
+}
+
+fn peer_owner<T>(request: &Request<T>) -> (u32, u32) {
+    request
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|info| info.peer_cred)
+        .map_or((0, 0), |cred| (cred.uid(), cred.gid()))
+}
+
+/// The one mapping from the core's namespace errors to gRPC status.
+fn status_of(error: NamespaceError) -> Status {
+    let message = error.to_string();
+    match error {
+        NamespaceError::InvalidName { .. } => Status::invalid_argument(message),
+        NamespaceError::AlreadyExists(_) | NamespaceError::Conflict { .. } => {
+            Status::already_exists(message)
+        }
+        NamespaceError::NotFound(_) => Status::not_found(message),
+    }
+}
+
+fn unix_time(secs: i64) -> Option<SystemTime> {
+    (secs > 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64))
+}
+
+fn check_url(url: &str) -> Result<(), Status> {
+    if http::is_http_url(url) {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(
+            "url must be an http:// or https:// URL",
+        ))
+    }
+}
+
+fn to_api(info: EntryInfo) -> api::EntryInfo {
+    api::EntryInfo {
+        name: info.name,
+        path: info.path.to_string_lossy().into_owned(),
+        size: info.size,
+        bytes_fetched: info.bytes_fetched,
+        open_handles: info.open_handles,
+        source: info.source,
+        etag: info.etag,
+        inode: info.ino,
+        url_expires_unix: info.url_expires_unix,
+    }
+}
+
+#[tonic::async_trait]
+impl Mount for MountService {
+    async fn add_entry(
+        &self,
+        request: Request<api::AddEntryRequest>,
+    ) -> Result<Response<api::AddEntryResponse>, Status> {
+        let owner = peer_owner(&request);
+        let request = request.into_inner();
+        let spec = request
+            .entry
+            .ok_or_else(|| Status::invalid_argument("entry is required"))?;
+        names::validate(&spec.name)
+            .map_err(|e| Status::invalid_argument(format!("invalid name {:?}: {e}", spec.name)))?;
+        check_url(&spec.url)?;
+        let version = spec
+            .version
+            .ok_or_else(|| Status::invalid_argument("entry.version is required"))?;
+        let dir = self.fs.config().cache_dir.clone();
+        let size = version.size;
+        let store = tokio::task::spawn_blocking(move || BackingStore::create(&dir, size))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::resource_exhausted(format!("creating the backing store: {e}")))?;
+        let entry = NewEntry {
+            name: spec.name,
+            url: spec.url,
+            url_expires_unix: spec.url_expires_unix,
+            version: Version {
+                size,
+                etag: version.etag,
+                last_modified: unix_time(version.last_modified_unix),
+            },
+            source: fusestream_shared::redact::url(&spec.source),
+            owner,
+        };
+        let name = entry.name.clone();
+        let info = self
+            .fs
+            .add(entry, store, request.replace)
+            .map_err(status_of)?;
+        tracing::info!(name, size, "staged");
+        Ok(Response::new(api::AddEntryResponse {
+            entry: Some(to_api(info)),
+        }))
+    }
+
+    async fn remove_entry(
+        &self,
+        request: Request<api::RemoveEntryRequest>,
+    ) -> Result<Response<api::RemoveEntryResponse>, Status> {
+        let name = request.into_inner().name;
+        self.fs.remove(&name).map_err(status_of)?;
+        tracing::info!(name, "unstaged");
+        Ok(Response::new(api::RemoveEntryResponse {}))
+    }
+
+    async fn list_entries(
+        &self,
+        _request: Request<api::ListEntriesRequest>,
+    ) -> Result<Response<api::ListEntriesResponse>, Status> {
+        let entries = self.fs.entries().into_iter().map(to_api).collect();
+        Ok(Response::new(api::ListEntriesResponse { entries }))
+    }
+
+    async fn update_url(
+        &self,
+        request: Request<api::UpdateUrlRequest>,
+    ) -> Result<Response<api::UpdateUrlResponse>, Status> {
+        let request = request.into_inner();
+        check_url(&request.url)?;
+        self.fs
+            .update_url(&request.name, request.url, request.url_expires_unix)
+            .map_err(status_of)?;
+        Ok(Response::new(api::UpdateUrlResponse {}))
+    }
+
+    async fn get_status(
+        &self,
+        _request: Request<api::GetStatusRequest>,
+    ) -> Result<Response<api::MountStatus>, Status> {
+        let status = self.fs.status();
+        let config = self.fs.config();
+        Ok(Response::new(api::MountStatus {
+            mountpoint: config.mountpoint.to_string_lossy().into_owned(),
+            version: fusestream_shared::VERSION.into(),
+            pid: std::process::id(),
+            uptime_seconds: status.uptime.as_secs(),
+            entries: status.entries,
+            open_handles: status.open_handles,
+            bytes_fetched: status.bytes_fetched,
+            reads_waiting: status.reads_waiting,
+            cache_dir: config.cache_dir.to_string_lossy().into_owned(),
+        }))
+    }
+}

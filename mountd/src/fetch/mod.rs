@@ -1,0 +1,257 @@
+//! The data path's network side: HTTP range fetches from an entry's temp URL into its
+//! backing store.
+//!
+//! FUSE callbacks hand work to the fetcher with [`Fetcher::start`], which only spawns a
+//! task on the runtime (no waiting). Each task fetches one chunk range with a single
+//! `GET` + `Range`, writes the body into the store as it streams, and marks chunks present
+//! as soon as each is complete, so parked reads are answered while the rest of the range
+//! is still arriving. Requests are pinned to the staged version (`If-Match`, or
+//! `If-Unmodified-Since` without an ETag): a changed object fails reads instead of mixing
+//! bytes. Transient failures (connect errors, resets, 5xx, 429, a body that stalls) are
+//! retried with backoff, resuming at the first byte not yet received.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::Semaphore;
+
+use crate::FsError;
+use crate::object::Object;
+use crate::store::{CHUNK_SIZE, ChunkRange};
+
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    /// Fetches running at once, over all objects.
+    pub max_concurrent: usize,
+    /// A body that delivers no bytes for this long is abandoned and retried.
+    pub stall_timeout: Duration,
+    /// Attempts per range before reads fail.
+    pub max_attempts: u32,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            max_concurrent: 16,
+            stall_timeout: Duration::from_secs(10),
+            max_attempts: 4,
+        }
+    }
+}
+
+/// Why one attempt failed. Messages never contain the URL (it carries a signature).
+#[derive(Debug, Error)]
+enum FetchError {
+    #[error("{0}")]
+    Network(String),
+    #[error("no data for {0:?}")]
+    Stalled(Duration),
+    #[error("HTTP {0}")]
+    Status(reqwest::StatusCode),
+    #[error("{0}")]
+    Changed(String),
+    #[error("{0}")]
+    Protocol(String),
+    #[error("writing the backing store: {0}")]
+    Store(std::io::Error),
+}
+
+impl FetchError {
+    fn retryable(&self) -> bool {
+        match self {
+            FetchError::Network(_) | FetchError::Stalled(_) => true,
+            FetchError::Status(s) => s.is_server_error() || s.as_u16() == 429 || s.as_u16() == 408,
+            FetchError::Changed(_) | FetchError::Protocol(_) | FetchError::Store(_) => false,
+        }
+    }
+
+    fn network(e: reqwest::Error) -> FetchError {
+        FetchError::Network(e.without_url().to_string())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    permits: Arc<Semaphore>,
+    runtime: tokio::runtime::Handle,
+    config: FetchConfig,
+}
+
+impl Fetcher {
+    pub fn new(runtime: tokio::runtime::Handle, config: FetchConfig) -> reqwest::Result<Fetcher> {
+        let client = fusestream_shared::http::client_builder()
+            .pool_max_idle_per_host(config.max_concurrent)
+            .build()?;
+        Ok(Fetcher {
+            client,
+            permits: Arc::new(Semaphore::new(config.max_concurrent)),
+            runtime,
+            config,
+        })
+    }
+
+    /// Starts fetching `chunks` of `object`. Never waits: safe in a FUSE callback.
+    pub fn start(&self, object: Arc<Object>, chunks: ChunkRange) {
+        let fetcher = self.clone();
+        self.runtime
+            .spawn(async move { fetcher.run(object, chunks).await });
+    }
+
+    async fn run(self, object: Arc<Object>, chunks: ChunkRange) {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return;
+        };
+        let range = object.store.byte_range(chunks);
+        let mut next = range.start;
+        let mut attempt = 1;
+        loop {
+            match self.attempt(&object, &mut next, range.end).await {
+                Ok(()) => return,
+                Err(e) if e.retryable() && attempt < self.config.max_attempts => {
+                    tracing::debug!(error = %e, attempt, "fetch failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, source = %object.source, "fetch failed");
+                    let rest = ChunkRange {
+                        first: next / CHUNK_SIZE,
+                        end: chunks.end,
+                    };
+                    match e {
+                        FetchError::Changed(reason) => {
+                            object.store.poison(FsError::Changed(reason))
+                        }
+                        e => object.store.abandon(rest, FsError::Fetch(e.to_string())),
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One request for bytes `*next..end`; advances `*next` past every byte stored.
+    async fn attempt(&self, object: &Object, next: &mut u64, end: u64) -> Result<(), FetchError> {
+        let mut request = self.client.get(object.url()).header(
+            reqwest::header::RANGE,
+            format!("bytes={}-{}", *next, end - 1),
+        );
+        let version = &object.version;
+        // If-Match needs a strong ETag; a weak one falls back to the modification time.
+        if !version.etag.is_empty() && !version.etag.starts_with("W/") {
+            request = request.header(reqwest::header::IF_MATCH, &version.etag);
+        } else if let Some(modified) = version.last_modified {
+            request = request.header(
+                reqwest::header::IF_UNMODIFIED_SINCE,
+                httpdate::fmt_http_date(modified),
+            );
+        }
+        let stall = self.config.stall_timeout;
+        let mut response = tokio::time::timeout(stall, request.send())
+            .await
+            .map_err(|_| FetchError::Stalled(stall))?
+            .map_err(FetchError::network)?;
+        check_response(&response, *next, version.size)?;
+
+        // First chunk not yet complete (a resumed attempt may start inside it).
+        let mut completed_up_to = *next / CHUNK_SIZE;
+        while *next < end {
+            let body = tokio::time::timeout(stall, response.chunk())
+                .await
+                .map_err(|_| FetchError::Stalled(stall))?
+                .map_err(FetchError::network)?;
+            let Some(mut data) = body else {
+                return Err(FetchError::Network(format!(
+                    "body ended at byte {} of range ending at {end}",
+                    *next
+                )));
+            };
+            data.truncate((end - *next) as usize);
+            object
+                .store
+                .write(*next, &data)
+                .map_err(FetchError::Store)?;
+            *next += data.len() as u64;
+            let done = if *next == object.size() {
+                next.div_ceil(CHUNK_SIZE)
+            } else {
+                *next / CHUNK_SIZE
+            };
+            if done > completed_up_to {
+                object.store.complete(ChunkRange {
+                    first: completed_up_to,
+                    end: done,
+                });
+                completed_up_to = done;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `response` carries the object's bytes from `start`.
+fn check_response(response: &reqwest::Response, start: u64, size: u64) -> Result<(), FetchError> {
+    let status = response.status();
+    match status.as_u16() {
+        206 => {
+            let content_range = response
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let (got_start, total) = parse_content_range(content_range).ok_or_else(|| {
+                FetchError::Protocol(format!("bad Content-Range {content_range:?}"))
+            })?;
+            if got_start != start {
+                return Err(FetchError::Protocol(format!(
+                    "asked for bytes from {start}, got {content_range:?}"
+                )));
+            }
+            if total.is_some_and(|t| t != size) {
+                return Err(FetchError::Changed(format!(
+                    "size is now {content_range:?}, was {size} when staged"
+                )));
+            }
+            Ok(())
+        }
+        200 if start == 0 => Ok(()),
+        200 => Err(FetchError::Protocol(
+            "server ignored the Range header".into(),
+        )),
+        412 => Err(FetchError::Changed("precondition failed (HTTP 412)".into())),
+        404 | 410 => Err(FetchError::Changed(format!(
+            "object is gone (HTTP {status})"
+        ))),
+        416 => Err(FetchError::Changed(
+            "range not satisfiable (HTTP 416)".into(),
+        )),
+        _ => Err(FetchError::Status(status)),
+    }
+}
+
+/// Parses `bytes START-END/TOTAL` into START and TOTAL (None for `*`).
+fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, _) = range.split_once('-')?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some((start.trim().parse().ok()?, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_content_range() {
+        assert_eq!(parse_content_range("bytes 0-9/100"), Some((0, Some(100))));
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
+        assert_eq!(parse_content_range("bytes */100"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+    }
+}

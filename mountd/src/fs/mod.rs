@@ -1,0 +1,455 @@
+//! The filesystem core: namespace, open handles, read-ahead policy and the read path,
+//! independent of FUSE (the `fuse` module is a thin adapter over it, and the gRPC service
+//! uses it to stage entries), so it is testable without a mount.
+//!
+//! Locks, in the only order they may nest (outer first); none is held across I/O:
+//! 1. `namespace` (tree bookkeeping only),
+//! 2. `files` / `dirs` (handle tables; never taken together with `namespace`),
+//! 3. a handle's `readahead`, then a store's state lock (innermost, see `store`).
+//!
+//! Every operation here returns promptly: metadata is in memory, present data is a pread
+//! of the page cache, and missing data parks the reply (see `store`) with a deadline.
+
+mod namespace;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use namespace::{Namespace, NodeKind};
+pub use namespace::{NamespaceError, ROOT_INO, Unlinked};
+
+use crate::FsError;
+use crate::fetch::Fetcher;
+use crate::object::{Object, Version};
+use crate::store::{BackingStore, DataReply, ReadPlan};
+
+/// Attribute block size and the unit `statfs` reports in.
+pub const BLOCK_SIZE: u32 = 4096;
+/// Read-ahead window bounds for a sequential reader.
+const MIN_READAHEAD: u64 = 1 << 20;
+const MAX_READAHEAD: u64 = 64 << 20;
+/// Reads this close to where the last one ended still count as sequential (the kernel
+/// issues async reads slightly out of order).
+const SEQUENTIAL_SLACK: u64 = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    pub mountpoint: PathBuf,
+    pub cache_dir: PathBuf,
+    /// How long a read may wait for data before it fails with ETIMEDOUT.
+    pub read_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+}
+
+/// Attributes of an inode, independent of FUSE's representation.
+#[derive(Debug, Clone)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    /// 512-byte blocks present locally (so `du` shows what has been fetched).
+    pub blocks: u64,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: SystemTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: Kind,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Statfs {
+    pub blocks: u64,
+    pub files: u64,
+    pub block_size: u32,
+    pub name_max: u32,
+}
+
+/// An entry to stage, as the mount API receives it.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub name: String,
+    pub url: String,
+    pub url_expires_unix: i64,
+    pub version: Version,
+    pub source: String,
+    pub owner: (u32, u32),
+}
+
+/// A staged entry, as the mount API reports it.
+#[derive(Debug, Clone)]
+pub struct EntryInfo {
+    pub name: String,
+    pub path: PathBuf,
+    pub ino: u64,
+    pub size: u64,
+    pub bytes_fetched: u64,
+    pub open_handles: u32,
+    pub source: String,
+    pub etag: String,
+    pub url_expires_unix: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub entries: u32,
+    pub open_handles: u32,
+    pub bytes_fetched: u64,
+    pub reads_waiting: u32,
+    pub uptime: Duration,
+}
+
+/// Tells the kernel to drop names it may have cached (entries are cached for a TTL).
+/// Implemented over FUSE notifications by the adapter; must not be called from a FUSE
+/// callback or with a core lock held (the kernel may wait on a request in that directory).
+pub trait KernelCache: Send + Sync {
+    fn forget_name(&self, unlinked: &Unlinked);
+}
+
+/// Sequential-read detection for one open handle.
+#[derive(Debug, Default)]
+struct ReadAhead {
+    next_offset: u64,
+    window: u64,
+}
+
+impl ReadAhead {
+    /// Records a read and returns how far ahead (byte offset) data should be fetched.
+    fn advance(&mut self, offset: u64, len: u32) -> u64 {
+        let end = offset + u64::from(len);
+        if offset.abs_diff(self.next_offset) <= SEQUENTIAL_SLACK {
+            self.window = (self.window * 2).clamp(MIN_READAHEAD, MAX_READAHEAD);
+        } else {
+            self.window = 0;
+        }
+        self.next_offset = end;
+        end + self.window
+    }
+}
+
+#[derive(Debug)]
+struct FileHandle {
+    object: Arc<Object>,
+    readahead: Mutex<ReadAhead>,
+}
+
+pub struct Fs {
+    config: FsConfig,
+    namespace: Mutex<Namespace>,
+    files: Mutex<HashMap<u64, Arc<FileHandle>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+    fetcher: Fetcher,
+    runtime: tokio::runtime::Handle,
+    kernel_cache: OnceLock<Arc<dyn KernelCache>>,
+    started: Instant,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections here do not panic midway; a poisoned lock still holds valid data.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Fs {
+    pub fn new(config: FsConfig, fetcher: Fetcher, runtime: tokio::runtime::Handle) -> Fs {
+        Fs {
+            config,
+            namespace: Mutex::default(),
+            files: Mutex::default(),
+            dirs: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+            fetcher,
+            runtime,
+            kernel_cache: OnceLock::new(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Connects the kernel's name cache, once the FUSE session exists.
+    pub fn set_kernel_cache(&self, cache: Arc<dyn KernelCache>) {
+        let _ = self.kernel_cache.set(cache);
+    }
+
+    /// Invalidates `unlinked` names in the kernel, off the calling thread.
+    fn forget_in_kernel(&self, unlinked: Vec<Unlinked>) {
+        if let Some(cache) = self.kernel_cache.get().cloned()
+            && !unlinked.is_empty()
+        {
+            self.runtime
+                .spawn_blocking(move || unlinked.iter().for_each(|u| cache.forget_name(u)));
+        }
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.config
+    }
+
+    // ----- FUSE operations -----
+
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+        let mut ns = lock(&self.namespace);
+        let node = ns.lookup(parent, name)?;
+        Ok(attr_of(node))
+    }
+
+    pub fn forget(&self, ino: u64, nlookup: u64) {
+        lock(&self.namespace).forget(ino, nlookup);
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let ns = lock(&self.namespace);
+        ns.get(ino).map(attr_of).ok_or(FsError::NotFound)
+    }
+
+    /// Checks `ino` exists and that `write` access is not asked for.
+    pub fn access(&self, ino: u64, write: bool) -> Result<(), FsError> {
+        self.getattr(ino)?;
+        if write {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn statfs(&self) -> Statfs {
+        let ns = lock(&self.namespace);
+        let files = ns.files();
+        let bytes: u64 = files.iter().map(|(_, _, o)| o.size()).sum();
+        Statfs {
+            blocks: bytes.div_ceil(u64::from(BLOCK_SIZE)),
+            files: files.len() as u64,
+            block_size: BLOCK_SIZE,
+            name_max: fusestream_shared::names::NAME_MAX as u32,
+        }
+    }
+
+    /// Opens a file for reading. No network or disk I/O: the store exists since staging.
+    pub fn open(&self, ino: u64, write: bool) -> Result<u64, FsError> {
+        if write {
+            return Err(FsError::ReadOnly);
+        }
+        let object = match lock(&self.namespace).get(ino).map(|n| &n.kind) {
+            Some(NodeKind::File { object }) => object.clone(),
+            Some(NodeKind::Dir { .. }) => return Err(FsError::IsADirectory),
+            None => return Err(FsError::NotFound),
+        };
+        object.opened();
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let handle = Arc::new(FileHandle {
+            object,
+            readahead: Mutex::default(),
+        });
+        lock(&self.files).insert(fh, handle);
+        Ok(fh)
+    }
+
+    /// Reads `size` bytes at `offset`. Answers `reply` now if the data is present;
+    /// otherwise parks it with the store, starts the fetches and returns at once.
+    pub fn read(&self, fh: u64, offset: u64, size: u32, reply: Box<dyn DataReply>) {
+        let Some(handle) = lock(&self.files).get(&fh).cloned() else {
+            return reply.error(FsError::BadHandle);
+        };
+        let object = &handle.object;
+        if offset >= object.size() || size == 0 {
+            return reply.data(&[]);
+        }
+        let len = u64::from(size).min(object.size() - offset) as u32;
+        let readahead_end = lock(&handle.readahead).advance(offset, len);
+        let (plan, fetches) = object.store.read(offset, len, readahead_end, reply);
+        for chunks in fetches {
+            self.fetcher.start(object.clone(), chunks);
+        }
+        match plan {
+            ReadPlan::Ready(reply) => object.store.answer(offset, len, reply),
+            ReadPlan::Parked(id) => self.arm_deadline(object, id),
+            ReadPlan::Failed(reply, error) => reply.error(error),
+        }
+    }
+
+    /// Fails parked read `id` if it is still waiting after the read timeout. The timer
+    /// holds the object weakly so it never delays removing an unstaged entry.
+    fn arm_deadline(&self, object: &Arc<Object>, id: u64) {
+        let timeout = self.config.read_timeout;
+        let object: Weak<Object> = Arc::downgrade(object);
+        self.runtime.spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if let Some(read) = object.upgrade().and_then(|o| o.store.take_parked(id)) {
+                read.fail(FsError::TimedOut(timeout));
+            }
+        });
+    }
+
+    pub fn release(&self, fh: u64) {
+        if let Some(handle) = lock(&self.files).remove(&fh) {
+            handle.object.closed();
+        }
+    }
+
+    /// Opens directory `ino`, taking a snapshot of its entries so that a listing in
+    /// several readdir calls is consistent even while entries are staged or removed.
+    pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let entries = {
+            let ns = lock(&self.namespace);
+            let node = ns.get(ino).ok_or(FsError::NotFound)?;
+            let NodeKind::Dir { children } = &node.kind else {
+                return Err(FsError::NotADirectory);
+            };
+            let mut entries = vec![
+                DirEntry {
+                    ino,
+                    kind: Kind::Dir,
+                    name: ".".into(),
+                },
+                DirEntry {
+                    ino: node.parent,
+                    kind: Kind::Dir,
+                    name: "..".into(),
+                },
+            ];
+            entries.extend(children.iter().filter_map(|(name, child)| {
+                let child = ns.get(*child)?;
+                Some(DirEntry {
+                    ino: child.ino,
+                    kind: if child.is_dir() {
+                        Kind::Dir
+                    } else {
+                        Kind::File
+                    },
+                    name: name.clone(),
+                })
+            }));
+            entries
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.dirs).insert(fh, Arc::new(entries));
+        Ok(fh)
+    }
+
+    /// The snapshot taken by `opendir`.
+    pub fn readdir(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
+        lock(&self.dirs).get(&fh).cloned().ok_or(FsError::BadHandle)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.dirs).remove(&fh);
+    }
+
+    // ----- management (gRPC) -----
+
+    /// Stages `entry` with its already-created `store`.
+    pub fn add(
+        &self,
+        entry: NewEntry,
+        store: BackingStore,
+        replace: bool,
+    ) -> Result<EntryInfo, NamespaceError> {
+        let object = Arc::new(Object::new(
+            entry.version,
+            entry.source,
+            entry.url,
+            entry.url_expires_unix,
+            entry.owner,
+            store,
+        ));
+        let (ino, replaced) = lock(&self.namespace).insert(&entry.name, object.clone(), replace)?;
+        self.forget_in_kernel(replaced.into_iter().collect());
+        Ok(self.info(entry.name, ino, &object))
+    }
+
+    /// Unstages `name`. Open handles keep reading; the store goes with the last of them.
+    pub fn remove(&self, name: &str) -> Result<(), NamespaceError> {
+        let unlinked = lock(&self.namespace).remove(name)?;
+        self.forget_in_kernel(unlinked);
+        Ok(())
+    }
+
+    pub fn entries(&self) -> Vec<EntryInfo> {
+        let files = lock(&self.namespace).files();
+        files
+            .into_iter()
+            .map(|(name, ino, object)| self.info(name, ino, &object))
+            .collect()
+    }
+
+    pub fn update_url(
+        &self,
+        name: &str,
+        url: String,
+        expires_unix: i64,
+    ) -> Result<(), NamespaceError> {
+        let (_, object) = lock(&self.namespace)
+            .file(name)
+            .ok_or_else(|| NamespaceError::NotFound(name.to_string()))?;
+        object.set_url(url, expires_unix);
+        Ok(())
+    }
+
+    pub fn status(&self) -> Status {
+        let files = lock(&self.namespace).files();
+        Status {
+            entries: files.len() as u32,
+            open_handles: files.iter().map(|(_, _, o)| o.open_handles()).sum(),
+            bytes_fetched: files.iter().map(|(_, _, o)| o.store.present_bytes()).sum(),
+            reads_waiting: files
+                .iter()
+                .map(|(_, _, o)| o.store.parked_reads() as u32)
+                .sum(),
+            uptime: self.started.elapsed(),
+        }
+    }
+
+    fn info(&self, name: String, ino: u64, object: &Object) -> EntryInfo {
+        EntryInfo {
+            path: self.config.mountpoint.join(Path::new(&name)),
+            name,
+            ino,
+            size: object.size(),
+            bytes_fetched: object.store.present_bytes(),
+            open_handles: object.open_handles(),
+            source: object.source.clone(),
+            etag: object.version.etag.clone(),
+            url_expires_unix: object.url_expires_unix(),
+        }
+    }
+}
+
+fn attr_of(node: &namespace::Node) -> Attr {
+    match &node.kind {
+        NodeKind::File { object } => Attr {
+            ino: node.ino,
+            kind: Kind::File,
+            size: object.size(),
+            blocks: object.store.present_bytes().div_ceil(512),
+            perm: 0o444,
+            nlink: 1,
+            uid: object.uid,
+            gid: object.gid,
+            mtime: object.version.last_modified.unwrap_or(node.created),
+        },
+        NodeKind::Dir { .. } => Attr {
+            ino: node.ino,
+            kind: Kind::Dir,
+            size: 0,
+            blocks: 0,
+            perm: 0o555,
+            nlink: 2,
+            uid: 0,
+            gid: 0,
+            mtime: node.created,
+        },
+    }
+}

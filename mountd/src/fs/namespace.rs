@@ -1,0 +1,299 @@
+//! The directory tree of the mount: inodes, implicit directories and lookup counts.
+//!
+//! Staged names may contain `/`; the directories along the way exist as long as something
+//! is staged below them. Inode numbers are never reused, so the kernel can never confuse
+//! an old entry with a new one (no generation numbers needed). Removing an entry detaches
+//! it from the tree, like unlink: the kernel may still hold lookups on it and open handles
+//! keep reading; the node is freed once the kernel forgets it.
+//!
+//! Pure data structure: no I/O, no locks (the caller holds the namespace lock briefly).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use fusestream_shared::names::{self, NameError};
+use thiserror::Error;
+
+use crate::object::Object;
+
+pub const ROOT_INO: u64 = 1;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum NamespaceError {
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName { name: String, reason: NameError },
+    #[error("{0:?} is already staged")]
+    AlreadyExists(String),
+    #[error("{name:?} conflicts with {existing:?}, which is {what}")]
+    Conflict {
+        name: String,
+        existing: String,
+        what: &'static str,
+    },
+    #[error("{0:?} is not staged")]
+    NotFound(String),
+}
+
+/// A name that left the tree; the kernel may still cache it and must be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unlinked {
+    pub parent: u64,
+    pub ino: u64,
+    pub name: String,
+}
+
+#[derive(Debug)]
+pub enum NodeKind {
+    Dir { children: BTreeMap<String, u64> },
+    File { object: Arc<Object> },
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub ino: u64,
+    pub parent: u64,
+    pub name: String,
+    pub kind: NodeKind,
+    /// When this node appeared (directories' mtime; files use the object's Last-Modified).
+    pub created: SystemTime,
+    /// Lookups the kernel holds (answered lookups minus forgets).
+    lookups: u64,
+    /// Still reachable from the root.
+    attached: bool,
+}
+
+impl Node {
+    pub fn is_dir(&self) -> bool {
+        matches!(self.kind, NodeKind::Dir { .. })
+    }
+}
+
+#[derive(Debug)]
+pub struct Namespace {
+    nodes: HashMap<u64, Node>,
+    next_ino: u64,
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        let root = Node {
+            ino: ROOT_INO,
+            parent: ROOT_INO,
+            name: String::new(),
+            kind: NodeKind::Dir {
+                children: BTreeMap::new(),
+            },
+            created: SystemTime::now(),
+            lookups: 0,
+            attached: true,
+        };
+        Namespace {
+            nodes: HashMap::from([(ROOT_INO, root)]),
+            next_ino: ROOT_INO + 1,
+        }
+    }
+}
+
+impl Namespace {
+    pub fn get(&self, ino: u64) -> Option<&Node> {
+        self.nodes.get(&ino)
+    }
+
+    /// Finds `name` in directory `parent` and counts a kernel lookup on it.
+    pub fn lookup(&mut self, parent: u64, name: &str) -> Result<&Node, crate::FsError> {
+        let ino = match &self
+            .nodes
+            .get(&parent)
+            .ok_or(crate::FsError::NotFound)?
+            .kind
+        {
+            NodeKind::Dir { children } => *children.get(name).ok_or(crate::FsError::NotFound)?,
+            NodeKind::File { .. } => return Err(crate::FsError::NotADirectory),
+        };
+        let node = self
+            .nodes
+            .get_mut(&ino)
+            .expect("children point at live nodes");
+        node.lookups += 1;
+        Ok(node)
+    }
+
+    /// The kernel dropped `n` lookups on `ino`; a detached node with none left is freed.
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.lookups = node.lookups.saturating_sub(n);
+            if node.lookups == 0 && !node.attached && ino != ROOT_INO {
+                self.nodes.remove(&ino);
+            }
+        }
+    }
+
+    /// Stages `object` at `name`, creating directories on the way. With `replace`, an
+    /// existing file there is detached (and returned) and the new one gets a fresh inode.
+    pub fn insert(
+        &mut self,
+        name: &str,
+        object: Arc<Object>,
+        replace: bool,
+    ) -> Result<(u64, Option<Unlinked>), NamespaceError> {
+        let components = names::components(name).map_err(|reason| NamespaceError::InvalidName {
+            name: name.to_string(),
+            reason,
+        })?;
+        let (file_name, dirs) = components.split_last().expect("components is never empty");
+        // Check everything before changing anything, so a refused insert changes nothing.
+        let mut dir = Some(ROOT_INO);
+        for (depth, component) in dirs.iter().enumerate() {
+            let Some(current) = dir else { break };
+            dir = match self.child(current, component) {
+                Some(node) if node.is_dir() => Some(node.ino),
+                Some(_) => {
+                    return Err(NamespaceError::Conflict {
+                        name: name.to_string(),
+                        existing: components[..=depth].join("/"),
+                        what: "a staged file",
+                    });
+                }
+                None => None,
+            };
+        }
+        if let Some(existing) = dir.and_then(|d| self.child(d, file_name)) {
+            if existing.is_dir() {
+                return Err(NamespaceError::Conflict {
+                    name: name.to_string(),
+                    existing: name.to_string(),
+                    what: "a directory of staged files",
+                });
+            }
+            if !replace {
+                return Err(NamespaceError::AlreadyExists(name.to_string()));
+            }
+        }
+
+        let mut parent = ROOT_INO;
+        for component in dirs {
+            parent = match self.child(parent, component) {
+                Some(node) => node.ino,
+                None => self.add_node(
+                    parent,
+                    component,
+                    NodeKind::Dir {
+                        children: BTreeMap::new(),
+                    },
+                ),
+            };
+        }
+        let replaced = self
+            .child(parent, file_name)
+            .map(|n| n.ino)
+            .map(|old| self.detach(old));
+        Ok((
+            self.add_node(parent, file_name, NodeKind::File { object }),
+            replaced,
+        ))
+    }
+
+    /// Detaches the file staged at `name` and prunes directories left empty; returns the
+    /// names that went away, deepest first.
+    pub fn remove(&mut self, name: &str) -> Result<Vec<Unlinked>, NamespaceError> {
+        let not_found = || NamespaceError::NotFound(name.to_string());
+        let components = names::components(name).map_err(|_| not_found())?;
+        let mut ino = ROOT_INO;
+        for component in &components {
+            ino = self.child(ino, component).ok_or_else(not_found)?.ino;
+        }
+        if self.nodes[&ino].is_dir() {
+            return Err(not_found());
+        }
+        let mut parent = self.nodes[&ino].parent;
+        let mut unlinked = vec![self.detach(ino)];
+        while parent != ROOT_INO && self.is_empty_dir(parent) {
+            let next = self.nodes[&parent].parent;
+            unlinked.push(self.detach(parent));
+            parent = next;
+        }
+        Ok(unlinked)
+    }
+
+    /// The staged files, with their names.
+    pub fn files(&self) -> Vec<(String, u64, Arc<Object>)> {
+        let mut out = Vec::new();
+        self.collect_files(ROOT_INO, "", &mut out);
+        out
+    }
+
+    /// The staged file at `name`.
+    pub fn file(&self, name: &str) -> Option<(u64, Arc<Object>)> {
+        let mut ino = ROOT_INO;
+        for component in names::components(name).ok()? {
+            ino = self.child(ino, component)?.ino;
+        }
+        match &self.nodes[&ino].kind {
+            NodeKind::File { object } => Some((ino, object.clone())),
+            NodeKind::Dir { .. } => None,
+        }
+    }
+
+    fn collect_files(&self, dir: u64, prefix: &str, out: &mut Vec<(String, u64, Arc<Object>)>) {
+        if let NodeKind::Dir { children } = &self.nodes[&dir].kind {
+            for (name, &ino) in children {
+                let path = if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                match &self.nodes[&ino].kind {
+                    NodeKind::File { object } => out.push((path, ino, object.clone())),
+                    NodeKind::Dir { .. } => self.collect_files(ino, &path, out),
+                }
+            }
+        }
+    }
+
+    fn child(&self, dir: u64, name: &str) -> Option<&Node> {
+        match &self.nodes.get(&dir)?.kind {
+            NodeKind::Dir { children } => children.get(name).and_then(|i| self.nodes.get(i)),
+            NodeKind::File { .. } => None,
+        }
+    }
+
+    fn is_empty_dir(&self, ino: u64) -> bool {
+        matches!(&self.nodes[&ino].kind, NodeKind::Dir { children } if children.is_empty())
+    }
+
+    fn add_node(&mut self, parent: u64, name: &str, kind: NodeKind) -> u64 {
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        self.nodes.insert(
+            ino,
+            Node {
+                ino,
+                parent,
+                name: name.to_string(),
+                kind,
+                created: SystemTime::now(),
+                lookups: 0,
+                attached: true,
+            },
+        );
+        if let Some(NodeKind::Dir { children }) = self.nodes.get_mut(&parent).map(|n| &mut n.kind) {
+            children.insert(name.to_string(), ino);
+        }
+        ino
+    }
+
+    /// Takes attached node `ino` out of the tree.
+    fn detach(&mut self, ino: u64) -> Unlinked {
+        let node = self.nodes.get_mut(&ino).expect("detach of a live node");
+        node.attached = false;
+        let (parent, name, lookups) = (node.parent, node.name.clone(), node.lookups);
+        if let Some(NodeKind::Dir { children }) = self.nodes.get_mut(&parent).map(|n| &mut n.kind) {
+            children.remove(&name);
+        }
+        if lookups == 0 {
+            self.nodes.remove(&ino);
+        }
+        Unlinked { parent, ino, name }
+    }
+}

@@ -1,0 +1,19 @@
+//! fusestream-mountd: the privileged mount daemon. It owns the FUSE session and the
+//! backing stores, serves the `fusestream.v1.Mount` gRPC API, and only ever sees temp URLs.
+//!
+//! Layout: `fuse` (thin fuser adapter) → `fs` (filesystem core: namespace, handles, read
+//! path) → `store` (sparse backing store, parked reads) and `fetch` (HTTP range fetches);
+//! `api` is the gRPC service; `mount` mounts and unmounts; `ops` tracks each FUSE op from
+//! ENTER to EXIT.
+
+pub mod api;
+mod error;
+pub mod fetch;
+pub mod fs;
+pub mod fuse;
+pub mod mount;
+pub mod object;
+pub mod ops;
+pub mod store;
+
+pub use error::FsError;

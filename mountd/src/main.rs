@@ -1,0 +1,180 @@
+//! `fusestream-mountd`: mounts the FuseStream filesystem and serves the Mount gRPC API on
+//! a Unix socket until SIGINT/SIGTERM (or until the mount is unmounted from outside).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use fusestream_mountd::api::{MountService, peer_check};
+use fusestream_mountd::fetch::{FetchConfig, Fetcher};
+use fusestream_mountd::fs::{Fs, FsConfig};
+use fusestream_mountd::fuse::{FuseAdapter, NotifierCache};
+use fusestream_mountd::mount;
+use fusestream_shared::api::mount_server::MountServer;
+use fusestream_shared::logging::{self, LogTarget};
+use fusestream_shared::{grpc, paths, readiness};
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Debug, Parser)]
+#[command(name = "fusestream-mountd", version, about = "FuseStream mount daemon")]
+struct Args {
+    /// Directory to mount on (created if missing; a stale mount there is cleaned up).
+    #[arg(long)]
+    mountpoint: PathBuf,
+    /// Unix socket for the Mount gRPC API.
+    #[arg(long, env = paths::MOUNTD_SOCKET_ENV, default_value_os_t = paths::default_mountd_socket())]
+    socket: PathBuf,
+    /// Directory for backing stores (unnamed sparse temp files). Default: the system temp dir.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Seconds a read may wait for data before failing with ETIMEDOUT.
+    #[arg(long, default_value_t = 30)]
+    read_timeout: u64,
+    /// Let users other than the mounting user access the mount (FUSE allow_other).
+    #[arg(long)]
+    allow_other: bool,
+    /// Also accept API calls from this uid (root and the daemon's own uid always may).
+    /// Repeatable. With any, the socket is world-connectable and checked by peer uid.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uids: Vec<u32>,
+    /// Threads serving FUSE requests.
+    #[arg(long, default_value_t = 4)]
+    fuse_threads: usize,
+    /// Write logs to this file instead of stderr.
+    #[arg(long)]
+    log_file: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let target = args
+        .log_file
+        .clone()
+        .map_or(LogTarget::Stderr, LogTarget::File);
+    if let Err(e) = logging::init(target, "info") {
+        eprintln!("fusestream-mountd: logging: {e}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fusestream-mountd: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(args));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("fusestream-mountd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let mountpoint = &args.mountpoint;
+    mount::prepare(mountpoint).map_err(|e| format!("mount point {}: {e}", mountpoint.display()))?;
+    let mountpoint = mountpoint
+        .canonicalize()
+        .map_err(|e| format!("mount point {}: {e}", mountpoint.display()))?;
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(std::env::temp_dir);
+    tempfile::tempfile_in(&cache_dir)
+        .map_err(|e| format!("cache dir {} is not usable: {e}", cache_dir.display()))?;
+
+    let socket_mode = if args.allow_uids.is_empty() {
+        0o600
+    } else {
+        0o666
+    };
+    let listener = grpc::bind_unix(&args.socket, socket_mode)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let runtime = tokio::runtime::Handle::current();
+    let fetcher =
+        Fetcher::new(runtime.clone(), FetchConfig::default()).map_err(|e| e.to_string())?;
+    let fs = Arc::new(Fs::new(
+        FsConfig {
+            mountpoint: mountpoint.clone(),
+            cache_dir,
+            read_timeout: Duration::from_secs(args.read_timeout),
+        },
+        fetcher,
+        runtime,
+    ));
+
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName("fusestream".into()),
+        fuser::MountOption::Subtype("fusestream".into()),
+        fuser::MountOption::RO,
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::NoAtime,
+        fuser::MountOption::DefaultPermissions,
+    ];
+    if args.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(args.fuse_threads.max(1));
+    config.clone_fd = true;
+    let session = fuser::Session::new(FuseAdapter::new(fs.clone()), &mountpoint, &config)
+        .map_err(|e| format!("mounting {}: {e}", mountpoint.display()))?;
+    fs.set_kernel_cache(Arc::new(NotifierCache(session.notifier())));
+    let (session_done_tx, session_done) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let result = session.run();
+            let _ = session_done_tx.send(result);
+        })
+        .map_err(|e| format!("starting the FUSE session: {e}"))?;
+    tracing::info!(mountpoint = %mountpoint.display(), socket = %args.socket.display(), "mounted");
+
+    let service =
+        MountServer::with_interceptor(MountService::new(fs.clone()), peer_check(args.allow_uids));
+    let mut routes = tonic::service::Routes::builder();
+    routes.add_service(service);
+    let routes = grpc::with_standard_services(routes, &["fusestream.v1.Mount"])
+        .await
+        .map_err(|e| e.to_string())?;
+    let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(grpc::serve(routes, listener, None, async {
+        let _ = grpc_stopped.await;
+    }));
+
+    if let Err(e) = readiness::notify("READY=1") {
+        tracing::warn!("readiness notification failed: {e}");
+    }
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let outcome = tokio::select! {
+        _ = sigterm.recv() => Ok("SIGTERM"),
+        _ = sigint.recv() => Ok("SIGINT"),
+        result = session_done => Err(result),
+    };
+    match outcome {
+        Ok(signal) => {
+            tracing::info!(signal, "shutting down");
+            let _ = readiness::notify("STOPPING=1");
+            if let Err(e) = mount::unmount(&mountpoint) {
+                tracing::error!("unmount: {e}");
+            }
+        }
+        Err(result) => tracing::warn!(?result, "FUSE session ended (unmounted from outside?)"),
+    }
+    // Clients (the control plane) keep connections open; do not wait long for them.
+    let _ = stop_grpc.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    let _ = std::fs::remove_file(&args.socket);
+    Ok(())
+}

@@ -1,0 +1,431 @@
+//! The backing store of one staged object: a sparse temp file plus a map of which chunks
+//! are present, which are being fetched, and which reads are parked waiting for them.
+//!
+//! Design (the rules that keep FUSE callbacks from ever blocking):
+//! - The state lock guards only bitmaps and the parked list. It is never held across file
+//!   or network I/O, and no other lock is taken while holding it (it is innermost).
+//! - A read whose chunks are all present is answered by its caller with a pread of the
+//!   temp file (page cache). A read with a missing chunk gives its reply to the store
+//!   ("parks" it) and the callback returns; whoever completes the chunk answers it.
+//! - Deciding what to fetch happens under the same lock as parking, so a chunk is fetched
+//!   by exactly one fetch at a time and concurrent readers of a range share it.
+//!
+//! The temp file is created unnamed (O_TMPFILE where available) in the cache directory:
+//! it disappears with the last descriptor, even if the daemon is killed.
+
+mod bitmap;
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use bitmap::Bitmap;
+
+use crate::FsError;
+
+/// Unit of presence tracking and fetching.
+pub const CHUNK_SIZE: u64 = 128 * 1024;
+/// Longest single fetch; a longer range is split so it can be fetched in parallel.
+pub const MAX_FETCH_CHUNKS: u64 = 64; // 8 MiB
+
+/// Where a read's answer goes: a FUSE reply in the daemon, a channel in tests.
+pub trait DataReply: Send {
+    fn data(self: Box<Self>, data: &[u8]);
+    fn error(self: Box<Self>, error: FsError);
+}
+
+/// A half-open range of chunk indices, `first..end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRange {
+    pub first: u64,
+    pub end: u64,
+}
+
+/// A read waiting for chunks to arrive.
+pub struct ParkedRead {
+    pub id: u64,
+    pub offset: u64,
+    pub len: u32,
+    reply: Box<dyn DataReply>,
+}
+
+impl std::fmt::Debug for ParkedRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParkedRead")
+            .field("id", &self.id)
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl ParkedRead {
+    fn chunks(&self) -> ChunkRange {
+        chunks_of(self.offset, self.len)
+    }
+
+    pub fn fail(self, error: FsError) {
+        self.reply.error(error);
+    }
+}
+
+/// What the caller of [`BackingStore::read`] does next.
+pub enum ReadPlan {
+    /// All data is present: read it with [`BackingStore::answer`].
+    Ready(Box<dyn DataReply>),
+    /// The reply is parked; it will be answered when the data arrives or the read fails.
+    Parked(u64),
+    /// The store can not serve reads (e.g. the object changed).
+    Failed(Box<dyn DataReply>, FsError),
+}
+
+#[derive(Debug)]
+struct State {
+    present: Bitmap,
+    inflight: Bitmap,
+    present_chunks: u64,
+    parked: Vec<ParkedRead>,
+    next_parked_id: u64,
+    /// Set once reads can never succeed again; every read fails with it.
+    poisoned: Option<FsError>,
+}
+
+impl State {
+    /// Removes and returns the parked reads whose chunk range satisfies `pred`.
+    fn take_parked_where(&mut self, pred: impl Fn(ChunkRange, &Bitmap) -> bool) -> Vec<ParkedRead> {
+        let (taken, waiting) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|p| pred(p.chunks(), &self.present));
+        self.parked = waiting;
+        taken
+    }
+}
+
+#[derive(Debug)]
+pub struct BackingStore {
+    file: File,
+    size: u64,
+    chunks: u64,
+    state: Mutex<State>,
+}
+
+fn chunks_of(offset: u64, len: u32) -> ChunkRange {
+    ChunkRange {
+        first: offset / CHUNK_SIZE,
+        end: (offset + u64::from(len)).div_ceil(CHUNK_SIZE),
+    }
+}
+
+impl BackingStore {
+    /// Creates an empty sparse store of `size` bytes in `dir`. Does disk I/O: call it
+    /// off the FUSE path (staging does).
+    pub fn create(dir: &Path, size: u64) -> io::Result<BackingStore> {
+        let file = tempfile::tempfile_in(dir)?;
+        file.set_len(size)?;
+        let chunks = size.div_ceil(CHUNK_SIZE);
+        Ok(BackingStore {
+            file,
+            size,
+            chunks,
+            state: Mutex::new(State {
+                present: Bitmap::new(chunks),
+                inflight: Bitmap::new(chunks),
+                present_chunks: 0,
+                parked: Vec::new(),
+                next_parked_id: 1,
+                poisoned: None,
+            }),
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent before it can panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes present in the store.
+    pub fn present_bytes(&self) -> u64 {
+        let state = self.lock();
+        let mut bytes = state.present_chunks * CHUNK_SIZE;
+        if self.chunks > 0 && state.present.get(self.chunks - 1) {
+            bytes -= self.chunks * CHUNK_SIZE - self.size;
+        }
+        bytes
+    }
+
+    pub fn parked_reads(&self) -> usize {
+        self.lock().parked.len()
+    }
+
+    /// Starts a read of `len` bytes at `offset` (already clamped to the object size).
+    /// Chunks up to `readahead_end` (bytes) may be fetched ahead. Returns what to do with
+    /// the reply and the chunk ranges the caller must fetch (now marked in flight).
+    pub fn read(
+        &self,
+        offset: u64,
+        len: u32,
+        readahead_end: u64,
+        reply: Box<dyn DataReply>,
+    ) -> (ReadPlan, Vec<ChunkRange>) {
+        let needed = chunks_of(offset, len);
+        let mut state = self.lock();
+        if let Some(error) = &state.poisoned {
+            return (ReadPlan::Failed(reply, error.clone()), Vec::new());
+        }
+        let fetches = self.plan_fetches(&mut state, needed, readahead_end);
+        if state.present.all(needed.first..needed.end) {
+            return (ReadPlan::Ready(reply), fetches);
+        }
+        let id = state.next_parked_id;
+        state.next_parked_id += 1;
+        state.parked.push(ParkedRead {
+            id,
+            offset,
+            len,
+            reply,
+        });
+        (ReadPlan::Parked(id), fetches)
+    }
+
+    /// Picks the missing chunks of `needed`, plus read-ahead up to `readahead_end` when the
+    /// fetched frontier is less than half the read-ahead window ahead of the reader (so
+    /// read-ahead goes out in large requests, not one chunk per read), and marks them in
+    /// flight.
+    fn plan_fetches(
+        &self,
+        state: &mut State,
+        needed: ChunkRange,
+        readahead_end: u64,
+    ) -> Vec<ChunkRange> {
+        let missing = |s: &State, i: u64| !s.present.get(i) && !s.inflight.get(i);
+        let mut wanted: Vec<u64> = (needed.first..needed.end)
+            .filter(|&i| missing(state, i))
+            .collect();
+        let ra_end = readahead_end.min(self.size).div_ceil(CHUNK_SIZE);
+        if ra_end > needed.end {
+            let frontier = (needed.end..ra_end)
+                .find(|&i| missing(state, i))
+                .unwrap_or(ra_end);
+            if (frontier - needed.end) * 2 <= ra_end - needed.end {
+                wanted.extend((frontier..ra_end).filter(|&i| missing(state, i)));
+            }
+        }
+        let mut ranges: Vec<ChunkRange> = Vec::new();
+        for i in wanted {
+            state.inflight.set(i, true);
+            match ranges.last_mut() {
+                Some(r) if r.end == i && r.end - r.first < MAX_FETCH_CHUNKS => r.end += 1,
+                _ => ranges.push(ChunkRange {
+                    first: i,
+                    end: i + 1,
+                }),
+            }
+        }
+        ranges
+    }
+
+    /// Answers `reply` with `len` bytes at `offset`, which must be present.
+    pub fn answer(&self, offset: u64, len: u32, reply: Box<dyn DataReply>) {
+        let mut buf = vec![0; len as usize];
+        match self.file.read_exact_at(&mut buf, offset) {
+            Ok(()) => reply.data(&buf),
+            Err(e) => reply.error(FsError::Store(format!("read: {e}"))),
+        }
+    }
+
+    /// Writes fetched bytes at `offset`. Called by the fetcher, never under the lock.
+    pub fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+
+    /// Byte range covered by `chunks`.
+    pub fn byte_range(&self, chunks: ChunkRange) -> std::ops::Range<u64> {
+        chunks.first * CHUNK_SIZE..(chunks.end * CHUNK_SIZE).min(self.size)
+    }
+
+    /// Marks `chunks` present (their bytes are written) and answers the parked reads that
+    /// are now complete.
+    pub fn complete(&self, chunks: ChunkRange) {
+        let ready: Vec<ParkedRead> = {
+            let mut state = self.lock();
+            for i in chunks.first..chunks.end {
+                if !state.present.get(i) {
+                    state.present.set(i, true);
+                    state.present_chunks += 1;
+                }
+                state.inflight.set(i, false);
+            }
+            state.take_parked_where(|c, present| {
+                c.first < chunks.end && c.end > chunks.first && present.all(c.first..c.end)
+            })
+        };
+        for read in ready {
+            self.answer(read.offset, read.len, read.reply);
+        }
+    }
+
+    /// Gives up on `chunks` (a fetch failed): clears their in-flight marks and fails the
+    /// parked reads that needed them. A later read fetches them again.
+    pub fn abandon(&self, chunks: ChunkRange, error: FsError) {
+        let failed: Vec<ParkedRead> = {
+            let mut state = self.lock();
+            for i in chunks.first..chunks.end {
+                state.inflight.set(i, false);
+            }
+            state.take_parked_where(|c, present| {
+                (c.first.max(chunks.first)..c.end.min(chunks.end)).any(|i| !present.get(i))
+            })
+        };
+        for read in failed {
+            read.fail(error.clone());
+        }
+    }
+
+    /// Makes every current and future read fail with `error` (e.g. the object changed).
+    pub fn poison(&self, error: FsError) {
+        let failed = {
+            let mut state = self.lock();
+            state.poisoned = Some(error.clone());
+            std::mem::take(&mut state.parked)
+        };
+        for read in failed {
+            read.fail(error.clone());
+        }
+    }
+
+    /// Removes a parked read (deadline expired, interrupted) so its caller can fail it.
+    /// `None` if it was already answered.
+    pub fn take_parked(&self, id: u64) -> Option<ParkedRead> {
+        let mut state = self.lock();
+        let at = state.parked.iter().position(|p| p.id == id)?;
+        Some(state.parked.swap_remove(at))
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    type Answer = Result<Vec<u8>, FsError>;
+
+    /// A reply that sends its answer down a channel.
+    pub struct ChannelReply(pub mpsc::Sender<Answer>);
+    impl DataReply for ChannelReply {
+        fn data(self: Box<Self>, data: &[u8]) {
+            let _ = self.0.send(Ok(data.to_vec()));
+        }
+        fn error(self: Box<Self>, error: FsError) {
+            let _ = self.0.send(Err(error));
+        }
+    }
+
+    fn reply() -> (Box<dyn DataReply>, mpsc::Receiver<Answer>) {
+        let (tx, rx) = mpsc::channel();
+        (Box::new(ChannelReply(tx)), rx)
+    }
+
+    fn fill(store: &BackingStore, chunks: ChunkRange, byte: u8) {
+        let r = store.byte_range(chunks);
+        store
+            .write(r.start, &vec![byte; (r.end - r.start) as usize])
+            .unwrap();
+        store.complete(chunks);
+    }
+
+    #[test]
+    fn parks_a_missing_read_and_answers_it_when_the_chunk_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BackingStore::create(dir.path(), 3 * CHUNK_SIZE + 10).unwrap();
+        let (r, rx) = reply();
+        let (plan, fetches) = store.read(CHUNK_SIZE - 2, 4, 0, r);
+        assert!(matches!(plan, ReadPlan::Parked(_)));
+        assert_eq!(fetches, [ChunkRange { first: 0, end: 2 }]);
+        // A second reader of the same range shares the fetch.
+        let (r2, rx2) = reply();
+        let (_, fetches2) = store.read(CHUNK_SIZE, 1, 0, r2);
+        assert!(fetches2.is_empty());
+
+        fill(&store, ChunkRange { first: 1, end: 2 }, 7);
+        assert!(rx.try_recv().is_err(), "chunk 0 still missing");
+        assert_eq!(rx2.try_recv().unwrap().unwrap(), vec![7]);
+        fill(&store, ChunkRange { first: 0, end: 1 }, 5);
+        assert_eq!(rx.try_recv().unwrap().unwrap(), vec![5, 5, 7, 7]);
+        assert_eq!(store.present_bytes(), 2 * CHUNK_SIZE);
+        assert_eq!(store.parked_reads(), 0);
+    }
+
+    #[test]
+    fn present_data_is_ready_and_the_last_chunk_counts_its_real_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BackingStore::create(dir.path(), CHUNK_SIZE + 10).unwrap();
+        fill(&store, ChunkRange { first: 0, end: 2 }, 1);
+        assert_eq!(store.present_bytes(), CHUNK_SIZE + 10);
+        let (r, _rx) = reply();
+        let (plan, fetches) = store.read(CHUNK_SIZE, 10, 0, r);
+        assert!(matches!(plan, ReadPlan::Ready(_)) && fetches.is_empty());
+    }
+
+    #[test]
+    fn readahead_goes_out_in_large_requests_split_at_the_fetch_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BackingStore::create(dir.path(), 200 * CHUNK_SIZE).unwrap();
+        let (r, _rx) = reply();
+        let (_, fetches) = store.read(0, 4096, 100 * CHUNK_SIZE, r);
+        assert_eq!(
+            fetches,
+            [
+                ChunkRange { first: 0, end: 64 },
+                ChunkRange {
+                    first: 64,
+                    end: 100
+                }
+            ]
+        );
+        // The next read is well inside the fetched frontier: no new requests.
+        let (r, _rx) = reply();
+        let (_, fetches) = store.read(4096, 4096, 4096 + 100 * CHUNK_SIZE, r);
+        assert!(fetches.is_empty());
+    }
+
+    #[test]
+    fn abandon_fails_waiters_and_allows_a_refetch_and_poison_fails_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BackingStore::create(dir.path(), 4 * CHUNK_SIZE).unwrap();
+        let (r, rx) = reply();
+        let (_, fetches) = store.read(0, 10, 0, r);
+        store.abandon(fetches[0], FsError::Fetch("reset".into()));
+        assert_eq!(rx.try_recv().unwrap(), Err(FsError::Fetch("reset".into())));
+        let (r, _rx) = reply();
+        let (_, again) = store.read(0, 10, 0, r);
+        assert_eq!(again, fetches, "abandoned chunks are fetched again");
+
+        store.poison(FsError::Changed("etag".into()));
+        let (r, _rx) = reply();
+        assert!(matches!(
+            store.read(0, 1, 0, r).0,
+            ReadPlan::Failed(_, FsError::Changed(_))
+        ));
+    }
+
+    #[test]
+    fn a_taken_parked_read_is_not_answered_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BackingStore::create(dir.path(), CHUNK_SIZE).unwrap();
+        let (r, rx) = reply();
+        let (ReadPlan::Parked(id), fetches) = store.read(0, 1, 0, r) else {
+            panic!()
+        };
+        store.take_parked(id).unwrap().fail(FsError::Interrupted);
+        assert!(store.take_parked(id).is_none());
+        fill(&store, fetches[0], 3);
+        assert_eq!(rx.try_recv().unwrap(), Err(FsError::Interrupted));
+        assert!(rx.try_recv().is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! Code both FuseStream daemons use: the generated gRPC API, the rules for entry names,
+//! URL redaction, gRPC serving/connecting over Unix sockets, default paths, readiness
+//! notification and logging setup.
+//!
+//! Anything that must behave identically in the mount daemon and the control plane lives
+//! here exactly once (a name the control plane accepts is a name the mount daemon accepts;
+//! a URL is redacted the same way in every log line).
+
+pub mod api;
+pub mod grpc;
+pub mod http;
+pub mod logging;
+pub mod names;
+pub mod paths;
+pub mod readiness;
+pub mod redact;
+
+/// Version of this build, reported by both daemons' status calls.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

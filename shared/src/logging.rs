@@ -1,0 +1,163 @@
+//! Logging that never blocks the caller.
+//!
+//! Each formatted log line goes into a bounded queue with `try_send`; a dedicated thread
+//! writes the queue to stderr or a file. When the queue is full (a stuck terminal, a full
+//! or slow disk) the line is dropped and counted, never waited for: a FUSE callback that
+//! logs can not be stalled by its logger (the original app's deadlock).
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+/// Lines that may wait in the queue before new ones are dropped.
+const QUEUE_LINES: usize = 8192;
+
+/// Environment variable with the log filter (`info`, `fusestream_mountd=debug`, ...).
+pub const LOG_ENV: &str = "FUSESTREAM_LOG";
+
+/// Where log lines go.
+#[derive(Debug, Clone)]
+pub enum LogTarget {
+    Stderr,
+    File(PathBuf),
+}
+
+/// Counters of the logging pipeline, for status and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct LogStats {
+    dropped: Arc<AtomicU64>,
+}
+
+impl LogStats {
+    /// Lines dropped because the queue was full.
+    pub fn dropped_lines(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Installs the global subscriber. `default_filter` applies when `FUSESTREAM_LOG` is unset.
+pub fn init(target: LogTarget, default_filter: &str) -> io::Result<LogStats> {
+    let sink: Box<dyn Write + Send> = match &target {
+        LogTarget::Stderr => Box::new(io::stderr()),
+        LogTarget::File(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            Box::new(OpenOptions::new().create(true).append(true).open(path)?)
+        }
+    };
+    let (tx, rx) = sync_channel(QUEUE_LINES);
+    std::thread::Builder::new()
+        .name("log-writer".into())
+        .spawn(move || write_lines(rx, sink))?;
+    let stats = LogStats::default();
+    let writer = QueueWriter {
+        tx,
+        dropped: stats.dropped.clone(),
+    };
+    let filter =
+        EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(default_filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(false)
+        .try_init()
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(stats)
+}
+
+fn write_lines(rx: Receiver<Vec<u8>>, mut sink: Box<dyn Write + Send>) {
+    for line in rx {
+        // A failing sink loses the line; there is nowhere better to report it.
+        let _ = sink.write_all(&line);
+        let _ = sink.flush();
+    }
+}
+
+/// `MakeWriter` handing out one buffer per event; the buffer is queued when dropped.
+#[derive(Clone)]
+struct QueueWriter {
+    tx: SyncSender<Vec<u8>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl<'a> MakeWriter<'a> for QueueWriter {
+    type Writer = QueuedLine;
+
+    fn make_writer(&'a self) -> QueuedLine {
+        QueuedLine {
+            buf: Vec::with_capacity(256),
+            queue: self.clone(),
+        }
+    }
+}
+
+struct QueuedLine {
+    buf: Vec<u8>,
+    queue: QueueWriter,
+}
+
+impl Write for QueuedLine {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for QueuedLine {
+    fn drop(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        match self.queue.tx.try_send(std::mem::take(&mut self.buf)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.queue.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that never accepts a byte: the writer thread is stuck forever.
+    struct Stuck(std::sync::mpsc::Receiver<()>);
+    impl Write for Stuck {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            let _ = self.0.recv();
+            Ok(0)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_sink_drops_and_counts_instead_of_blocking() {
+        let (_never, blocker) = std::sync::mpsc::channel();
+        let (tx, rx) = sync_channel(4);
+        std::thread::spawn(move || write_lines(rx, Box::new(Stuck(blocker))));
+        let writer = QueueWriter {
+            tx,
+            dropped: Arc::default(),
+        };
+        for i in 0..100 {
+            let mut line = writer.make_writer();
+            writeln!(line, "line {i}").unwrap();
+        }
+        // At most 4 queued + 1 taken by the stuck thread; the rest were dropped.
+        assert!(writer.dropped.load(Ordering::Relaxed) >= 95);
+    }
+}

@@ -1,0 +1,93 @@
+//! The rules for entry names (paths inside the mount), checked in one place by both
+//! daemons: the control plane to fail early with a clear message, the mount daemon
+//! because it is the trust boundary.
+//!
+//! A name is a relative, `/`-separated path. Directories appear implicitly. Refused:
+//! empty names, empty components (leading, trailing or doubled `/`), `.` and `..`
+//! components, NUL bytes, components longer than NAME_MAX and names longer than PATH_MAX.
+
+use thiserror::Error;
+
+/// Longest component the kernel accepts (bytes).
+pub const NAME_MAX: usize = 255;
+/// Longest name accepted (bytes, excluding the terminating NUL the kernel counts).
+pub const PATH_MAX: usize = 4095;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum NameError {
+    #[error("name is empty")]
+    Empty,
+    #[error("name contains a NUL byte")]
+    Nul,
+    #[error("name is {0} bytes long; the limit is {PATH_MAX}")]
+    TooLong(usize),
+    #[error("name has an empty component (leading, trailing or doubled '/')")]
+    EmptyComponent,
+    #[error("name has a '{0}' component")]
+    DotComponent(&'static str),
+    #[error("component {component:?} is {len} bytes long; the limit is {NAME_MAX}")]
+    ComponentTooLong { component: String, len: usize },
+}
+
+/// Checks `name` and returns its components.
+pub fn components(name: &str) -> Result<Vec<&str>, NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.contains('\0') {
+        return Err(NameError::Nul);
+    }
+    if name.len() > PATH_MAX {
+        return Err(NameError::TooLong(name.len()));
+    }
+    name.split('/')
+        .map(|component| match component {
+            "" => Err(NameError::EmptyComponent),
+            "." => Err(NameError::DotComponent(".")),
+            ".." => Err(NameError::DotComponent("..")),
+            c if c.len() > NAME_MAX => Err(NameError::ComponentTooLong {
+                component: c.chars().take(32).collect::<String>() + "...",
+                len: c.len(),
+            }),
+            c => Ok(c),
+        })
+        .collect()
+}
+
+/// Checks `name` without keeping its components.
+pub fn validate(name: &str) -> Result<(), NameError> {
+    components(name).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_and_nested_names() {
+        assert_eq!(components("video.mp4").unwrap(), ["video.mp4"]);
+        assert_eq!(components("a/b/c.bin").unwrap(), ["a", "b", "c.bin"]);
+        assert_eq!(components("..hidden/x..y").unwrap(), ["..hidden", "x..y"]);
+    }
+
+    #[test]
+    fn refuses_bad_names_with_the_reason() {
+        assert_eq!(validate(""), Err(NameError::Empty));
+        assert_eq!(validate("a\0b"), Err(NameError::Nul));
+        assert_eq!(validate("/abs"), Err(NameError::EmptyComponent));
+        assert_eq!(validate("a//b"), Err(NameError::EmptyComponent));
+        assert_eq!(validate("dir/"), Err(NameError::EmptyComponent));
+        assert_eq!(
+            validate("../etc/passwd"),
+            Err(NameError::DotComponent(".."))
+        );
+        assert_eq!(validate("a/./b"), Err(NameError::DotComponent(".")));
+        assert!(matches!(
+            validate(&"x".repeat(NAME_MAX + 1)),
+            Err(NameError::ComponentTooLong { len: 256, .. })
+        ));
+        assert_eq!(validate(&"x".repeat(NAME_MAX)), Ok(()));
+        let long = vec!["d".repeat(200); 21].join("/");
+        assert_eq!(validate(&long), Err(NameError::TooLong(long.len())));
+    }
+}

@@ -1,0 +1,167 @@
+//! The gRPC API through the real grpcurl, using server reflection (no .proto files).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use fusestream_tests::{FuseStream, random_file, sha256, sha256_file};
+
+fn grpcurl() -> PathBuf {
+    std::env::var_os("GRPCURL").map_or_else(|| PathBuf::from("grpcurl"), PathBuf::from)
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(grpcurl())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "grpcurl ({}) is not runnable: {e}; .ci/run installs it",
+                grpcurl().display()
+            )
+        })
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "grpcurl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn list_describe_health_and_stage_through_grpcurl() {
+    let fs = FuseStream::start();
+    let addr = fs.listen.as_str();
+
+    let services = ok(&["-plaintext", addr, "list"]);
+    for expected in ["fusestream.v1.Control", "grpc.health.v1.Health"] {
+        assert!(
+            services.lines().any(|l| l == expected),
+            "{expected} missing from:\n{services}"
+        );
+    }
+    assert!(services.contains("grpc.reflection."), "{services}");
+    assert!(
+        !services.contains("fusestream.v1.Mount"),
+        "the control plane does not serve Mount"
+    );
+    // Absolute socket paths: grpcurl 1.8 sends them as :authority (see third_party/).
+    let sock = fs.control_socket.to_str().unwrap();
+    assert!(sock.starts_with('/'));
+    assert!(ok(&["-unix", "-plaintext", sock, "list"]).contains("fusestream.v1.Control"));
+    let mountd = fs.mountd_socket.to_str().unwrap();
+    let mount_services = ok(&["-unix", "-plaintext", mountd, "list"]);
+    assert!(
+        mount_services.lines().any(|l| l == "fusestream.v1.Mount"),
+        "{mount_services}"
+    );
+
+    let described = ok(&[
+        "-plaintext",
+        addr,
+        "describe",
+        "fusestream.v1.Control.Stage",
+    ]);
+    assert!(
+        described.contains(
+            "rpc Stage ( .fusestream.v1.StageRequest ) returns ( .fusestream.v1.StageResponse )"
+        ),
+        "{described}"
+    );
+    let message = ok(&["-plaintext", addr, "describe", "fusestream.v1.StageRequest"]);
+    assert!(
+        message.contains("string source = 1;") && message.contains("bool replace = 3;"),
+        "{message}"
+    );
+
+    for service in ["fusestream.v1.Control", ""] {
+        let body = format!("{{\"service\":\"{service}\"}}");
+        let health = ok(&[
+            "-plaintext",
+            "-d",
+            &body,
+            addr,
+            "grpc.health.v1.Health/Check",
+        ]);
+        assert!(health.contains("SERVING"), "{health}");
+    }
+
+    let src = fs.input("via-grpc.bin");
+    let data = random_file(&src, 2_000_000);
+    let body = format!(
+        "{{\"source\":\"{}\",\"name\":\"api/via-grpc.bin\"}}",
+        src.display()
+    );
+    let staged = ok(&[
+        "-plaintext",
+        "-d",
+        &body,
+        addr,
+        "fusestream.v1.Control/Stage",
+    ]);
+    let path = fs.mountpoint.join("api/via-grpc.bin");
+    assert!(
+        staged.contains(&format!("\"path\": \"{}\"", path.display())),
+        "{staged}"
+    );
+    assert!(staged.contains("\"size\": \"2000000\""), "{staged}");
+    assert_eq!(sha256_file(&path), sha256(&data));
+
+    // Bad input: a clean status with a message.
+    let bad_requests = [
+        (
+            format!(
+                "{{\"source\":\"{}\",\"name\":\"a\\u0000b\"}}",
+                src.display()
+            ),
+            "InvalidArgument",
+            "NUL",
+        ),
+        (
+            "{\"source\":\"relative/path\"}".to_string(),
+            "InvalidArgument",
+            "neither an absolute path",
+        ),
+        (
+            "{\"source\":\"/no/such/file\"}".to_string(),
+            "NotFound",
+            "/no/such/file does not exist",
+        ),
+        (body.clone(), "AlreadyExists", "already staged"),
+    ];
+    for (request, code, text) in bad_requests {
+        let out = run(&[
+            "-plaintext",
+            "-d",
+            &request,
+            addr,
+            "fusestream.v1.Control/Stage",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{request} succeeded");
+        assert!(
+            err.contains(&format!("Code: {code}")) && err.contains(text),
+            "{request}: {err}"
+        );
+    }
+
+    // A URL that is not http(s) is refused by the mount daemon itself.
+    let add =
+        "{\"entry\":{\"name\":\"x\",\"url\":\"file:///etc/shadow\",\"version\":{\"size\":\"1\"}}}";
+    let out = run(&[
+        "-unix",
+        "-plaintext",
+        "-d",
+        add,
+        mountd,
+        "fusestream.v1.Mount/AddEntry",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Code: InvalidArgument") && err.contains("http:// or https://"),
+        "{err}"
+    );
+}

@@ -1,0 +1,316 @@
+//! Test harness: real daemons on temp dirs, real FUSE mounts, real servers.
+//!
+//! - Binaries are the workspace's own build (`cargo build --bins` before `cargo test`).
+//! - Readiness uses the daemons' `READY=1` notification (systemd's protocol) on a socket
+//!   the harness owns: no sleeps, no polling of the mount.
+//! - Teardown happens in `Drop`, so a failing (panicking) test still stops its daemons
+//!   and leaves no mount behind.
+
+pub mod nginx;
+
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+/// How long a daemon may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Path of a binary built by this workspace.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// A daemon child process, started and waited for.
+pub struct Daemon {
+    name: &'static str,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `command` and waits for its READY=1 notification.
+    pub fn start(name: &'static str, mut command: Command, dir: &Path) -> Daemon {
+        let notify_path = dir.join(format!("{name}.notify"));
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("set timeout");
+        let log = dir.join(format!("{name}.log"));
+        let log_file = std::fs::File::create(&log).expect("create log");
+        let child = command
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("FUSESTREAM_LOG", "info,fusestream_mountd=debug")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("clone log"))
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let mut daemon = Daemon {
+            name,
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut buf = [0u8; 256];
+        loop {
+            match notify.recv(&mut buf) {
+                Ok(n) if buf[..n].starts_with(b"READY=1") => return daemon,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("{name}: notify socket: {e}"),
+            }
+            if let Some(status) = daemon
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "{name} exited with {status} before it was ready:\n{}",
+                    daemon.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} not ready in time:\n{}",
+                daemon.logs()
+            );
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` and waits for the process to exit (SIGKILL after 10 s).
+    pub fn stop_with(&mut self, signal: i32) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: kill() on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                eprintln!("{} ignored signal {signal}; killing it", self.name);
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop_with(libc::SIGTERM);
+    }
+}
+
+/// Both daemons on a private temp dir: mount point, sockets, logs.
+pub struct FuseStream {
+    pub dir: TempDir,
+    pub mountpoint: PathBuf,
+    pub mountd_socket: PathBuf,
+    pub control_socket: PathBuf,
+    pub mountd: Daemon,
+    pub control: Daemon,
+    /// TCP address of the Control API.
+    pub listen: String,
+}
+
+impl FuseStream {
+    pub fn start() -> FuseStream {
+        let dir = tempfile::Builder::new()
+            .prefix("fusestream-test-")
+            .tempdir()
+            .expect("temp dir");
+        let mountpoint = dir.path().join("mnt");
+        let mountd_socket = dir.path().join("mountd.sock");
+        let control_socket = dir.path().join("control.sock");
+        let mountd = start_mountd(dir.path(), &mountpoint, &mountd_socket);
+        let mut serve = Command::new(bin("fusestreamctl"));
+        serve
+            .arg("--socket")
+            .arg(&control_socket)
+            .arg("serve")
+            .arg("--mountd-socket")
+            .arg(&mountd_socket)
+            .args(["--listen", "127.0.0.1:0"]);
+        let control = Daemon::start("control", serve, dir.path());
+        let mut fs = FuseStream {
+            dir,
+            mountpoint,
+            mountd_socket,
+            control_socket,
+            mountd,
+            control,
+            listen: String::new(),
+        };
+        let status = fs.ctl_ok(["status"]);
+        fs.listen = status
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("listen:"))
+            .map(|a| a.trim().to_string())
+            .expect("status shows the listen address");
+        fs
+    }
+
+    /// Kills the mount daemon with `signal` and starts a new one on the same mount point.
+    pub fn restart_mountd(&mut self, signal: i32) {
+        self.mountd.stop_with(signal);
+        self.mountd = start_mountd(self.dir.path(), &self.mountpoint, &self.mountd_socket);
+    }
+
+    /// Runs `fusestreamctl` against this instance.
+    pub fn ctl<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Command::new(bin("fusestreamctl"))
+            .env("FUSESTREAM_SOCKET", &self.control_socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run fusestreamctl")
+    }
+
+    /// Runs `fusestreamctl`, asserts success and returns stdout.
+    pub fn ctl_ok<I, S>(&self, args: I) -> String
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let out = self.ctl(&args);
+        assert!(
+            out.status.success(),
+            "fusestreamctl {args:?} failed: {}\n--- mountd ---\n{}\n--- control ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.mountd.logs(),
+            self.control.logs()
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// A path for test input files (outside the mount).
+    pub fn input(&self, name: &str) -> PathBuf {
+        let dir = self.dir.path().join("input");
+        std::fs::create_dir_all(&dir).expect("input dir");
+        dir.join(name)
+    }
+}
+
+impl Drop for FuseStream {
+    fn drop(&mut self) {
+        self.control.stop_with(libc::SIGTERM);
+        self.mountd.stop_with(libc::SIGTERM);
+        // Whatever happened, leave no mount behind.
+        if is_mounted(&self.mountpoint) {
+            force_unmount(&self.mountpoint);
+        }
+    }
+}
+
+fn start_mountd(dir: &Path, mountpoint: &Path, socket: &Path) -> Daemon {
+    let mut command = Command::new(bin("fusestream-mountd"));
+    command
+        .arg("--mountpoint")
+        .arg(mountpoint)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--cache-dir")
+        .arg(dir)
+        .args(["--read-timeout", "20"]);
+    Daemon::start("mountd", command, dir)
+}
+
+/// True if `path` is a mount point in this mount namespace.
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let path = path.to_string_lossy();
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(&*path))
+}
+
+fn force_unmount(path: &Path) {
+    let c = std::ffi::CString::new(path.to_string_lossy().as_bytes()).expect("path");
+    // SAFETY: valid NUL-terminated path.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+}
+
+/// Writes `size` random bytes to `path` and returns them.
+pub fn random_file(path: &Path, size: usize) -> Vec<u8> {
+    let mut data = vec![0u8; size];
+    getrandom::fill(&mut data).expect("random bytes");
+    std::fs::write(path, &data).expect("write input");
+    data
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// sha256 of a file, read in ordinary 1 MiB reads.
+pub fn sha256_file(path: &Path) -> String {
+    let mut file =
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).expect("read");
+        if n == 0 {
+            return hex::encode(hasher.finalize());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// A small deterministic PRNG (xorshift64*), so failures are reproducible.
+pub struct Prng(u64);
+
+impl Prng {
+    pub fn new(seed: u64) -> Prng {
+        Prng(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// The stderr of a command, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
