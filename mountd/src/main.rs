@@ -39,6 +39,9 @@ struct Args {
     /// Repeatable. With any, the socket is world-connectable and checked by peer uid.
     #[arg(long = "allow-uid", value_name = "UID")]
     allow_uids: Vec<u32>,
+    /// Kernel read-ahead for the mount, in KiB (needs root; 0 keeps the kernel default).
+    #[arg(long, default_value_t = 16384)]
+    kernel_readahead_kib: u32,
     /// Threads serving FUSE requests.
     #[arg(long, default_value_t = 4)]
     fuse_threads: usize,
@@ -138,6 +141,11 @@ async fn run(args: Args) -> Result<(), String> {
         })
         .map_err(|e| format!("starting the FUSE session: {e}"))?;
     tracing::info!(mountpoint = %mountpoint.display(), socket = %args.socket.display(), "mounted");
+    if args.kernel_readahead_kib > 0
+        && let Err(e) = mount::set_readahead(&mountpoint, args.kernel_readahead_kib)
+    {
+        tracing::info!("kernel read-ahead left at its default: {e}");
+    }
 
     let service =
         MountServer::with_interceptor(MountService::new(fs.clone()), peer_check(args.allow_uids));
