@@ -109,9 +109,24 @@ fn staged_files_read_back_byte_for_byte() {
     );
     assert!(ls.contains("docs/greetings/hello.txt"));
 
-    // The mount is read-only.
+    // The mount is read-only, says statfs, and access() agrees.
     let write = std::fs::OpenOptions::new().write(true).open(&big_path);
     assert_eq!(write.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    let c_path = std::ffi::CString::new(path_arg(&big_path)).unwrap();
+    // SAFETY: valid NUL-terminated path.
+    assert_eq!(unsafe { libc::access(c_path.as_ptr(), libc::R_OK) }, 0);
+    assert_eq!(unsafe { libc::access(c_path.as_ptr(), libc::W_OK) }, -1);
+    let c_mnt = std::ffi::CString::new(path_arg(&fs.mountpoint)).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and a statvfs to fill.
+    assert_eq!(unsafe { libc::statvfs(c_mnt.as_ptr(), &mut st) }, 0);
+    assert_eq!(st.f_namemax, 255);
+    assert_ne!(st.f_flag & libc::ST_RDONLY, 0);
+    let staged_bytes = (big.len() + small.len() + 13) as u64;
+    assert_eq!(
+        st.f_blocks * st.f_frsize,
+        staged_bytes.div_ceil(4096) * 4096
+    );
 
     // Unstage removes the entry, and the directories left empty.
     fs.ctl_ok(["unstage", "docs/greetings/hello.txt", "small.bin"]);
