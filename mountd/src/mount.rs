@@ -74,16 +74,18 @@ fn fusermount_unmount(mountpoint: &Path) -> io::Result<()> {
 /// device is found in `/proc/self/mountinfo`, so the mount itself is not touched.
 pub fn set_readahead(mountpoint: &Path, kib: u32) -> io::Result<()> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let wanted = mountpoint.to_string_lossy();
-    // Fields: id parent major:minor root mountpoint ... ; the last match is the top mount.
+    // mountinfo escapes spaces in paths as octal.
+    let wanted = mountpoint.to_string_lossy().replace(' ', "\\040");
+    // Fields: id parent major:minor root mountpoint ...; the last match is the top mount.
     let device = mountinfo
         .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            (fields.get(4) == Some(&&*wanted)).then(|| fields.get(2).map(|d| d.to_string()))
+        .rev()
+        .find_map(|line| {
+            let mut fields = line.split(' ');
+            let device = fields.nth(2)?;
+            let mounted_on = fields.nth(1)?;
+            (mounted_on == wanted).then(|| device.to_string())
         })
-        .last()
-        .flatten()
         .ok_or_else(|| io::Error::other(format!("{wanted} not found in mountinfo")))?;
     std::fs::write(
         format!("/sys/class/bdi/{device}/read_ahead_kb"),
