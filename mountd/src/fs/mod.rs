@@ -2,10 +2,12 @@
 //! independent of FUSE (the `fuse` module is a thin adapter over it, and the gRPC service
 //! uses it to stage entries), so it is testable without a mount.
 //!
-//! Locks, in the only order they may nest (outer first); none is held across I/O:
-//! 1. `namespace` (tree bookkeeping only),
-//! 2. `files` / `dirs` (handle tables; never taken together with `namespace`),
-//! 3. a handle's `readahead`, then a store's state lock (innermost, see `store`).
+//! Locks (none is ever held across I/O, and none is held while calling out of this crate):
+//! - `namespace`: tree bookkeeping; `files` and `dirs`: handle tables. Each is taken
+//!   alone, never two at once.
+//! - a handle's `readahead`, then a store's state lock (see `store`), which is innermost:
+//!   nothing is called while holding it. Metadata ops never take a store lock (the
+//!   fetched-byte count they report is an atomic).
 //!
 //! Every operation here returns promptly: metadata is in memory, present data is a pread
 //! of the page cache, and missing data parks the reply (see `store`) with a deadline.
@@ -260,7 +262,9 @@ impl Fs {
     /// Reads `size` bytes at `offset`. Answers `reply` now if the data is present;
     /// otherwise parks it with the store, starts the fetches and returns at once.
     pub fn read(&self, fh: u64, offset: u64, size: u32, reply: Box<dyn DataReply>) {
-        let Some(handle) = lock(&self.files).get(&fh).cloned() else {
+        // A statement of its own, so the table lock is released before any reply.
+        let handle = lock(&self.files).get(&fh).cloned();
+        let Some(handle) = handle else {
             return reply.error(FsError::BadHandle);
         };
         let object = &handle.object;

@@ -19,6 +19,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bitmap::Bitmap;
@@ -85,7 +86,6 @@ pub enum ReadPlan {
 struct State {
     present: Bitmap,
     inflight: Bitmap,
-    present_chunks: u64,
     parked: Vec<ParkedRead>,
     next_parked_id: u64,
     /// Set once reads can never succeed again; every read fails with it.
@@ -107,7 +107,8 @@ impl State {
 pub struct BackingStore {
     file: File,
     size: u64,
-    chunks: u64,
+    /// Bytes present, readable without the lock (getattr and listings read it).
+    present_bytes: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -128,11 +129,10 @@ impl BackingStore {
         Ok(BackingStore {
             file,
             size,
-            chunks,
+            present_bytes: AtomicU64::new(0),
             state: Mutex::new(State {
                 present: Bitmap::new(chunks),
                 inflight: Bitmap::new(chunks),
-                present_chunks: 0,
                 parked: Vec::new(),
                 next_parked_id: 1,
                 poisoned: None,
@@ -149,14 +149,9 @@ impl BackingStore {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Bytes present in the store.
+    /// Bytes present in the store. Lock-free.
     pub fn present_bytes(&self) -> u64 {
-        let state = self.lock();
-        let mut bytes = state.present_chunks * CHUNK_SIZE;
-        if self.chunks > 0 && state.present.get(self.chunks - 1) {
-            bytes -= self.chunks * CHUNK_SIZE - self.size;
-        }
-        bytes
+        self.present_bytes.load(Ordering::Relaxed)
     }
 
     pub fn parked_reads(&self) -> usize {
@@ -257,7 +252,12 @@ impl BackingStore {
             for i in chunks.first..chunks.end {
                 if !state.present.get(i) {
                     state.present.set(i, true);
-                    state.present_chunks += 1;
+                    let r = self.byte_range(ChunkRange {
+                        first: i,
+                        end: i + 1,
+                    });
+                    self.present_bytes
+                        .fetch_add(r.end - r.start, Ordering::Relaxed);
                 }
                 state.inflight.set(i, false);
             }
