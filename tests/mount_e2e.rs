@@ -135,12 +135,21 @@ fn staged_files_read_back_byte_for_byte() {
     assert!(!fs.mountpoint.join("small.bin").exists());
     assert!(!fs.ctl_ok(["ls"]).contains("small.bin"));
 
-    let mountpoint = fs.mountpoint.clone();
-    drop(fs);
+    // SIGTERM unmounts, even while a file is open (the busy mount is detached), before
+    // the harness's own clean-up could hide a leftover mount.
+    let mut fs = fs;
+    let open_file = std::fs::File::open(&big_path).unwrap();
+    fs.mountd.stop_with(libc::SIGTERM);
     assert!(
-        !is_mounted(&mountpoint),
-        "mount left behind after the daemons stopped"
+        !is_mounted(&fs.mountpoint),
+        "mount left behind after SIGTERM"
     );
+    assert!(
+        fs.mountd.exited_cleanly(),
+        "mountd exit: {}",
+        fs.mountd.logs()
+    );
+    drop(open_file);
 }
 
 #[test]

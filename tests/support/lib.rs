@@ -40,6 +40,7 @@ pub struct Daemon {
     name: &'static str,
     child: Option<Child>,
     log: PathBuf,
+    exit: Option<std::process::ExitStatus>,
 }
 
 impl Daemon {
@@ -65,6 +66,7 @@ impl Daemon {
             name,
             child: Some(child),
             log,
+            exit: None,
         };
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut buf = [0u8; 256];
@@ -113,7 +115,11 @@ impl Daemon {
         // SAFETY: kill() on our own child's pid.
         unsafe { libc::kill(child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while child.try_wait().ok().flatten().is_none() {
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.exit = Some(status);
+                return;
+            }
             if Instant::now() > deadline {
                 eprintln!("{} ignored signal {signal}; killing it", self.name);
                 let _ = child.kill();
@@ -122,6 +128,11 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// True if the process was stopped and exited with status 0 by itself.
+    pub fn exited_cleanly(&self) -> bool {
+        self.exit.is_some_and(|s| s.success())
     }
 }
 
