@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use fusestream_mountd::api::{MountService, peer_check};
+use fusestream_mountd::cache::Cache;
 use fusestream_mountd::fetch::{FetchConfig, Fetcher};
 use fusestream_mountd::fs::{Fs, FsConfig};
 use fusestream_mountd::fuse::{FuseAdapter, NotifierCache};
@@ -29,6 +30,10 @@ struct Args {
     /// Directory for backing stores (unnamed sparse temp files). Default: the system temp dir.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// Disk budget of the backing stores, in MiB (0: unlimited). Data of entries no one
+    /// has open is evicted, least recently read first, to stay within it.
+    #[arg(long, default_value_t = 8192)]
+    cache_max_mib: u64,
     /// Seconds a read may wait for data before failing with ETIMEDOUT.
     #[arg(long, default_value_t = 30)]
     read_timeout: u64,
@@ -102,14 +107,17 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
 
     let runtime = tokio::runtime::Handle::current();
-    let fetcher =
-        Fetcher::new(runtime.clone(), FetchConfig::default()).map_err(|e| e.to_string())?;
+    let cache_max = (args.cache_max_mib > 0).then_some(args.cache_max_mib << 20);
+    let cache = Arc::new(Cache::new(cache_dir, cache_max));
+    tokio::spawn(cache.clone().run());
+    let fetcher = Fetcher::new(runtime.clone(), FetchConfig::default(), cache.clone())
+        .map_err(|e| e.to_string())?;
     let fs = Arc::new(Fs::new(
         FsConfig {
             mountpoint: mountpoint.clone(),
-            cache_dir,
             read_timeout: Duration::from_secs(args.read_timeout),
         },
+        cache,
         fetcher,
         runtime,
     ));

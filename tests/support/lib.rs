@@ -152,10 +152,36 @@ pub struct FuseStream {
     pub control: Daemon,
     /// TCP address of the Control API.
     pub listen: String,
+    options: Options,
+}
+
+/// How to start the daemons.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `--read-timeout` of the mount daemon, in seconds.
+    pub read_timeout: u64,
+    /// `--cache-max-mib` (0: the daemon's default).
+    pub cache_max_mib: u64,
+    /// `--cache-dir`; default: `cache/` in the instance's temp dir.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            read_timeout: 20,
+            cache_max_mib: 0,
+            cache_dir: None,
+        }
+    }
 }
 
 impl FuseStream {
     pub fn start() -> FuseStream {
+        FuseStream::start_with(Options::default())
+    }
+
+    pub fn start_with(options: Options) -> FuseStream {
         let dir = tempfile::Builder::new()
             .prefix("fusestream-test-")
             .tempdir()
@@ -163,7 +189,12 @@ impl FuseStream {
         let mountpoint = dir.path().join("mnt");
         let mountd_socket = dir.path().join("mountd.sock");
         let control_socket = dir.path().join("control.sock");
-        let mountd = start_mountd(dir.path(), &mountpoint, &mountd_socket);
+        let mut options = options;
+        let cache_dir = options
+            .cache_dir
+            .get_or_insert_with(|| dir.path().join("cache"));
+        std::fs::create_dir_all(cache_dir).expect("cache dir");
+        let mountd = start_mountd(dir.path(), &mountpoint, &mountd_socket, &options);
         let mut serve = Command::new(bin("fusestreamctl"));
         serve
             .arg("--socket")
@@ -181,6 +212,7 @@ impl FuseStream {
             mountd,
             control,
             listen: String::new(),
+            options,
         };
         let status = fs.ctl_ok(["status"]);
         fs.listen = status
@@ -194,7 +226,12 @@ impl FuseStream {
     /// Kills the mount daemon with `signal` and starts a new one on the same mount point.
     pub fn restart_mountd(&mut self, signal: i32) {
         self.mountd.stop_with(signal);
-        self.mountd = start_mountd(self.dir.path(), &self.mountpoint, &self.mountd_socket);
+        self.mountd = start_mountd(
+            self.dir.path(),
+            &self.mountpoint,
+            &self.mountd_socket,
+            &self.options,
+        );
     }
 
     /// Runs `fusestreamctl` against this instance.
@@ -229,6 +266,40 @@ impl FuseStream {
         String::from_utf8(out.stdout).expect("utf-8 output")
     }
 
+    /// A field of `fusestreamctl status` (e.g. "reads waiting"), as a number.
+    pub fn status_number(&self, field: &str) -> u64 {
+        let status = self.ctl_ok(["status"]);
+        status
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {field:?} in status:\n{status}"))
+    }
+
+    /// Waits (bounded) until `condition` holds, checking it every 50 ms.
+    pub fn wait_until(&self, what: &str, condition: impl Fn(&FuseStream) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !condition(self) {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn cache_dir(&self) -> &Path {
+        self.options
+            .cache_dir
+            .as_deref()
+            .expect("set by start_with")
+    }
+
+    /// The mount daemon's open files inside the cache dir (its backing stores).
+    pub fn open_store_files(&self) -> usize {
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.mountd.pid())).expect("fd dir");
+        fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter(|target| target.starts_with(self.cache_dir()))
+            .count()
+    }
+
     /// A path for test input files (outside the mount).
     pub fn input(&self, name: &str) -> PathBuf {
         let dir = self.dir.path().join("input");
@@ -248,7 +319,7 @@ impl Drop for FuseStream {
     }
 }
 
-fn start_mountd(dir: &Path, mountpoint: &Path, socket: &Path) -> Daemon {
+fn start_mountd(dir: &Path, mountpoint: &Path, socket: &Path, options: &Options) -> Daemon {
     let mut command = Command::new(bin("fusestream-mountd"));
     command
         .arg("--mountpoint")
@@ -256,8 +327,14 @@ fn start_mountd(dir: &Path, mountpoint: &Path, socket: &Path) -> Daemon {
         .arg("--socket")
         .arg(socket)
         .arg("--cache-dir")
-        .arg(dir)
-        .args(["--read-timeout", "20"]);
+        .arg(options.cache_dir.as_ref().expect("set by start_with"))
+        .arg("--read-timeout")
+        .arg(options.read_timeout.to_string());
+    if options.cache_max_mib > 0 {
+        command
+            .arg("--cache-max-mib")
+            .arg(options.cache_max_mib.to_string());
+    }
     Daemon::start("mountd", command, dir)
 }
 
@@ -324,4 +401,19 @@ impl Prng {
 /// The stderr of a command, as text.
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs `f` on its own thread and returns its result, failing the test if it has not
+/// finished after `secs`: a liveness bound (the thing must complete), not a latency check.
+pub fn completes<T: Send + 'static>(
+    what: &str,
+    secs: u64,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("{what} did not complete within {secs} s"))
 }

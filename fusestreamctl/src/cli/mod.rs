@@ -127,19 +127,28 @@ impl Client {
             .map_err(|s| self.failure("ls", s))?
             .into_inner()
             .entries;
-        let rows: Vec<[String; 5]> = entries
+        let rows: Vec<[String; 6]> = entries
             .iter()
             .map(|e| {
+                let state = if e.error.is_empty() {
+                    "ok".to_string()
+                } else {
+                    e.error.clone()
+                };
                 [
                     e.name.clone(),
                     e.size.to_string(),
                     e.bytes_fetched.to_string(),
                     e.open_handles.to_string(),
                     e.source.clone(),
+                    state,
                 ]
             })
             .collect();
-        print_table(["NAME", "SIZE", "FETCHED", "OPEN", "SOURCE"], &rows);
+        print_table(
+            ["NAME", "SIZE", "FETCHED", "OPEN", "SOURCE", "STATE"],
+            &rows,
+        );
         Ok(())
     }
 
@@ -174,6 +183,14 @@ impl Client {
                 println!("  entries:       {}", m.entries);
                 println!("  open handles:  {}", m.open_handles);
                 println!("  fetched:       {} bytes", m.bytes_fetched);
+                let budget = match m.cache_max_bytes {
+                    0 => "unlimited".to_string(),
+                    max => format!("{max} bytes"),
+                };
+                println!(
+                    "  cache:         {} bytes (budget {budget}, {} evictions)",
+                    m.cache_bytes, m.evictions
+                );
                 println!("  reads waiting: {}", m.reads_waiting);
                 Ok(())
             }

@@ -93,6 +93,7 @@ fn to_api(info: EntryInfo) -> api::EntryInfo {
         etag: info.etag,
         inode: info.ino,
         url_expires_unix: info.url_expires_unix,
+        error: info.error.map(|e| e.to_string()).unwrap_or_default(),
     }
 }
 
@@ -113,7 +114,7 @@ impl Mount for MountService {
         let version = spec
             .version
             .ok_or_else(|| Status::invalid_argument("entry.version is required"))?;
-        let dir = self.fs.config().cache_dir.clone();
+        let dir = self.fs.cache().dir().clone();
         let size = version.size;
         let store = tokio::task::spawn_blocking(move || BackingStore::create(&dir, size))
             .await
@@ -187,7 +188,10 @@ impl Mount for MountService {
             open_handles: status.open_handles,
             bytes_fetched: status.bytes_fetched,
             reads_waiting: status.reads_waiting,
-            cache_dir: config.cache_dir.to_string_lossy().into_owned(),
+            cache_dir: self.fs.cache().dir().to_string_lossy().into_owned(),
+            cache_bytes: self.fs.cache().used_bytes(),
+            cache_max_bytes: self.fs.cache().max_bytes().unwrap_or(0),
+            evictions: self.fs.cache().evictions(),
         }))
     }
 }

@@ -17,8 +17,12 @@ use thiserror::Error;
 use tokio::sync::Semaphore;
 
 use crate::FsError;
+use crate::cache::Cache;
 use crate::object::Object;
 use crate::store::{CHUNK_SIZE, ChunkRange};
+
+/// The longest Retry-After honoured; a server asking for more gets this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
@@ -47,8 +51,12 @@ enum FetchError {
     Network(String),
     #[error("no data for {0:?}")]
     Stalled(Duration),
-    #[error("HTTP {0}")]
-    Status(reqwest::StatusCode),
+    #[error("HTTP {status}")]
+    Status {
+        status: reqwest::StatusCode,
+        /// The server's Retry-After, if it sent one (seconds form).
+        retry_after: Option<Duration>,
+    },
     #[error("{0}")]
     Changed(String),
     #[error("{0}")]
@@ -61,7 +69,9 @@ impl FetchError {
     fn retryable(&self) -> bool {
         match self {
             FetchError::Network(_) | FetchError::Stalled(_) => true,
-            FetchError::Status(s) => s.is_server_error() || s.as_u16() == 429 || s.as_u16() == 408,
+            FetchError::Status { status, .. } => {
+                status.is_server_error() || matches!(status.as_u16(), 408 | 429)
+            }
             FetchError::Changed(_) | FetchError::Protocol(_) | FetchError::Store(_) => false,
         }
     }
@@ -77,10 +87,15 @@ pub struct Fetcher {
     permits: Arc<Semaphore>,
     runtime: tokio::runtime::Handle,
     config: FetchConfig,
+    cache: Arc<Cache>,
 }
 
 impl Fetcher {
-    pub fn new(runtime: tokio::runtime::Handle, config: FetchConfig) -> reqwest::Result<Fetcher> {
+    pub fn new(
+        runtime: tokio::runtime::Handle,
+        config: FetchConfig,
+        cache: Arc<Cache>,
+    ) -> reqwest::Result<Fetcher> {
         let client = fusestream_shared::http::client_builder()
             .pool_max_idle_per_host(config.max_concurrent)
             .build()?;
@@ -89,6 +104,7 @@ impl Fetcher {
             permits: Arc::new(Semaphore::new(config.max_concurrent)),
             runtime,
             config,
+            cache,
         })
     }
 
@@ -111,7 +127,15 @@ impl Fetcher {
                 Ok(()) => return,
                 Err(e) if e.retryable() && attempt < self.config.max_attempts => {
                     tracing::debug!(error = %e, attempt, "fetch failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    let backoff = Duration::from_millis(100 << attempt);
+                    let wait = match e {
+                        FetchError::Status {
+                            retry_after: Some(asked),
+                            ..
+                        } => asked.min(MAX_RETRY_AFTER),
+                        _ => backoff,
+                    };
+                    tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
                 Err(e) => {
@@ -184,6 +208,7 @@ impl Fetcher {
                     first: completed_up_to,
                     end: done,
                 });
+                self.cache.grew();
                 completed_up_to = done;
             }
         }
@@ -227,7 +252,14 @@ fn check_response(response: &reqwest::Response, start: u64, size: u64) -> Result
         416 => Err(FetchError::Changed(
             "range not satisfiable (HTTP 416)".into(),
         )),
-        _ => Err(FetchError::Status(status)),
+        _ => Err(FetchError::Status {
+            status,
+            retry_after: response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+                .map(Duration::from_secs),
+        }),
     }
 }
 

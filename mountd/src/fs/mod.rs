@@ -24,6 +24,7 @@ use namespace::{Namespace, NodeKind};
 pub use namespace::{NamespaceError, ROOT_INO, Unlinked};
 
 use crate::FsError;
+use crate::cache::Cache;
 use crate::fetch::Fetcher;
 use crate::object::{Object, Version};
 use crate::store::{BackingStore, DataReply, ReadPlan};
@@ -40,7 +41,6 @@ const SEQUENTIAL_SLACK: u64 = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct FsConfig {
     pub mountpoint: PathBuf,
-    pub cache_dir: PathBuf,
     /// How long a read may wait for data before it fails with ETIMEDOUT.
     pub read_timeout: Duration,
 }
@@ -104,6 +104,8 @@ pub struct EntryInfo {
     pub source: String,
     pub etag: String,
     pub url_expires_unix: i64,
+    /// Why reads fail, if they do.
+    pub error: Option<FsError>,
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +157,7 @@ pub struct Fs {
     files: Mutex<HashMap<u64, Arc<FileHandle>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
+    cache: Arc<Cache>,
     fetcher: Fetcher,
     runtime: tokio::runtime::Handle,
     kernel_cache: OnceLock<Arc<dyn KernelCache>>,
@@ -167,13 +170,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Fs {
-    pub fn new(config: FsConfig, fetcher: Fetcher, runtime: tokio::runtime::Handle) -> Fs {
+    pub fn new(
+        config: FsConfig,
+        cache: Arc<Cache>,
+        fetcher: Fetcher,
+        runtime: tokio::runtime::Handle,
+    ) -> Fs {
         Fs {
             config,
             namespace: Mutex::default(),
             files: Mutex::default(),
             dirs: Mutex::default(),
             next_fh: AtomicU64::new(1),
+            cache,
             fetcher,
             runtime,
             kernel_cache: OnceLock::new(),
@@ -198,6 +207,10 @@ impl Fs {
 
     pub fn config(&self) -> &FsConfig {
         &self.config
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
     }
 
     // ----- FUSE operations -----
@@ -259,9 +272,9 @@ impl Fs {
         Ok(fh)
     }
 
-    /// Reads `size` bytes at `offset`. Answers `reply` now if the data is present;
-    /// otherwise parks it with the store, starts the fetches and returns at once.
-    pub fn read(&self, fh: u64, offset: u64, size: u32, reply: Box<dyn DataReply>) {
+    /// Reads `size` bytes at `offset` for FUSE request `unique`. Answers `reply` now if the
+    /// data is present; otherwise parks it with the store, starts the fetches and returns.
+    pub fn read(&self, unique: u64, fh: u64, offset: u64, size: u32, reply: Box<dyn DataReply>) {
         // A statement of its own, so the table lock is released before any reply.
         let handle = lock(&self.files).get(&fh).cloned();
         let Some(handle) = handle else {
@@ -273,7 +286,7 @@ impl Fs {
         }
         let len = u64::from(size).min(object.size() - offset) as u32;
         let readahead_end = lock(&handle.readahead).advance(offset, len);
-        let (plan, fetches) = object.store.read(offset, len, readahead_end, reply);
+        let (plan, fetches) = object.store.read(unique, offset, len, readahead_end, reply);
         for chunks in fetches {
             self.fetcher.start(object.clone(), chunks);
         }
@@ -295,6 +308,19 @@ impl Fs {
                 read.fail(FsError::TimedOut(timeout));
             }
         });
+    }
+
+    /// Answers the parked read of FUSE request `unique` with EINTR. False if no read of
+    /// that request is parked (already answered, or not seen yet).
+    pub fn interrupt(&self, unique: u64) -> bool {
+        let handles: Vec<Arc<FileHandle>> = lock(&self.files).values().cloned().collect();
+        for handle in handles {
+            if let Some(read) = handle.object.store.take_parked_request(unique) {
+                read.fail(FsError::Interrupted);
+                return true;
+            }
+        }
+        false
     }
 
     pub fn release(&self, fh: u64) {
@@ -370,6 +396,7 @@ impl Fs {
             store,
         ));
         let (ino, replaced) = lock(&self.namespace).insert(&entry.name, object.clone(), replace)?;
+        self.cache.register(&object);
         self.forget_in_kernel(replaced.into_iter().collect());
         Ok(self.info(entry.name, ino, &object))
     }
@@ -427,6 +454,7 @@ impl Fs {
             source: object.source.clone(),
             etag: object.version.etag.clone(),
             url_expires_unix: object.url_expires_unix(),
+            error: object.store.failure(),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request, RequestId,
 };
 
 use crate::FsError;
@@ -24,6 +24,9 @@ use crate::store::DataReply;
 /// go with stage/unstage; file contents are cached across opens regardless (keep_cache),
 /// since a replaced entry always gets a new inode.
 const ATTR_TTL: Duration = Duration::from_secs(1);
+
+/// Background (read-ahead) requests the kernel may have outstanding.
+const MAX_BACKGROUND: u16 = 1024;
 
 pub struct FuseAdapter {
     fs: Arc<Fs>,
@@ -118,12 +121,28 @@ impl fuser::Filesystem for FuseAdapter {
         if let Err(max) = config.set_max_readahead(u32::MAX) {
             let _ = config.set_max_readahead(max);
         }
+        // Kernel read-ahead arrives as background requests, which no process waits on and
+        // so no interrupt ever frees. Parked on a stalled remote they hold the kernel's
+        // background slots until their deadline; with the default (16) they would stall
+        // read-ahead of every other file. Allow many.
+        let _ = config.set_max_background(MAX_BACKGROUND);
         tracing::info!(mountpoint = %self.fs.config().mountpoint.display(), "FUSE session initialised");
         Ok(())
     }
 
     fn destroy(&mut self) {
         tracing::info!("FUSE session destroyed");
+    }
+
+    fn interrupt(&self, req: &Request, unique: RequestId) -> Result<(), Errno> {
+        let _op = op!(req, "fuse.interrupt", interrupted = unique.0);
+        if self.fs.interrupt(unique.0) {
+            Ok(())
+        } else {
+            // Not parked: answered already (the kernel drops this), or still queued in
+            // another thread (the kernel sends the interrupt again).
+            Err(Errno::EAGAIN)
+        }
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -195,8 +214,8 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let op = op!(req, "fuse.read", ino = ino.0, fh = fh.0, offset, size);
-        self.fs
-            .read(fh.0, offset, size, Box::new(FuseReadReply { reply, op }));
+        let reply = Box::new(FuseReadReply { reply, op });
+        self.fs.read(req.unique().0, fh.0, offset, size, reply);
     }
 
     fn release(

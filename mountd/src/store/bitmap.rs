@@ -14,6 +14,11 @@ impl Bitmap {
         }
     }
 
+    /// True if any index is set.
+    pub fn any(&self) -> bool {
+        self.words.iter().any(|w| *w != 0)
+    }
+
     pub fn get(&self, i: u64) -> bool {
         i < self.len && self.words[(i / 64) as usize] & (1 << (i % 64)) != 0
     }
@@ -48,5 +53,7 @@ mod tests {
         b.set(64, false);
         assert!(!b.all(60..70));
         assert!(!b.get(500), "out of range reads as unset");
+        assert!(b.any());
+        assert!(!Bitmap::new(10).any());
     }
 }

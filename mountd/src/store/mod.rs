@@ -20,7 +20,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
 
 use bitmap::Bitmap;
 
@@ -47,6 +48,8 @@ pub struct ChunkRange {
 /// A read waiting for chunks to arrive.
 pub struct ParkedRead {
     pub id: u64,
+    /// The FUSE request it answers (for FUSE_INTERRUPT).
+    pub unique: u64,
     pub offset: u64,
     pub len: u32,
     reply: Box<dyn DataReply>,
@@ -56,6 +59,7 @@ impl std::fmt::Debug for ParkedRead {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ParkedRead")
             .field("id", &self.id)
+            .field("unique", &self.unique)
             .field("offset", &self.offset)
             .field("len", &self.len)
             .finish()
@@ -84,6 +88,9 @@ pub enum ReadPlan {
 
 #[derive(Debug)]
 struct State {
+    /// The sparse file. Replaced whole when the store is evicted (see `reset_if_idle`),
+    /// so a reader holding the old one still reads valid bytes.
+    file: Arc<File>,
     present: Bitmap,
     inflight: Bitmap,
     parked: Vec<ParkedRead>,
@@ -105,11 +112,18 @@ impl State {
 
 #[derive(Debug)]
 pub struct BackingStore {
-    file: File,
     size: u64,
     /// Bytes present, readable without the lock (getattr and listings read it).
     present_bytes: AtomicU64,
+    /// When it was last read, in ms since the process started (for eviction order).
+    last_read_ms: AtomicU64,
     state: Mutex<State>,
+}
+
+/// Milliseconds since this process first asked.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 fn chunks_of(offset: u64, len: u32) -> ChunkRange {
@@ -123,14 +137,14 @@ impl BackingStore {
     /// Creates an empty sparse store of `size` bytes in `dir`. Does disk I/O: call it
     /// off the FUSE path (staging does).
     pub fn create(dir: &Path, size: u64) -> io::Result<BackingStore> {
-        let file = tempfile::tempfile_in(dir)?;
-        file.set_len(size)?;
+        let file = Self::empty_file(dir, size)?;
         let chunks = size.div_ceil(CHUNK_SIZE);
         Ok(BackingStore {
-            file,
             size,
             present_bytes: AtomicU64::new(0),
+            last_read_ms: AtomicU64::new(now_ms()),
             state: Mutex::new(State {
+                file: Arc::new(file),
                 present: Bitmap::new(chunks),
                 inflight: Bitmap::new(chunks),
                 parked: Vec::new(),
@@ -140,8 +154,40 @@ impl BackingStore {
         })
     }
 
+    /// An unnamed sparse file of `size` bytes in `dir`. Disk I/O: never on the FUSE path.
+    pub fn empty_file(dir: &Path, size: u64) -> io::Result<File> {
+        let file = tempfile::tempfile_in(dir)?;
+        file.set_len(size)?;
+        Ok(file)
+    }
+
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    pub fn last_read_ms(&self) -> u64 {
+        self.last_read_ms.load(Ordering::Relaxed)
+    }
+
+    fn file(&self) -> Arc<File> {
+        self.lock().file.clone()
+    }
+
+    /// Drops every present byte by swapping in `fresh` (an empty file of the same size),
+    /// if nothing is being fetched or waited for. Returns the bytes freed, or `None` if
+    /// the store is busy. The old file is closed once its last reader lets go.
+    pub fn reset_if_idle(&self, fresh: File) -> Option<u64> {
+        let (old, freed) = {
+            let mut state = self.lock();
+            if !state.parked.is_empty() || state.inflight.any() {
+                return None;
+            }
+            state.present = Bitmap::new(self.size.div_ceil(CHUNK_SIZE));
+            let freed = self.present_bytes.swap(0, Ordering::Relaxed);
+            (std::mem::replace(&mut state.file, Arc::new(fresh)), freed)
+        };
+        drop(old); // outside the lock: closing may do I/O
+        Some(freed)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -154,21 +200,29 @@ impl BackingStore {
         self.present_bytes.load(Ordering::Relaxed)
     }
 
+    /// Why every read fails, if it does (see [`BackingStore::poison`]).
+    pub fn failure(&self) -> Option<FsError> {
+        self.lock().poisoned.clone()
+    }
+
     pub fn parked_reads(&self) -> usize {
         self.lock().parked.len()
     }
 
-    /// Starts a read of `len` bytes at `offset` (already clamped to the object size).
-    /// Chunks up to `readahead_end` (bytes) may be fetched ahead. Returns what to do with
-    /// the reply and the chunk ranges the caller must fetch (now marked in flight).
+    /// Starts a read of `len` bytes at `offset` (already clamped to the object size) for
+    /// FUSE request `unique`. Chunks up to `readahead_end` (bytes) may be fetched ahead.
+    /// Returns what to do with the reply and the chunk ranges the caller must fetch (now
+    /// marked in flight).
     pub fn read(
         &self,
+        unique: u64,
         offset: u64,
         len: u32,
         readahead_end: u64,
         reply: Box<dyn DataReply>,
     ) -> (ReadPlan, Vec<ChunkRange>) {
         let needed = chunks_of(offset, len);
+        self.last_read_ms.store(now_ms(), Ordering::Relaxed);
         let mut state = self.lock();
         if let Some(error) = &state.poisoned {
             return (ReadPlan::Failed(reply, error.clone()), Vec::new());
@@ -181,6 +235,7 @@ impl BackingStore {
         state.next_parked_id += 1;
         state.parked.push(ParkedRead {
             id,
+            unique,
             offset,
             len,
             reply,
@@ -228,7 +283,7 @@ impl BackingStore {
     /// Answers `reply` with `len` bytes at `offset`, which must be present.
     pub fn answer(&self, offset: u64, len: u32, reply: Box<dyn DataReply>) {
         let mut buf = vec![0; len as usize];
-        match self.file.read_exact_at(&mut buf, offset) {
+        match self.file().read_exact_at(&mut buf, offset) {
             Ok(()) => reply.data(&buf),
             Err(e) => reply.error(FsError::Store(format!("read: {e}"))),
         }
@@ -236,7 +291,7 @@ impl BackingStore {
 
     /// Writes fetched bytes at `offset`. Called by the fetcher, never under the lock.
     pub fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(data, offset)
+        self.file().write_all_at(data, offset)
     }
 
     /// Byte range covered by `chunks`.
@@ -299,11 +354,20 @@ impl BackingStore {
         }
     }
 
-    /// Removes a parked read (deadline expired, interrupted) so its caller can fail it.
+    /// Removes parked read `id` (its deadline expired) so its caller can fail it.
     /// `None` if it was already answered.
     pub fn take_parked(&self, id: u64) -> Option<ParkedRead> {
+        self.take_first(|p| p.id == id)
+    }
+
+    /// Removes the parked read answering FUSE request `unique` (interrupted), if any.
+    pub fn take_parked_request(&self, unique: u64) -> Option<ParkedRead> {
+        self.take_first(|p| p.unique == unique)
+    }
+
+    fn take_first(&self, pred: impl Fn(&ParkedRead) -> bool) -> Option<ParkedRead> {
         let mut state = self.lock();
-        let at = state.parked.iter().position(|p| p.id == id)?;
+        let at = state.parked.iter().position(pred)?;
         Some(state.parked.swap_remove(at))
     }
 }
@@ -344,12 +408,12 @@ pub mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BackingStore::create(dir.path(), 3 * CHUNK_SIZE + 10).unwrap();
         let (r, rx) = reply();
-        let (plan, fetches) = store.read(CHUNK_SIZE - 2, 4, 0, r);
+        let (plan, fetches) = store.read(0, CHUNK_SIZE - 2, 4, 0, r);
         assert!(matches!(plan, ReadPlan::Parked(_)));
         assert_eq!(fetches, [ChunkRange { first: 0, end: 2 }]);
         // A second reader of the same range shares the fetch.
         let (r2, rx2) = reply();
-        let (_, fetches2) = store.read(CHUNK_SIZE, 1, 0, r2);
+        let (_, fetches2) = store.read(0, CHUNK_SIZE, 1, 0, r2);
         assert!(fetches2.is_empty());
 
         fill(&store, ChunkRange { first: 1, end: 2 }, 7);
@@ -368,7 +432,7 @@ pub mod tests {
         fill(&store, ChunkRange { first: 0, end: 2 }, 1);
         assert_eq!(store.present_bytes(), CHUNK_SIZE + 10);
         let (r, _rx) = reply();
-        let (plan, fetches) = store.read(CHUNK_SIZE, 10, 0, r);
+        let (plan, fetches) = store.read(0, CHUNK_SIZE, 10, 0, r);
         assert!(matches!(plan, ReadPlan::Ready(_)) && fetches.is_empty());
     }
 
@@ -377,7 +441,7 @@ pub mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BackingStore::create(dir.path(), 200 * CHUNK_SIZE).unwrap();
         let (r, _rx) = reply();
-        let (_, fetches) = store.read(0, 4096, 100 * CHUNK_SIZE, r);
+        let (_, fetches) = store.read(0, 0, 4096, 100 * CHUNK_SIZE, r);
         assert_eq!(
             fetches,
             [
@@ -390,7 +454,7 @@ pub mod tests {
         );
         // The next read is well inside the fetched frontier: no new requests.
         let (r, _rx) = reply();
-        let (_, fetches) = store.read(4096, 4096, 4096 + 100 * CHUNK_SIZE, r);
+        let (_, fetches) = store.read(0, 4096, 4096, 4096 + 100 * CHUNK_SIZE, r);
         assert!(fetches.is_empty());
     }
 
@@ -399,17 +463,17 @@ pub mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BackingStore::create(dir.path(), 4 * CHUNK_SIZE).unwrap();
         let (r, rx) = reply();
-        let (_, fetches) = store.read(0, 10, 0, r);
+        let (_, fetches) = store.read(0, 0, 10, 0, r);
         store.abandon(fetches[0], FsError::Fetch("reset".into()));
         assert_eq!(rx.try_recv().unwrap(), Err(FsError::Fetch("reset".into())));
         let (r, _rx) = reply();
-        let (_, again) = store.read(0, 10, 0, r);
+        let (_, again) = store.read(0, 0, 10, 0, r);
         assert_eq!(again, fetches, "abandoned chunks are fetched again");
 
         store.poison(FsError::Changed("etag".into()));
         let (r, _rx) = reply();
         assert!(matches!(
-            store.read(0, 1, 0, r).0,
+            store.read(0, 0, 1, 0, r).0,
             ReadPlan::Failed(_, FsError::Changed(_))
         ));
     }
@@ -419,7 +483,7 @@ pub mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BackingStore::create(dir.path(), CHUNK_SIZE).unwrap();
         let (r, rx) = reply();
-        let (ReadPlan::Parked(id), fetches) = store.read(0, 1, 0, r) else {
+        let (ReadPlan::Parked(id), fetches) = store.read(0, 0, 1, 0, r) else {
             panic!()
         };
         store.take_parked(id).unwrap().fail(FsError::Interrupted);

@@ -1,0 +1,126 @@
+//! Backing-store disk use: the budget is kept by evicting entries no one has open, temp
+//! files never outlive their entry, and a full disk fails reads cleanly.
+
+use std::os::unix::fs::FileExt;
+
+use fusestream_tests::{FuseStream, Options, random_file, sha256, sha256_file};
+
+const MIB: usize = 1 << 20;
+
+#[test]
+fn the_budget_evicts_closed_entries_and_store_files_go_with_their_entries() {
+    let fs = FuseStream::start_with(Options {
+        cache_max_mib: 40,
+        ..Options::default()
+    });
+    let mut sums = Vec::new();
+    for i in 0..4 {
+        let path = fs.input(&format!("f{i}.bin"));
+        sums.push(sha256(&random_file(&path, 16 * MIB)));
+        fs.ctl_ok(["stage", path.to_str().unwrap()]);
+    }
+    // Store files are unnamed: the cache dir shows nothing, the daemon holds one per entry.
+    assert_eq!(std::fs::read_dir(fs.cache_dir()).unwrap().count(), 0);
+    assert_eq!(fs.open_store_files(), 4);
+
+    // Read each whole, one after another (each closed before the next): 64 MiB > 40.
+    for (i, sum) in sums.iter().enumerate() {
+        assert_eq!(&sha256_file(&fs.mountpoint.join(format!("f{i}.bin"))), sum);
+    }
+    fs.wait_until("the cache is back within its budget", |fs| {
+        fs.status_number("cache") <= 40 * MIB as u64
+    });
+    assert!(fs.ctl_ok(["status"]).contains("evictions)"));
+    let evictions: u64 = fs
+        .ctl_ok(["status"])
+        .split("budget ")
+        .nth(1)
+        .and_then(|s| s.split(", ").nth(1)?.split(' ').next()?.parse().ok())
+        .expect("evictions in status");
+    assert!(evictions >= 1);
+    // The least recently read went first; the last one read is still whole.
+    let ls = fs.ctl_ok(["ls"]);
+    let fetched = |name: &str| -> u64 {
+        let row = ls.lines().find(|l| l.starts_with(name)).expect("listed");
+        row.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    assert_eq!(fetched("f0.bin"), 0, "{ls}");
+    assert_eq!(fetched("f3.bin"), 16 * MIB as u64, "{ls}");
+    // Evicted data reads back correctly (fetched again).
+    assert_eq!(sha256_file(&fs.mountpoint.join("f0.bin")), sums[0]);
+
+    // An entry open while unstaged keeps its store until closed.
+    let open = std::fs::File::open(fs.mountpoint.join("f1.bin")).unwrap();
+    fs.ctl_ok(["unstage", "f1.bin", "f2.bin"]);
+    assert_eq!(
+        fs.open_store_files(),
+        3,
+        "f2's store is gone, f1's is still open"
+    );
+    let mut buf = vec![0; 4096];
+    open.read_exact_at(&mut buf, 0).unwrap();
+    drop(open);
+    fs.wait_until("the unstaged entry's store is closed", |fs| {
+        fs.open_store_files() == 2
+    });
+    assert_eq!(std::fs::read_dir(fs.cache_dir()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_full_cache_disk_fails_reads_with_eio_and_nothing_else() {
+    // A tiny tmpfs as the cache dir (root only, as the mount tests are).
+    let holder = tempfile::tempdir().unwrap();
+    let small = holder.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mounting a tmpfs needs root");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+
+    let fs = FuseStream::start_with(Options {
+        cache_dir: Some(small),
+        cache_max_mib: 0,
+        ..Options::default()
+    });
+    let big = fs.input("big.bin");
+    let data = random_file(&big, 16 * MIB);
+    fs.ctl_ok(["stage", big.to_str().unwrap()]);
+    let small_file = fs.input("small.bin");
+    let small_data = random_file(&small_file, 100_000);
+    fs.ctl_ok(["stage", small_file.to_str().unwrap()]);
+
+    // Read it front to back: what fits is served exactly, then reads fail with EIO.
+    let file = std::fs::File::open(fs.mountpoint.join("big.bin")).unwrap();
+    let mut buf = vec![0; MIB];
+    let mut offset = 0;
+    let error = loop {
+        match file.read_exact_at(&mut buf, offset as u64) {
+            Ok(()) => assert!(buf == data[offset..offset + MIB], "bytes at {offset}"),
+            Err(e) => break e,
+        }
+        offset += MIB;
+        assert!(offset < data.len(), "16 MiB can not fit in a 4 MiB cache");
+    };
+    assert_eq!(error.raw_os_error(), Some(libc::EIO), "{error}");
+    assert!(offset > 0, "what fits is served");
+    drop(file);
+    // The daemon is fine: metadata and other entries still work once space is free.
+    fs.ctl_ok(["unstage", "big.bin"]);
+    assert_eq!(
+        std::fs::read(fs.mountpoint.join("small.bin")).unwrap(),
+        small_data
+    );
+    assert!(fs.ctl_ok(["ls"]).contains("small.bin"));
+}
