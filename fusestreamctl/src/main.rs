@@ -40,9 +40,13 @@ enum Command {
         /// Also serve the Control API on this TCP address (loopback only), e.g. 127.0.0.1:7450.
         #[arg(long)]
         listen: Option<SocketAddr>,
-        /// Lifetime in seconds of the temp URLs issued for local files (renewed at a quarter).
+        /// Lifetime in seconds of the temp URLs issued for local files.
         #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(4..))]
         url_lifetime: u64,
+        /// Seconds between proactive renewals of those URLs (default: a quarter of their
+        /// lifetime). A URL the remote refuses is renewed at once regardless.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        renew_interval: Option<u64>,
         /// Write logs to this file instead of stderr.
         #[arg(long)]
         log_file: Option<PathBuf>,
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
             mountd_socket,
             listen,
             url_lifetime,
+            renew_interval,
             log_file,
         } => {
             let target = log_file.map_or(LogTarget::Stderr, LogTarget::File);
@@ -88,6 +93,7 @@ fn main() -> ExitCode {
                 mountd_socket,
                 listen,
                 url_lifetime: Duration::from_secs(url_lifetime),
+                renew_interval: Duration::from_secs(renew_interval.unwrap_or(url_lifetime / 4)),
             };
             let result = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

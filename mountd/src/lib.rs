@@ -3,13 +3,14 @@
 //!
 //! Layout: `fuse` (thin fuser adapter) → `fs` (filesystem core: namespace, handles, read
 //! path) → `store` (sparse backing store, parked reads) and `fetch` (HTTP range fetches);
-//! `cache` keeps the stores within their disk budget;
+//! `cache` keeps the stores within their disk budget; `events` tells subscribers;
 //! `api` is the gRPC service; `mount` mounts and unmounts; `ops` tracks each FUSE op from
 //! ENTER to EXIT.
 
 pub mod api;
 pub mod cache;
 mod error;
+pub mod events;
 pub mod fetch;
 pub mod fs;
 pub mod fuse;

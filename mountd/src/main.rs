@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use fusestream_mountd::api::{MountService, peer_check};
 use fusestream_mountd::cache::Cache;
+use fusestream_mountd::events::Events;
 use fusestream_mountd::fetch::{FetchConfig, Fetcher};
 use fusestream_mountd::fs::{Fs, FsConfig};
 use fusestream_mountd::fuse::{FuseAdapter, NotifierCache};
@@ -110,8 +111,14 @@ async fn run(args: Args) -> Result<(), String> {
     let cache_max = (args.cache_max_mib > 0).then_some(args.cache_max_mib << 20);
     let cache = Arc::new(Cache::new(cache_dir, cache_max));
     tokio::spawn(cache.clone().run());
-    let fetcher = Fetcher::new(runtime.clone(), FetchConfig::default(), cache.clone())
-        .map_err(|e| e.to_string())?;
+    let events = Arc::new(Events::default());
+    let fetcher = Fetcher::new(
+        runtime.clone(),
+        FetchConfig::default(),
+        cache.clone(),
+        events.clone(),
+    )
+    .map_err(|e| e.to_string())?;
     let fs = Arc::new(Fs::new(
         FsConfig {
             mountpoint: mountpoint.clone(),
@@ -155,8 +162,10 @@ async fn run(args: Args) -> Result<(), String> {
         tracing::info!("kernel read-ahead left at its default: {e}");
     }
 
-    let service =
-        MountServer::with_interceptor(MountService::new(fs.clone()), peer_check(args.allow_uids));
+    let service = MountServer::with_interceptor(
+        MountService::new(fs.clone(), events),
+        peer_check(args.allow_uids),
+    );
     let mut routes = tonic::service::Routes::builder();
     routes.add_service(service);
     let routes = grpc::with_standard_services(routes, &["fusestream.v1.Mount"])

@@ -1,11 +1,15 @@
 //! A staged remote object: what it is (pinned version), where to fetch it (its temp URL,
 //! which the control plane renews) and its backing store.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Semaphore, watch};
 
 use crate::store::BackingStore;
+
+/// Fetches of one object that may run at once (the daemon-wide limit applies as well).
+const FETCHES_PER_OBJECT: usize = 4;
 
 /// The version of the remote object that reads are pinned to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,26 +21,33 @@ pub struct Version {
     pub last_modified: Option<SystemTime>,
 }
 
+/// A temp URL and its generation (bumped by every renewal).
 #[derive(Debug, Clone)]
-struct TempUrl {
-    url: String,
-    expires_unix: i64,
+pub struct TempUrl {
+    pub url: String,
+    pub expires_unix: i64,
+    pub generation: u64,
 }
 
 #[derive(Debug)]
 pub struct Object {
+    /// The name it was staged under (for events; the namespace owns the live name).
+    pub name: String,
     pub version: Version,
     /// Where it came from, already redacted (display only).
     pub source: String,
     pub uid: u32,
     pub gid: u32,
     pub store: BackingStore,
-    temp_url: Mutex<TempUrl>,
+    /// Fetch slots of this object.
+    pub fetch_permits: Semaphore,
+    temp_url: watch::Sender<TempUrl>,
     open_handles: AtomicU32,
 }
 
 impl Object {
     pub fn new(
+        name: String,
         version: Version,
         source: String,
         url: String,
@@ -45,14 +56,17 @@ impl Object {
         store: BackingStore,
     ) -> Object {
         Object {
+            name,
             version,
             source,
             uid: owner.0,
             gid: owner.1,
             store,
-            temp_url: Mutex::new(TempUrl {
+            fetch_permits: Semaphore::new(FETCHES_PER_OBJECT),
+            temp_url: watch::Sender::new(TempUrl {
                 url,
                 expires_unix: url_expires_unix,
+                generation: 0,
             }),
             open_handles: AtomicU32::new(0),
         }
@@ -62,22 +76,30 @@ impl Object {
         self.version.size
     }
 
-    /// The current temp URL. Returns a copy: the lock is never held by a caller.
-    pub fn url(&self) -> String {
-        self.lock_url().url.clone()
+    /// The current temp URL (a copy: nothing is held while it is used).
+    pub fn temp_url(&self) -> TempUrl {
+        self.temp_url.borrow().clone()
     }
 
     pub fn url_expires_unix(&self) -> i64 {
-        self.lock_url().expires_unix
+        self.temp_url.borrow().expires_unix
     }
 
+    /// Installs a renewed URL and wakes fetches waiting for one.
     pub fn set_url(&self, url: String, expires_unix: i64) {
-        *self.lock_url() = TempUrl { url, expires_unix };
+        self.temp_url.send_modify(|current| {
+            current.url = url;
+            current.expires_unix = expires_unix;
+            current.generation += 1;
+        });
     }
 
-    fn lock_url(&self) -> std::sync::MutexGuard<'_, TempUrl> {
-        // The guarded value is replaced whole, so a poisoned lock still holds a valid URL.
-        self.temp_url.lock().unwrap_or_else(|e| e.into_inner())
+    /// Waits (asynchronously) until the URL is newer than `generation`; false on timeout.
+    pub async fn url_renewed_after(&self, generation: u64, timeout: Duration) -> bool {
+        let mut rx = self.temp_url.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|u| u.generation > generation))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     pub fn opened(&self) {

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use fusestream_shared::api::mount_event::Event;
 use fusestream_shared::api::{self, control_server::Control, mount_client::MountClient};
 use fusestream_shared::names;
 use tonic::transport::Channel;
@@ -69,32 +70,76 @@ impl ControlService {
 
     /// Re-issues the URLs of local entries well before they expire, forever.
     pub async fn renew_urls(self: Arc<Self>) {
-        let every = (self.local.url_lifetime() / 4).max(Duration::from_secs(1));
-        let mut ticker = tokio::time::interval(every);
+        let mut ticker = tokio::time::interval(self.config.renew_interval);
         ticker.tick().await;
         loop {
             ticker.tick().await;
-            let entries: Vec<(String, u64)> = self
-                .local_entries()
-                .iter()
-                .map(|(n, id)| (n.clone(), *id))
-                .collect();
-            for (name, id) in entries {
-                let (url, url_expires_unix) = self.local.sign(id);
-                let request = api::UpdateUrlRequest {
-                    name: name.clone(),
-                    url,
-                    url_expires_unix,
-                };
-                match self.mountd.clone().update_url(request).await {
-                    Ok(_) => {}
-                    Err(status) if status.code() == Code::NotFound => {
-                        // Unstaged behind our back (e.g. directly on the mount daemon).
-                        self.local_entries().remove(&name);
-                        self.local.unregister(id);
+            let names: Vec<String> = self.local_entries().keys().cloned().collect();
+            for name in names {
+                self.renew(&name).await;
+            }
+        }
+    }
+
+    /// Follows the mount daemon's events while the control plane runs, reconnecting when
+    /// the stream ends (e.g. the daemon restarted). A temp URL the remote refused is
+    /// renewed at once, so the fetch waiting for it resumes.
+    pub async fn follow_events(self: Arc<Self>) {
+        loop {
+            match self
+                .mountd
+                .clone()
+                .watch_events(api::WatchEventsRequest {})
+                .await
+            {
+                Ok(response) => {
+                    let mut events = response.into_inner();
+                    while let Ok(Some(message)) = events.message().await {
+                        if message.dropped_before > 0 {
+                            tracing::warn!(
+                                missed = message.dropped_before,
+                                "fell behind the mount daemon's events"
+                            );
+                        }
+                        if let Some(Event::UrlRejected(rejected)) = message.event
+                            && self.renew(&rejected.name).await
+                        {
+                            tracing::info!(
+                                name = rejected.name,
+                                http_status = rejected.http_status,
+                                "temp URL refused by the remote; issued a new one"
+                            );
+                        }
                     }
-                    Err(status) => tracing::warn!(name, "URL renewal failed: {}", status.message()),
                 }
+                Err(status) => tracing::debug!("mount daemon events: {}", status.message()),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Gives local entry `name` a fresh URL. False if it is not ours to renew.
+    async fn renew(&self, name: &str) -> bool {
+        let Some(id) = self.local_entries().get(name).copied() else {
+            return false;
+        };
+        let (url, url_expires_unix) = self.local.sign(id);
+        let request = api::UpdateUrlRequest {
+            name: name.to_string(),
+            url,
+            url_expires_unix,
+        };
+        match self.mountd.clone().update_url(request).await {
+            Ok(_) => true,
+            Err(status) if status.code() == Code::NotFound => {
+                // Unstaged behind our back (e.g. directly on the mount daemon).
+                self.local_entries().remove(name);
+                self.local.unregister(id);
+                false
+            }
+            Err(status) => {
+                tracing::warn!(name, "URL renewal failed: {}", status.message());
+                false
             }
         }
     }

@@ -24,6 +24,8 @@ pub struct ServeConfig {
     pub listen: Option<SocketAddr>,
     /// Lifetime of the temp URLs issued for local files.
     pub url_lifetime: Duration,
+    /// How often those URLs are renewed ahead of expiry.
+    pub renew_interval: Duration,
 }
 
 pub async fn run(config: ServeConfig) -> Result<(), String> {
@@ -55,6 +57,7 @@ pub async fn run(config: ServeConfig) -> Result<(), String> {
         mountd,
     ));
     let renewal = tokio::spawn(service.clone().renew_urls());
+    let events = tokio::spawn(service.clone().follow_events());
 
     let mut routes = tonic::service::Routes::builder();
     routes.add_service(ControlServer::from_arc(service));
@@ -85,6 +88,7 @@ pub async fn run(config: ServeConfig) -> Result<(), String> {
     };
     let result = grpc::serve(routes, unix, tcp, shutdown).await;
     renewal.abort();
+    events.abort();
     let _ = std::fs::remove_file(&config.socket);
     result.map_err(|e| e.to_string())
 }

@@ -11,6 +11,9 @@ pub struct HttpSource {
     client: reqwest::Client,
 }
 
+/// Attempts of the probe; transient failures (connection errors, 429, 5xx) are retried.
+const PROBE_ATTEMPTS: u32 = 3;
+
 impl HttpSource {
     pub fn new() -> reqwest::Result<HttpSource> {
         let client = fusestream_shared::http::client_builder()
@@ -19,15 +22,33 @@ impl HttpSource {
         Ok(HttpSource { client })
     }
 
+    /// A one-byte ranged GET, retried with backoff while the failure looks transient.
+    async fn probe(&self, url: &str, shown: &str) -> Result<reqwest::Response, SourceError> {
+        let mut attempt = 1;
+        loop {
+            let result = self
+                .client
+                .get(url)
+                .header(header::RANGE, "bytes=0-0")
+                .send()
+                .await;
+            let transient = match &result {
+                Ok(r) => r.status().is_server_error() || r.status().as_u16() == 429,
+                Err(e) => e.is_connect() || e.is_timeout(),
+            };
+            if !transient || attempt == PROBE_ATTEMPTS {
+                return result.map_err(|e| {
+                    SourceError::Unavailable(format!("{shown}: {}", e.without_url()))
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+            attempt += 1;
+        }
+    }
+
     pub async fn resolve(&self, url: &str) -> Result<Resolved, SourceError> {
         let shown = redact::url(url);
-        let response = self
-            .client
-            .get(url)
-            .header(header::RANGE, "bytes=0-0")
-            .send()
-            .await
-            .map_err(|e| SourceError::Unavailable(format!("{shown}: {}", e.without_url())))?;
+        let response = self.probe(url, &shown).await?;
         let status = response.status();
         let headers = response.headers();
         let text = |name| {

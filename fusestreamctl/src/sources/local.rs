@@ -162,10 +162,6 @@ impl LocalSource {
         )
     }
 
-    pub fn url_lifetime(&self) -> Duration {
-        self.inner.url_lifetime
-    }
-
     fn mac(&self, expires: i64, path: &str) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.inner.key).expect("any key length works");
         mac.update(format!("GET\n{expires}\n{path}").as_bytes());

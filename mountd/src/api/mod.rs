@@ -12,19 +12,24 @@ use fusestream_shared::{http, names};
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
+use crate::events::Events;
 use crate::fs::{EntryInfo, Fs, NamespaceError, NewEntry};
 use crate::object::Version;
 use crate::store::BackingStore;
 
 pub struct MountService {
     fs: Arc<Fs>,
+    events: Arc<Events>,
 }
 
 impl MountService {
-    pub fn new(fs: Arc<Fs>) -> MountService {
-        MountService { fs }
+    pub fn new(fs: Arc<Fs>, events: Arc<Events>) -> MountService {
+        MountService { fs, events }
     }
 }
+
+type EventStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<api::MountEvent, Status>> + Send>>;
 
 /// Who may call the Mount service: root, the daemon's own user and `allowed` uids.
 pub fn peer_check(
@@ -99,6 +104,34 @@ fn to_api(info: EntryInfo) -> api::EntryInfo {
 
 #[tonic::async_trait]
 impl Mount for MountService {
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        _request: Request<api::WatchEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        use tokio::sync::broadcast::error::RecvError;
+        let events = self.events.subscribe();
+        // State: the receiver and how many events it missed since the last one sent.
+        let stream =
+            futures_util::stream::unfold((events, 0u64), |(mut events, mut missed)| async move {
+                loop {
+                    match events.recv().await {
+                        Ok(event) => {
+                            let message = api::MountEvent {
+                                dropped_before: std::mem::take(&mut missed),
+                                event: Some(event),
+                            };
+                            return Some((Ok(message), (events, missed)));
+                        }
+                        Err(RecvError::Lagged(n)) => missed += n,
+                        Err(RecvError::Closed) => return None,
+                    }
+                }
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn add_entry(
         &self,
         request: Request<api::AddEntryRequest>,

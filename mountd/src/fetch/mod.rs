@@ -8,7 +8,9 @@
 //! is still arriving. Requests are pinned to the staged version (`If-Match`, or
 //! `If-Unmodified-Since` without an ETag): a changed object fails reads instead of mixing
 //! bytes. Transient failures (connect errors, resets, 5xx, 429, a body that stalls) are
-//! retried with backoff, resuming at the first byte not yet received.
+//! retried with backoff (or the server's Retry-After), resuming at the first byte not yet
+//! received. A temp URL refused with 401/403 is reported as an event; the fetch waits,
+//! asynchronously, for the control plane to install a new one, then resumes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +20,16 @@ use tokio::sync::Semaphore;
 
 use crate::FsError;
 use crate::cache::Cache;
+use crate::events::Events;
 use crate::object::Object;
 use crate::store::{CHUNK_SIZE, ChunkRange};
 
 /// The longest Retry-After honoured; a server asking for more gets this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// How long a fetch whose URL was rejected waits for a renewed one.
+const RENEWAL_WAIT: Duration = Duration::from_secs(30);
+/// Renewals one fetch asks for before it gives up.
+const MAX_RENEWALS: u32 = 3;
 
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
@@ -57,6 +64,12 @@ enum FetchError {
         /// The server's Retry-After, if it sent one (seconds form).
         retry_after: Option<Duration>,
     },
+    #[error("temp URL rejected (HTTP {status})")]
+    Rejected {
+        status: reqwest::StatusCode,
+        /// Generation of the URL that was rejected.
+        generation: u64,
+    },
     #[error("{0}")]
     Changed(String),
     #[error("{0}")]
@@ -72,7 +85,10 @@ impl FetchError {
             FetchError::Status { status, .. } => {
                 status.is_server_error() || matches!(status.as_u16(), 408 | 429)
             }
-            FetchError::Changed(_) | FetchError::Protocol(_) | FetchError::Store(_) => false,
+            FetchError::Rejected { .. }
+            | FetchError::Changed(_)
+            | FetchError::Protocol(_)
+            | FetchError::Store(_) => false,
         }
     }
 
@@ -88,6 +104,7 @@ pub struct Fetcher {
     runtime: tokio::runtime::Handle,
     config: FetchConfig,
     cache: Arc<Cache>,
+    events: Arc<Events>,
 }
 
 impl Fetcher {
@@ -95,6 +112,7 @@ impl Fetcher {
         runtime: tokio::runtime::Handle,
         config: FetchConfig,
         cache: Arc<Cache>,
+        events: Arc<Events>,
     ) -> reqwest::Result<Fetcher> {
         let client = fusestream_shared::http::client_builder()
             .pool_max_idle_per_host(config.max_concurrent)
@@ -105,6 +123,7 @@ impl Fetcher {
             runtime,
             config,
             cache,
+            events,
         })
     }
 
@@ -116,49 +135,71 @@ impl Fetcher {
     }
 
     async fn run(self, object: Arc<Object>, chunks: ChunkRange) {
+        // Per object first, so one busy object can not hold the daemon-wide slots idle.
+        let Ok(_object_permit) = object.fetch_permits.acquire().await else {
+            return;
+        };
         let Ok(_permit) = self.permits.acquire().await else {
             return;
         };
         let range = object.store.byte_range(chunks);
         let mut next = range.start;
         let mut attempt = 1;
+        let mut renewals = 0;
         loop {
-            match self.attempt(&object, &mut next, range.end).await {
+            let error = match self.attempt(&object, &mut next, range.end).await {
                 Ok(()) => return,
-                Err(e) if e.retryable() && attempt < self.config.max_attempts => {
-                    tracing::debug!(error = %e, attempt, "fetch failed; retrying");
-                    let backoff = Duration::from_millis(100 << attempt);
-                    let wait = match e {
-                        FetchError::Status {
-                            retry_after: Some(asked),
-                            ..
-                        } => asked.min(MAX_RETRY_AFTER),
-                        _ => backoff,
-                    };
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, source = %object.source, "fetch failed");
-                    let rest = ChunkRange {
-                        first: next / CHUNK_SIZE,
-                        end: chunks.end,
-                    };
-                    match e {
-                        FetchError::Changed(reason) => {
-                            object.store.poison(FsError::Changed(reason))
-                        }
-                        e => object.store.abandon(rest, FsError::Fetch(e.to_string())),
+                Err(e) => e,
+            };
+            let wait = match &error {
+                FetchError::Rejected { status, generation } if renewals < MAX_RENEWALS => {
+                    // Ask for a fresh URL and wait for it without holding anything.
+                    renewals += 1;
+                    tracing::info!(name = object.name, %status, "temp URL rejected; asking for a new one");
+                    self.events.url_rejected(&object.name, status.as_u16());
+                    if object.url_renewed_after(*generation, RENEWAL_WAIT).await {
+                        continue;
                     }
-                    return;
+                    None
                 }
+                FetchError::Status {
+                    retry_after: Some(asked),
+                    ..
+                } if attempt < self.config.max_attempts => {
+                    Some(asked.min(&MAX_RETRY_AFTER).to_owned())
+                }
+                e if e.retryable() && attempt < self.config.max_attempts => {
+                    Some(Duration::from_millis(100 << attempt))
+                }
+                _ => None,
+            };
+            if let Some(wait) = wait {
+                tracing::debug!(%error, attempt, "fetch failed; retrying");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+                continue;
             }
+            tracing::warn!(%error, source = %object.source, "fetch failed");
+            let rest = ChunkRange {
+                first: next / CHUNK_SIZE,
+                end: chunks.end,
+            };
+            match error {
+                FetchError::Changed(reason) => object.store.poison(FsError::Changed(reason)),
+                FetchError::Rejected { status, .. } => object.store.abandon(
+                    rest,
+                    FsError::Fetch(format!("temp URL rejected (HTTP {status}) and not renewed")),
+                ),
+                e => object.store.abandon(rest, FsError::Fetch(e.to_string())),
+            }
+            return;
         }
     }
 
     /// One request for bytes `*next..end`; advances `*next` past every byte stored.
     async fn attempt(&self, object: &Object, next: &mut u64, end: u64) -> Result<(), FetchError> {
-        let mut request = self.client.get(object.url()).header(
+        let temp_url = object.temp_url();
+        let mut request = self.client.get(&temp_url.url).header(
             reqwest::header::RANGE,
             format!("bytes={}-{}", *next, end - 1),
         );
@@ -177,7 +218,15 @@ impl Fetcher {
             .await
             .map_err(|_| FetchError::Stalled(stall))?
             .map_err(FetchError::network)?;
-        check_response(&response, *next, version.size)?;
+        check_response(&response, *next, version.size).map_err(|e| match e {
+            FetchError::Status { status, .. } if matches!(status.as_u16(), 401 | 403) => {
+                FetchError::Rejected {
+                    status,
+                    generation: temp_url.generation,
+                }
+            }
+            e => e,
+        })?;
 
         // First chunk not yet complete (a resumed attempt may start inside it).
         let mut completed_up_to = *next / CHUNK_SIZE;

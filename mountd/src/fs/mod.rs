@@ -388,6 +388,7 @@ impl Fs {
         replace: bool,
     ) -> Result<EntryInfo, NamespaceError> {
         let object = Arc::new(Object::new(
+            entry.name.clone(),
             entry.version,
             entry.source,
             entry.url,
