@@ -1,42 +1,13 @@
 //! The gRPC API through the real grpcurl, using server reflection (no .proto files).
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-
-use fusestream_tests::{FuseStream, random_file, sha256, sha256_file};
-
-fn grpcurl() -> PathBuf {
-    std::env::var_os("GRPCURL").map_or_else(|| PathBuf::from("grpcurl"), PathBuf::from)
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(grpcurl())
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "grpcurl ({}) is not runnable: {e}; .ci/run installs it",
-                grpcurl().display()
-            )
-        })
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "grpcurl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use fusestream_tests::{FuseStream, grpcurl, grpcurl_ok, random_file, sha256, sha256_file};
 
 #[test]
 fn list_describe_health_and_stage_through_grpcurl() {
     let fs = FuseStream::start();
     let addr = fs.listen.as_str();
 
-    let services = ok(&["-plaintext", addr, "list"]);
+    let services = grpcurl_ok(&["-plaintext", addr, "list"]);
     for expected in ["fusestream.v1.Control", "grpc.health.v1.Health"] {
         assert!(
             services.lines().any(|l| l == expected),
@@ -51,15 +22,15 @@ fn list_describe_health_and_stage_through_grpcurl() {
     // Absolute socket paths: grpcurl 1.8 sends them as :authority (see third_party/).
     let sock = fs.control_socket.to_str().unwrap();
     assert!(sock.starts_with('/'));
-    assert!(ok(&["-unix", "-plaintext", sock, "list"]).contains("fusestream.v1.Control"));
+    assert!(grpcurl_ok(&["-unix", "-plaintext", sock, "list"]).contains("fusestream.v1.Control"));
     let mountd = fs.mountd_socket.to_str().unwrap();
-    let mount_services = ok(&["-unix", "-plaintext", mountd, "list"]);
+    let mount_services = grpcurl_ok(&["-unix", "-plaintext", mountd, "list"]);
     assert!(
         mount_services.lines().any(|l| l == "fusestream.v1.Mount"),
         "{mount_services}"
     );
 
-    let described = ok(&[
+    let described = grpcurl_ok(&[
         "-plaintext",
         addr,
         "describe",
@@ -71,7 +42,7 @@ fn list_describe_health_and_stage_through_grpcurl() {
         ),
         "{described}"
     );
-    let message = ok(&["-plaintext", addr, "describe", "fusestream.v1.StageRequest"]);
+    let message = grpcurl_ok(&["-plaintext", addr, "describe", "fusestream.v1.StageRequest"]);
     assert!(
         message.contains("string source = 1;") && message.contains("bool replace = 3;"),
         "{message}"
@@ -79,7 +50,7 @@ fn list_describe_health_and_stage_through_grpcurl() {
 
     for service in ["fusestream.v1.Control", ""] {
         let body = format!("{{\"service\":\"{service}\"}}");
-        let health = ok(&[
+        let health = grpcurl_ok(&[
             "-plaintext",
             "-d",
             &body,
@@ -95,7 +66,7 @@ fn list_describe_health_and_stage_through_grpcurl() {
         "{{\"source\":\"{}\",\"name\":\"api/via-grpc.bin\"}}",
         src.display()
     );
-    let staged = ok(&[
+    let staged = grpcurl_ok(&[
         "-plaintext",
         "-d",
         &body,
@@ -133,7 +104,7 @@ fn list_describe_health_and_stage_through_grpcurl() {
         (body.clone(), "AlreadyExists", "already staged"),
     ];
     for (request, code, text) in bad_requests {
-        let out = run(&[
+        let out = grpcurl(&[
             "-plaintext",
             "-d",
             &request,
@@ -151,7 +122,7 @@ fn list_describe_health_and_stage_through_grpcurl() {
     // A URL that is not http(s) is refused by the mount daemon itself.
     let add =
         "{\"entry\":{\"name\":\"x\",\"url\":\"file:///etc/shadow\",\"version\":{\"size\":\"1\"}}}";
-    let out = run(&[
+    let out = grpcurl(&[
         "-unix",
         "-plaintext",
         "-d",

@@ -6,6 +6,7 @@
 //! - Teardown happens in `Drop`, so a failing (panicking) test still stops its daemons
 //!   and leaves no mount behind.
 
+pub mod faulty;
 pub mod nginx;
 
 use std::ffi::OsStr;
@@ -164,6 +165,10 @@ pub struct Options {
     pub cache_max_mib: u64,
     /// `--cache-dir`; default: `cache/` in the instance's temp dir.
     pub cache_dir: Option<PathBuf>,
+    /// The control plane's `--url-lifetime` (0: its default).
+    pub url_lifetime: u64,
+    /// The control plane's `--renew-interval` (0: its default).
+    pub renew_interval: u64,
 }
 
 impl Default for Options {
@@ -172,6 +177,8 @@ impl Default for Options {
             read_timeout: 20,
             cache_max_mib: 0,
             cache_dir: None,
+            url_lifetime: 0,
+            renew_interval: 0,
         }
     }
 }
@@ -203,6 +210,8 @@ impl FuseStream {
             .arg("--mountd-socket")
             .arg(&mountd_socket)
             .args(["--listen", "127.0.0.1:0"]);
+        flag_unless_zero(&mut serve, "--url-lifetime", options.url_lifetime);
+        flag_unless_zero(&mut serve, "--renew-interval", options.renew_interval);
         let control = Daemon::start("control", serve, dir.path());
         let mut fs = FuseStream {
             dir,
@@ -330,12 +339,15 @@ fn start_mountd(dir: &Path, mountpoint: &Path, socket: &Path, options: &Options)
         .arg(options.cache_dir.as_ref().expect("set by start_with"))
         .arg("--read-timeout")
         .arg(options.read_timeout.to_string());
-    if options.cache_max_mib > 0 {
-        command
-            .arg("--cache-max-mib")
-            .arg(options.cache_max_mib.to_string());
-    }
+    flag_unless_zero(&mut command, "--cache-max-mib", options.cache_max_mib);
     Daemon::start("mountd", command, dir)
+}
+
+/// Passes `flag value`, unless `value` is 0 (meaning: the daemon's default).
+fn flag_unless_zero(command: &mut Command, flag: &str, value: u64) {
+    if value > 0 {
+        command.arg(flag).arg(value.to_string());
+    }
 }
 
 /// True if `path` is a mount point in this mount namespace.
@@ -416,4 +428,26 @@ pub fn completes<T: Send + 'static>(
     });
     rx.recv_timeout(Duration::from_secs(secs))
         .unwrap_or_else(|_| panic!("{what} did not complete within {secs} s"))
+}
+
+/// The real grpcurl: `$GRPCURL`, or `grpcurl` on PATH (.ci/run installs it).
+pub fn grpcurl(args: &[&str]) -> Output {
+    let binary =
+        std::env::var_os("GRPCURL").map_or_else(|| PathBuf::from("grpcurl"), PathBuf::from);
+    Command::new(&binary)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "grpcurl ({}) is not runnable: {e}; .ci/run installs it",
+                binary.display()
+            )
+        })
+}
+
+/// Runs grpcurl, asserts success and returns stdout.
+pub fn grpcurl_ok(args: &[&str]) -> String {
+    let out = grpcurl(args);
+    assert!(out.status.success(), "grpcurl {args:?}: {}", stderr(&out));
+    String::from_utf8(out.stdout).expect("utf-8 output")
 }
