@@ -282,3 +282,29 @@ fn a_killed_mount_daemon_leaves_a_mount_the_next_one_recovers() {
     fs.ctl_ok(["stage", path_arg(&a)]);
     assert_eq!(std::fs::read(fs.mountpoint.join("a.bin")).unwrap(), data);
 }
+
+#[test]
+fn a_replaced_entry_is_what_the_next_open_sees() {
+    let fs = FuseStream::start();
+    let (a, b) = (fs.input("a.bin"), fs.input("b.bin"));
+    std::fs::write(&a, vec![b'a'; 1000]).unwrap();
+    std::fs::write(&b, vec![b'b'; 2000]).unwrap();
+    fs.ctl_ok(["stage", "--name", "x.bin", path_arg(&a)]);
+    let path = fs.mountpoint.join("x.bin");
+    for i in 0..100 {
+        // Keep the name hot in the kernel's cache, then replace it.
+        std::fs::metadata(&path).unwrap();
+        let (source, byte, len) = if i % 2 == 0 {
+            (&b, b'b', 2000)
+        } else {
+            (&a, b'a', 1000)
+        };
+        fs.ctl_ok(["stage", "--replace", "--name", "x.bin", path_arg(source)]);
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(
+            (data.len(), data[0]),
+            (len, byte),
+            "round {i}: the old entry was opened"
+        );
+    }
+}

@@ -62,7 +62,9 @@ fn main() -> ExitCode {
         .log_file
         .clone()
         .map_or(LogTarget::Stderr, LogTarget::File);
-    if let Err(e) = logging::init(target, "info") {
+    // fuser unmounts again when its session ends, after we did (a busy mount is detached
+    // lazily, see mount.rs); its EINVAL warning about that is noise.
+    if let Err(e) = logging::init(target, "info,fuser::session=error") {
         eprintln!("fusestream-mountd: logging: {e}");
         return ExitCode::FAILURE;
     }

@@ -169,6 +169,7 @@ impl Mount for MountService {
         let info = self
             .fs
             .add(entry, store, request.replace)
+            .await
             .map_err(status_of)?;
         tracing::info!(name, size, "staged");
         Ok(Response::new(api::AddEntryResponse {
@@ -181,7 +182,7 @@ impl Mount for MountService {
         request: Request<api::RemoveEntryRequest>,
     ) -> Result<Response<api::RemoveEntryResponse>, Status> {
         let name = request.into_inner().name;
-        self.fs.remove(&name).map_err(status_of)?;
+        self.fs.remove(&name).await.map_err(status_of)?;
         tracing::info!(name, "unstaged");
         Ok(Response::new(api::RemoveEntryResponse {}))
     }

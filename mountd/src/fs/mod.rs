@@ -195,13 +195,19 @@ impl Fs {
         let _ = self.kernel_cache.set(cache);
     }
 
-    /// Invalidates `unlinked` names in the kernel, off the calling thread.
-    fn forget_in_kernel(&self, unlinked: Vec<Unlinked>) {
-        if let Some(cache) = self.kernel_cache.get().cloned()
-            && !unlinked.is_empty()
-        {
-            self.runtime
-                .spawn_blocking(move || unlinked.iter().for_each(|u| cache.forget_name(u)));
+    /// Invalidates `unlinked` names in the kernel and waits (asynchronously) until done,
+    /// so that once a stage or unstage is answered, no process can still open the old
+    /// entry through a cached name. The notifications run on a blocking thread: never on a
+    /// FUSE thread, and with no lock held.
+    async fn forget_in_kernel(&self, unlinked: Vec<Unlinked>) {
+        let Some(cache) = self.kernel_cache.get().cloned() else {
+            return;
+        };
+        if !unlinked.is_empty() {
+            let _ = tokio::task::spawn_blocking(move || {
+                unlinked.iter().for_each(|u| cache.forget_name(u))
+            })
+            .await;
         }
     }
 
@@ -381,7 +387,7 @@ impl Fs {
     // ----- management (gRPC) -----
 
     /// Stages `entry` with its already-created `store`.
-    pub fn add(
+    pub async fn add(
         &self,
         entry: NewEntry,
         store: BackingStore,
@@ -398,14 +404,14 @@ impl Fs {
         ));
         let (ino, replaced) = lock(&self.namespace).insert(&entry.name, object.clone(), replace)?;
         self.cache.register(&object);
-        self.forget_in_kernel(replaced.into_iter().collect());
+        self.forget_in_kernel(replaced.into_iter().collect()).await;
         Ok(self.info(entry.name, ino, &object))
     }
 
     /// Unstages `name`. Open handles keep reading; the store goes with the last of them.
-    pub fn remove(&self, name: &str) -> Result<(), NamespaceError> {
+    pub async fn remove(&self, name: &str) -> Result<(), NamespaceError> {
         let unlinked = lock(&self.namespace).remove(name)?;
-        self.forget_in_kernel(unlinked);
+        self.forget_in_kernel(unlinked).await;
         Ok(())
     }
 

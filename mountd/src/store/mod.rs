@@ -11,7 +11,9 @@
 //!   by exactly one fetch at a time and concurrent readers of a range share it.
 //!
 //! The temp file is created unnamed (O_TMPFILE where available) in the cache directory:
-//! it disappears with the last descriptor, even if the daemon is killed.
+//! it disappears with the last descriptor, even if the daemon is killed. Closing it can
+//! take long (the kernel frees its page cache: tens of ms per GiB), so it is never closed
+//! on the thread that lets go of it: [`close_later`] hands it to a background thread.
 
 mod bitmap;
 
@@ -89,8 +91,8 @@ pub enum ReadPlan {
 #[derive(Debug)]
 struct State {
     /// The sparse file. Replaced whole when the store is evicted (see `reset_if_idle`),
-    /// so a reader holding the old one still reads valid bytes.
-    file: Arc<File>,
+    /// so a reader holding the old one still reads valid bytes. `None` only once dropped.
+    file: Option<Arc<File>>,
     present: Bitmap,
     inflight: Bitmap,
     parked: Vec<ParkedRead>,
@@ -126,6 +128,34 @@ fn now_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
+impl Drop for BackingStore {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(file) = state.file.take() {
+            close_later(file);
+        }
+    }
+}
+
+/// Closes `file` (drops this reference) on a background thread. Never waits.
+pub fn close_later(file: Arc<File>) {
+    static CLOSER: OnceLock<Option<std::sync::mpsc::Sender<Arc<File>>>> = OnceLock::new();
+    let closer = CLOSER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<File>>();
+        let spawned = std::thread::Builder::new()
+            .name("store-closer".into())
+            .spawn(move || rx.into_iter().for_each(drop));
+        spawned.ok().map(|_| tx)
+    });
+    match closer {
+        // Unbounded: a send never blocks.
+        Some(tx) => {
+            let _ = tx.send(file);
+        }
+        None => drop(file), // no thread could be started: close here, as a last resort
+    }
+}
+
 fn chunks_of(offset: u64, len: u32) -> ChunkRange {
     ChunkRange {
         first: offset / CHUNK_SIZE,
@@ -144,7 +174,7 @@ impl BackingStore {
             present_bytes: AtomicU64::new(0),
             last_read_ms: AtomicU64::new(now_ms()),
             state: Mutex::new(State {
-                file: Arc::new(file),
+                file: Some(Arc::new(file)),
                 present: Bitmap::new(chunks),
                 inflight: Bitmap::new(chunks),
                 parked: Vec::new(),
@@ -170,7 +200,10 @@ impl BackingStore {
     }
 
     fn file(&self) -> Arc<File> {
-        self.lock().file.clone()
+        self.lock()
+            .file
+            .clone()
+            .expect("the file is only taken on drop")
     }
 
     /// Drops every present byte by swapping in `fresh` (an empty file of the same size),
@@ -184,9 +217,11 @@ impl BackingStore {
             }
             state.present = Bitmap::new(self.size.div_ceil(CHUNK_SIZE));
             let freed = self.present_bytes.swap(0, Ordering::Relaxed);
-            (std::mem::replace(&mut state.file, Arc::new(fresh)), freed)
+            (state.file.replace(Arc::new(fresh)), freed)
         };
-        drop(old); // outside the lock: closing may do I/O
+        if let Some(old) = old {
+            close_later(old);
+        }
         Some(freed)
     }
 
