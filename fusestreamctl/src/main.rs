@@ -2,6 +2,7 @@
 //! that talks to it.
 
 mod cli;
+mod config;
 mod serve;
 mod sources;
 
@@ -50,6 +51,17 @@ enum Command {
         /// Write logs to this file instead of stderr.
         #[arg(long)]
         log_file: Option<PathBuf>,
+        /// Config file with the remotes (default: $XDG_CONFIG_HOME/fusestream/config.toml,
+        /// if it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Set the TempURL key of a Swift remote's account (random unless --key is given).
+    SwiftSetTempUrlKey {
+        remote: String,
+        /// The key; prefer leaving it out (a random one is generated and never shown).
+        #[arg(long)]
+        key: Option<String>,
     },
     /// Stage files or URLs; prints the path of each in the mount.
     Stage {
@@ -83,6 +95,7 @@ fn main() -> ExitCode {
             url_lifetime,
             renew_interval,
             log_file,
+            config,
         } => {
             let target = log_file.map_or(LogTarget::Stderr, LogTarget::File);
             if let Err(e) = logging::init(target, "info") {
@@ -94,6 +107,7 @@ fn main() -> ExitCode {
                 listen,
                 url_lifetime: Duration::from_secs(url_lifetime),
                 renew_interval: Duration::from_secs(renew_interval.unwrap_or(url_lifetime / 4)),
+                config: config.or_else(|| config::default_path().filter(|p| p.exists())),
             };
             let result = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -124,6 +138,9 @@ fn main() -> ExitCode {
                     Command::Unstage { names } => client.unstage(&names).await,
                     Command::Ls => client.ls().await,
                     Command::Status => client.status().await,
+                    Command::SwiftSetTempUrlKey { remote, key } => {
+                        client.set_temp_url_key(&remote, key).await
+                    }
                     Command::Serve { .. } => unreachable!("handled above"),
                 }
             });

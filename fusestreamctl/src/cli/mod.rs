@@ -152,6 +152,20 @@ impl Client {
         Ok(())
     }
 
+    pub async fn set_temp_url_key(&self, remote: &str, key: Option<String>) -> Result<(), Failure> {
+        let request = api::SetTempUrlKeyRequest {
+            remote: remote.to_string(),
+            key: key.unwrap_or_default(),
+        };
+        self.control
+            .clone()
+            .set_temp_url_key(request)
+            .await
+            .map_err(|s| self.failure(&format!("set TempURL key of {remote}"), s))?;
+        println!("TempURL key of remote {remote} set");
+        Ok(())
+    }
+
     pub async fn status(&self) -> Result<(), Failure> {
         let status = self
             .control
@@ -170,6 +184,12 @@ impl Client {
                 println!("  listen:        {}", c.listen);
             }
             println!("  local files:   served on {}", c.local_source_addr);
+            if !c.config.is_empty() {
+                println!("  config:        {}", c.config);
+            }
+            if !c.remotes.is_empty() {
+                println!("  remotes:       {}", c.remotes.join(", "));
+            }
             println!("  mount daemon:  {}", c.mountd_socket);
         }
         match status.mount {
@@ -216,9 +236,19 @@ fn code_name(code: Code) -> String {
 }
 
 /// Sources are sent to the control plane as absolute paths (it has its own working
-/// directory) or as URLs.
+/// directory), URLs, or REMOTE:path.
 fn absolute_source(source: &str) -> Result<String, Failure> {
     if http::is_http_url(source) {
+        return Ok(source.to_string());
+    }
+    // REMOTE:path, unless a local file of that name exists.
+    if let Some((remote, _)) = source.split_once(':')
+        && !remote.is_empty()
+        && remote
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !std::path::Path::new(source).exists()
+    {
         return Ok(source.to_string());
     }
     std::path::absolute(source)

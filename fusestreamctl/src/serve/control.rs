@@ -14,7 +14,7 @@ use tonic::{Code, Request, Response, Status};
 use super::ServeConfig;
 use crate::sources::http::HttpSource;
 use crate::sources::local::LocalSource;
-use crate::sources::{self, SourceKind};
+use crate::sources::{self, Remote, Remotes, Renewal, SourceKind};
 
 pub struct ControlService {
     config: ServeConfig,
@@ -22,9 +22,10 @@ pub struct ControlService {
     local: LocalSource,
     http: HttpSource,
     mountd: MountClient<Channel>,
-    /// Entries staged from local files, by name: their registration with the local
-    /// file server, kept to renew their URLs and to stop serving them on unstage.
-    local_entries: Mutex<HashMap<String, u64>>,
+    remotes: Remotes,
+    /// How to renew the URL of each staged entry that has one that expires, by name (and,
+    /// for local files, what to stop serving on unstage).
+    renewals: Mutex<HashMap<String, Renewal>>,
     started: Instant,
 }
 
@@ -34,6 +35,7 @@ impl ControlService {
         listen: Option<SocketAddr>,
         local: LocalSource,
         http: HttpSource,
+        remotes: Remotes,
         mountd: Channel,
     ) -> ControlService {
         ControlService {
@@ -42,13 +44,33 @@ impl ControlService {
             local,
             http,
             mountd: MountClient::new(mountd),
-            local_entries: Mutex::default(),
+            remotes,
+            renewals: Mutex::default(),
             started: Instant::now(),
         }
     }
 
-    fn local_entries(&self) -> MutexGuard<'_, HashMap<String, u64>> {
-        self.local_entries.lock().unwrap_or_else(|e| e.into_inner())
+    fn renewals(&self) -> MutexGuard<'_, HashMap<String, Renewal>> {
+        self.renewals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records how `name` is renewed from now on; the entry it replaced stops being served.
+    fn track(&self, name: &str, renewal: Renewal) {
+        let replaced = {
+            let mut renewals = self.renewals();
+            match renewal {
+                Renewal::Never => renewals.remove(name),
+                renewal => renewals.insert(name.to_string(), renewal),
+            }
+        };
+        self.forget(replaced);
+    }
+
+    /// Stops serving a local file that is no longer staged.
+    fn forget(&self, renewal: Option<Renewal>) {
+        if let Some(Renewal::Local(id)) = renewal {
+            self.local.unregister(id);
+        }
     }
 
     /// Explains a failed call to the mount daemon: unreachable daemons say where they
@@ -74,7 +96,7 @@ impl ControlService {
         ticker.tick().await;
         loop {
             ticker.tick().await;
-            let names: Vec<String> = self.local_entries().keys().cloned().collect();
+            let names: Vec<String> = self.renewals().keys().cloned().collect();
             for name in names {
                 self.renew(&name).await;
             }
@@ -118,12 +140,23 @@ impl ControlService {
         }
     }
 
-    /// Gives local entry `name` a fresh URL. False if it is not ours to renew.
+    /// Gives entry `name` a fresh URL. False if it has none to renew, or renewal failed.
     async fn renew(&self, name: &str) -> bool {
-        let Some(id) = self.local_entries().get(name).copied() else {
+        let Some(renewal) = self.renewals().get(name).cloned() else {
             return false;
         };
-        let (url, url_expires_unix) = self.local.sign(id);
+        let signed = match &renewal {
+            Renewal::Never => return false,
+            Renewal::Local(id) => Ok(self.local.sign(*id)),
+            Renewal::Remote { remote, path } => remote.sign(path).await,
+        };
+        let (url, url_expires_unix) = match signed {
+            Ok(signed) => signed,
+            Err(e) => {
+                tracing::warn!(name, "URL renewal failed: {e}");
+                return false;
+            }
+        };
         let request = api::UpdateUrlRequest {
             name: name.to_string(),
             url,
@@ -133,8 +166,8 @@ impl ControlService {
             Ok(_) => true,
             Err(status) if status.code() == Code::NotFound => {
                 // Unstaged behind our back (e.g. directly on the mount daemon).
-                self.local_entries().remove(name);
-                self.local.unregister(id);
+                let removed = self.renewals().remove(name);
+                self.forget(removed);
                 false
             }
             Err(status) => {
@@ -163,6 +196,15 @@ impl Control for ControlService {
         let resolved = match kind {
             SourceKind::Local(path) => self.local.register(path).await?,
             SourceKind::Url(url) => self.http.resolve(url).await?,
+            SourceKind::Remote { remote, path } => {
+                let remote = self.remotes.get(remote)?;
+                let mut resolved = remote.resolve(path, &self.http).await?;
+                resolved.renewal = Renewal::Remote {
+                    remote,
+                    path: path.to_string(),
+                };
+                resolved
+            }
         };
         let add = api::AddEntryRequest {
             entry: Some(api::EntrySpec {
@@ -177,23 +219,11 @@ impl Control for ControlService {
         let response = match self.mountd.clone().add_entry(add).await {
             Ok(response) => response.into_inner(),
             Err(status) => {
-                if let Some(id) = resolved.local_id {
-                    self.local.unregister(id);
-                }
+                self.forget(Some(resolved.renewal));
                 return Err(self.mountd_error(status));
             }
         };
-        let replaced = {
-            let mut entries = self.local_entries();
-            let replaced = entries.remove(&name);
-            if let Some(id) = resolved.local_id {
-                entries.insert(name.clone(), id);
-            }
-            replaced
-        };
-        if let Some(old) = replaced {
-            self.local.unregister(old);
-        }
+        self.track(&name, resolved.renewal);
         tracing::info!(name, source = %resolved.display, "staged");
         Ok(Response::new(api::StageResponse {
             entry: response.entry,
@@ -210,10 +240,8 @@ impl Control for ControlService {
             .remove_entry(api::RemoveEntryRequest { name: name.clone() })
             .await
             .map_err(|s| self.mountd_error(s))?;
-        let removed = self.local_entries().remove(&name);
-        if let Some(id) = removed {
-            self.local.unregister(id);
-        }
+        let removed = self.renewals().remove(&name);
+        self.forget(removed);
         tracing::info!(name, "unstaged");
         Ok(Response::new(api::UnstageResponse {}))
     }
@@ -245,6 +273,13 @@ impl Control for ControlService {
             listen: self.listen.map(|a| a.to_string()).unwrap_or_default(),
             mountd_socket: self.config.mountd_socket.to_string_lossy().into_owned(),
             local_source_addr: self.local.addr().to_string(),
+            config: self
+                .config
+                .config
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            remotes: self.remotes.names().map(str::to_string).collect(),
         };
         let (mount, mount_error) = match self
             .mountd
@@ -260,5 +295,28 @@ impl Control for ControlService {
             mount,
             mount_error,
         }))
+    }
+
+    async fn set_temp_url_key(
+        &self,
+        request: Request<api::SetTempUrlKeyRequest>,
+    ) -> Result<Response<api::SetTempUrlKeyResponse>, Status> {
+        let request = request.into_inner();
+        let Remote::Swift(swift) = &*self.remotes.get(&request.remote)? else {
+            return Err(Status::invalid_argument(format!(
+                "remote {:?} is not a Swift remote",
+                request.remote
+            )));
+        };
+        let key = if request.key.is_empty() {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes).map_err(|e| Status::internal(e.to_string()))?;
+            hex::encode(bytes)
+        } else {
+            request.key
+        };
+        swift.set_temp_url_key(&key).await?;
+        tracing::info!(remote = request.remote, "TempURL key set");
+        Ok(Response::new(api::SetTempUrlKeyResponse {}))
     }
 }

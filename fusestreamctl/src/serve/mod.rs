@@ -13,6 +13,8 @@ use fusestream_shared::api::control_server::ControlServer;
 use fusestream_shared::{grpc, readiness};
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::config::Config;
+use crate::sources::Remotes;
 use crate::sources::http::HttpSource;
 use crate::sources::local::LocalSource;
 use control::ControlService;
@@ -26,6 +28,8 @@ pub struct ServeConfig {
     pub url_lifetime: Duration,
     /// How often those URLs are renewed ahead of expiry.
     pub renew_interval: Duration,
+    /// The config file with the remotes, if there is one.
+    pub config: Option<PathBuf>,
 }
 
 pub async fn run(config: ServeConfig) -> Result<(), String> {
@@ -48,12 +52,20 @@ pub async fn run(config: ServeConfig) -> Result<(), String> {
         .await
         .map_err(|e| format!("local file server: {e}"))?;
     let http = HttpSource::new().map_err(|e| format!("HTTP client: {e}"))?;
+    let remotes = match &config.config {
+        Some(path) => {
+            let loaded = Config::load(path, true).map_err(|e| e.to_string())?;
+            Remotes::from_config(&loaded, http.client()).map_err(|e| e.to_string())?
+        }
+        None => Remotes::default(),
+    };
     let mountd = grpc::unix_channel(&config.mountd_socket, Duration::from_secs(30));
     let service = Arc::new(ControlService::new(
         config.clone(),
         listen,
         local,
         http,
+        remotes,
         mountd,
     ));
     let renewal = tokio::spawn(service.clone().renew_urls());

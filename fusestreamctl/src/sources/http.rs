@@ -1,18 +1,29 @@
 //! Plain http(s) URLs: resolved with a one-byte ranged GET, which also works for presigned
-//! URLs that only allow GET, and proves the server honours Range.
+//! URLs that only allow GET, and proves the server honours Range. S3 remotes use the same
+//! probe on their presigned URLs and read the refusals their own way.
 
 use fusestream_shared::api::ObjectVersion;
 use fusestream_shared::redact;
-use reqwest::header;
+use reqwest::{StatusCode, header};
 
 use super::{Resolved, SourceError};
+
+/// Attempts of the probe; transient failures (connection errors, 429, 5xx) are retried.
+const PROBE_ATTEMPTS: u32 = 3;
+
+/// What a probe found.
+pub enum Probe {
+    Found(ObjectVersion),
+    /// The server said no (4xx/5xx, after retries); its body for a closer reading.
+    Refused {
+        status: StatusCode,
+        body: String,
+    },
+}
 
 pub struct HttpSource {
     client: reqwest::Client,
 }
-
-/// Attempts of the probe; transient failures (connection errors, 429, 5xx) are retried.
-const PROBE_ATTEMPTS: u32 = 3;
 
 impl HttpSource {
     pub fn new() -> reqwest::Result<HttpSource> {
@@ -22,10 +33,15 @@ impl HttpSource {
         Ok(HttpSource { client })
     }
 
-    /// A one-byte ranged GET, retried with backoff while the failure looks transient.
-    async fn probe(&self, url: &str, shown: &str) -> Result<reqwest::Response, SourceError> {
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// A one-byte ranged GET for the object's version, retried with backoff while the
+    /// failure looks transient. `shown` is the redacted form of `url` for messages.
+    pub async fn probe(&self, url: &str, shown: &str) -> Result<Probe, SourceError> {
         let mut attempt = 1;
-        loop {
+        let response = loop {
             let result = self
                 .client
                 .get(url)
@@ -37,18 +53,13 @@ impl HttpSource {
                 Err(e) => e.is_connect() || e.is_timeout(),
             };
             if !transient || attempt == PROBE_ATTEMPTS {
-                return result.map_err(|e| {
+                break result.map_err(|e| {
                     SourceError::Unavailable(format!("{shown}: {}", e.without_url()))
-                });
+                })?;
             }
             tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
             attempt += 1;
-        }
-    }
-
-    pub async fn resolve(&self, url: &str) -> Result<Resolved, SourceError> {
-        let shown = redact::url(url);
-        let response = self.probe(url, &shown).await?;
+        };
         let status = response.status();
         let headers = response.headers();
         let text = |name| {
@@ -74,20 +85,12 @@ impl HttpSource {
             }
             // An empty object can not satisfy bytes=0-0.
             416 if text(header::CONTENT_RANGE) == Some("bytes */0") => 0,
-            404 | 410 => return Err(SourceError::NotFound(format!("{shown}: HTTP {status}"))),
-            401 => {
-                return Err(SourceError::Unauthenticated(format!(
-                    "{shown}: HTTP {status}"
-                )));
+            _ => {
+                let body = response.text().await.unwrap_or_default();
+                return Ok(Probe::Refused { status, body });
             }
-            403 => {
-                return Err(SourceError::PermissionDenied(format!(
-                    "{shown}: HTTP {status}"
-                )));
-            }
-            _ => return Err(SourceError::Unavailable(format!("{shown}: HTTP {status}"))),
         };
-        let version = ObjectVersion {
+        Ok(Probe::Found(ObjectVersion {
             size,
             etag: text(header::ETAG).unwrap_or_default().to_string(),
             last_modified_unix: text(header::LAST_MODIFIED)
@@ -95,13 +98,29 @@ impl HttpSource {
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs() as i64),
             content_type: text(header::CONTENT_TYPE).unwrap_or_default().to_string(),
+        }))
+    }
+
+    pub async fn resolve(&self, url: &str) -> Result<Resolved, SourceError> {
+        let shown = redact::url(url);
+        let version = match self.probe(url, &shown).await? {
+            Probe::Found(version) => version,
+            Probe::Refused { status, .. } => {
+                let message = format!("{shown}: HTTP {status}");
+                return Err(match status.as_u16() {
+                    404 | 410 => SourceError::NotFound(message),
+                    401 => SourceError::Unauthenticated(message),
+                    403 => SourceError::PermissionDenied(message),
+                    _ => SourceError::Unavailable(message),
+                });
+            }
         };
         Ok(Resolved {
             url: url.to_string(),
             url_expires_unix: 0,
             version,
             display: shown,
-            local_id: None,
+            renewal: super::Renewal::Never,
         })
     }
 }

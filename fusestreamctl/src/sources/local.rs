@@ -139,7 +139,7 @@ impl LocalSource {
                 content_type: String::new(),
             },
             display: shown,
-            local_id: Some(id),
+            renewal: super::Renewal::Local(id),
         })
     }
 

@@ -1,15 +1,106 @@
 //! Resolving what the user stages into what the mount daemon needs: a temp URL and the
 //! object version it is pinned to.
 //!
-//! Sources: an absolute local path (served by [`local::LocalSource`]), or an `http://` /
-//! `https://` URL (fetched directly). Errors are one type, [`SourceError`], mapped to gRPC
-//! status in one place.
+//! Sources: an absolute local path (served by [`local::LocalSource`]), an `http://` /
+//! `https://` URL (fetched directly), or `REMOTE:path` for a remote named in the config
+//! (Swift TempURLs, S3 presigned URLs). Errors are one type, [`SourceError`], mapped to
+//! gRPC status in one place.
 
 pub mod http;
 pub mod local;
+pub mod s3;
+pub mod sigv4;
+pub mod swift;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use fusestream_shared::api::ObjectVersion;
 use thiserror::Error;
+
+use crate::config::{Config, ConfigError, RemoteConfig};
+
+/// How a staged entry's URL is renewed.
+#[derive(Debug, Clone)]
+pub enum Renewal {
+    /// Plain URLs do not expire (as far as we know).
+    Never,
+    /// A local file registered with the local file server under this id.
+    Local(u64),
+    /// An object of a configured remote.
+    Remote { remote: Arc<Remote>, path: String },
+}
+
+/// A configured remote.
+#[derive(Debug)]
+pub enum Remote {
+    Swift(swift::Swift),
+    S3(s3::S3),
+}
+
+impl Remote {
+    pub async fn resolve(
+        &self,
+        path: &str,
+        http: &http::HttpSource,
+    ) -> Result<Resolved, SourceError> {
+        match self {
+            Remote::Swift(swift) => swift.resolve(path).await,
+            Remote::S3(s3) => s3.resolve(path, http).await,
+        }
+    }
+
+    /// A fresh URL for `path`, and when it expires.
+    pub async fn sign(&self, path: &str) -> Result<(String, i64), SourceError> {
+        match self {
+            Remote::Swift(swift) => swift.sign(path).await,
+            Remote::S3(s3) => s3.sign(path),
+        }
+    }
+}
+
+/// The remotes of the config, by name.
+#[derive(Debug, Default)]
+pub struct Remotes(BTreeMap<String, Arc<Remote>>);
+
+impl Remotes {
+    pub fn from_config(config: &Config, client: &reqwest::Client) -> Result<Remotes, ConfigError> {
+        let mut remotes = BTreeMap::new();
+        for (name, remote) in &config.remotes {
+            let remote = match remote {
+                RemoteConfig::Swift(c) => {
+                    Remote::Swift(swift::Swift::new(name, c, client.clone())?)
+                }
+                RemoteConfig::S3(c) => Remote::S3(s3::S3::new(name, c)?),
+            };
+            remotes.insert(name.clone(), Arc::new(remote));
+        }
+        Ok(Remotes(remotes))
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<Remote>, SourceError> {
+        self.0.get(name).cloned().ok_or_else(|| {
+            let known: Vec<&str> = self.0.keys().map(String::as_str).collect();
+            SourceError::InvalidArgument(if known.is_empty() {
+                format!("unknown remote {name:?}: no remotes are configured")
+            } else {
+                format!("unknown remote {name:?} (configured: {})", known.join(", "))
+            })
+        })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+}
+
+/// True for names a remote may have (letters, digits, '-', '_').
+pub fn is_remote_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
 
 /// A source, resolved.
 #[derive(Debug, Clone)]
@@ -20,8 +111,8 @@ pub struct Resolved {
     pub version: ObjectVersion,
     /// How the source is shown (redacted).
     pub display: String,
-    /// Registration with the local-file server, for local sources.
-    pub local_id: Option<u64>,
+    /// How its URL is renewed.
+    pub renewal: Renewal,
 }
 
 #[derive(Debug, Error)]
@@ -77,6 +168,11 @@ impl From<SourceError> for tonic::Status {
 pub enum SourceKind<'a> {
     Local(&'a std::path::Path),
     Url(&'a str),
+    /// `REMOTE:path`.
+    Remote {
+        remote: &'a str,
+        path: &'a str,
+    },
 }
 
 pub fn classify(source: &str) -> Result<SourceKind<'_>, SourceError> {
@@ -84,11 +180,19 @@ pub fn classify(source: &str) -> Result<SourceKind<'_>, SourceError> {
         Ok(SourceKind::Url(source))
     } else if source.starts_with('/') {
         Ok(SourceKind::Local(std::path::Path::new(source)))
+    } else if let Some((scheme, _)) = source.split_once("://") {
+        Err(SourceError::InvalidArgument(format!(
+            "{scheme}:// URLs are not supported (only http and https)"
+        )))
+    } else if let Some((remote, path)) = source.split_once(':')
+        && is_remote_name(remote)
+    {
+        Ok(SourceKind::Remote { remote, path })
     } else if source.is_empty() {
         Err(SourceError::InvalidArgument("source is empty".into()))
     } else {
         Err(SourceError::InvalidArgument(format!(
-            "source {:?} is neither an absolute path nor an http(s) URL",
+            "source {:?} is neither an absolute path, an http(s) URL nor REMOTE:path",
             fusestream_shared::redact::url(source)
         )))
     }
@@ -98,6 +202,11 @@ pub fn classify(source: &str) -> Result<SourceKind<'_>, SourceError> {
 pub fn default_name(source: &SourceKind<'_>) -> Result<String, SourceError> {
     let name = match source {
         SourceKind::Local(path) => path.file_name().map(|n| n.to_string_lossy().into_owned()),
+        SourceKind::Remote { path, .. } => path
+            .rsplit('/')
+            .next()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
         SourceKind::Url(url) => {
             let path = url.split(['?', '#']).next().unwrap_or_default();
             let after_host = path.splitn(4, '/').nth(3).unwrap_or_default();
@@ -116,7 +225,7 @@ pub fn default_name(source: &SourceKind<'_>) -> Result<String, SourceError> {
 }
 
 /// Decodes `%XX` escapes (invalid ones are kept as they are).
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
