@@ -3,18 +3,10 @@
 //! resumes.
 
 use std::os::unix::fs::FileExt;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use fusestream_tests::{FuseStream, Options, completes, grpcurl_ok, random_file};
+use fusestream_tests::{FuseStream, Options, completes, random_file};
 
 const MIB: usize = 1 << 20;
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 #[test]
 fn a_refused_temp_url_is_renewed_and_the_read_resumes() {
@@ -34,18 +26,8 @@ fn a_refused_temp_url_is_renewed_and_the_read_resumes() {
     assert!(head == data[..4096]);
 
     // Wait until the mount daemon's URL has expired (the local file server refuses it).
-    let listing = grpcurl_ok(&[
-        "-unix",
-        "-plaintext",
-        fs.mountd_socket.to_str().unwrap(),
-        "fusestream.v1.Mount/ListEntries",
-    ]);
-    let expires: i64 = listing
-        .split("\"urlExpiresUnix\": \"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no expiry in {listing}"));
-    fs.wait_until("the temp URL has expired", |_| unix_now() > expires);
+    let expired = fs.url_expiry();
+    fs.wait_for_url_expiry();
 
     // A read of bytes not fetched yet: the fetch is refused and waits for a new URL.
     let reader = std::thread::spawn(move || {
@@ -66,14 +48,5 @@ fn a_refused_temp_url_is_renewed_and_the_read_resumes() {
             .contains("temp URL refused by the remote; issued a new one")
     );
     // The new URL is a later one.
-    let listing = grpcurl_ok(&[
-        "-unix",
-        "-plaintext",
-        fs.mountd_socket.to_str().unwrap(),
-        "fusestream.v1.Mount/ListEntries",
-    ]);
-    assert!(
-        !listing.contains(&format!("\"urlExpiresUnix\": \"{expires}\"")),
-        "{listing}"
-    );
+    assert!(fs.url_expiry() > expired, "a later URL was installed");
 }

@@ -163,6 +163,7 @@ EOF
 
   # Backends. mount_check = false: srv/d1 is a plain directory, not a mounted disk.
   # workers = 0: one process per server, no forking (least RAM, simplest to stop).
+  # bind_timeout: Swift retries a taken port for 30 s by default; a test wants to fail fast.
   # disable_fallocate: Swift would otherwise refuse writes when the disk looks "full".
   local kind port
   for kind in object container account; do
@@ -176,6 +177,7 @@ EOF
 bind_ip = 127.0.0.1
 bind_port = $port
 workers = 0
+bind_timeout = 3
 user = $RUN_USER
 swift_dir = $ETC
 devices = $SRV
@@ -201,6 +203,7 @@ EOF
 bind_ip = 127.0.0.1
 bind_port = $PROXY_PORT
 workers = 0
+bind_timeout = 3
 user = $RUN_USER
 swift_dir = $ETC
 log_name = proxy-server
@@ -325,8 +328,7 @@ fail() {
 # Waits for an HTTP 2xx; gives up early with the log tail if the server died (port taken,
 # bad config) instead of waiting out the timeout.
 wait_http() { # name url
-  local i
-  for i in $(seq 300); do
+  for _ in $(seq 300); do
     curl -fsS -o /dev/null --max-time 2 "$2" 2>/dev/null && return 0
     if ! pid_alive "$1"; then
       tail -n 20 "$LOG/$1.log" >&2 || true
@@ -338,8 +340,10 @@ wait_http() { # name url
 }
 
 do_start() {
-  command -v swift-proxy-server >/dev/null && command -v memcached >/dev/null ||
-    { echo "swift.sh: swift/memcached not installed (run tests/servers/install-swift.sh)" >&2; exit 1; }
+  if ! command -v swift-proxy-server >/dev/null || ! command -v memcached >/dev/null; then
+    echo "swift.sh: swift/memcached not installed (run tests/servers/install-swift.sh)" >&2
+    exit 1
+  fi
   choose_ports
   if [ -n "${SWIFT_TMPFS:-}" ] && ! mountpoint -q "$SRV"; then
     mkdir -p "$SRV"
@@ -368,8 +372,8 @@ do_start() {
 
   # Ready = a TempAuth login works (needs memcached up) and the account answers (needs
   # the backends and rings).
-  local auth_url="http://127.0.0.1:$PROXY_PORT/auth/v1.0" i hdrs tok="" storage=""
-  for i in $(seq 100); do
+  local auth_url="http://127.0.0.1:$PROXY_PORT/auth/v1.0" hdrs tok="" storage=""
+  for _ in $(seq 100); do
     hdrs=$(curl -fsS -D - -o /dev/null --max-time 2 -H 'X-Auth-User: test:tester' \
       -H 'X-Auth-Key: testing' "$auth_url" 2>/dev/null | tr -d '\r') || hdrs=""
     tok=$(awk -F': ' 'tolower($1)=="x-auth-token"{print $2}' <<<"$hdrs")

@@ -8,6 +8,7 @@
 
 pub mod faulty;
 pub mod nginx;
+pub mod swift;
 
 use std::ffi::OsStr;
 use std::io::Read;
@@ -169,6 +170,9 @@ pub struct Options {
     pub url_lifetime: u64,
     /// The control plane's `--renew-interval` (0: its default).
     pub renew_interval: u64,
+    /// The control plane's `--config`, and variables for its environment (secrets).
+    pub config: Option<PathBuf>,
+    pub control_env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -179,6 +183,8 @@ impl Default for Options {
             cache_dir: None,
             url_lifetime: 0,
             renew_interval: 0,
+            config: None,
+            control_env: Vec::new(),
         }
     }
 }
@@ -212,6 +218,10 @@ impl FuseStream {
             .args(["--listen", "127.0.0.1:0"]);
         flag_unless_zero(&mut serve, "--url-lifetime", options.url_lifetime);
         flag_unless_zero(&mut serve, "--renew-interval", options.renew_interval);
+        if let Some(config) = &options.config {
+            serve.arg("--config").arg(config);
+        }
+        serve.envs(options.control_env.iter().map(|(k, v)| (k, v)));
         let control = Daemon::start("control", serve, dir.path());
         let mut fs = FuseStream {
             dir,
@@ -307,6 +317,34 @@ impl FuseStream {
         fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
             .filter(|target| target.starts_with(self.cache_dir()))
             .count()
+    }
+
+    /// The mount daemon's temp-URL expiry of its (single) entry, in Unix seconds, as the
+    /// Mount API reports it.
+    pub fn url_expiry(&self) -> u64 {
+        let listing = grpcurl_ok(&[
+            "-unix",
+            "-plaintext",
+            self.mountd_socket.to_str().expect("utf-8 path"),
+            "fusestream.v1.Mount/ListEntries",
+        ]);
+        listing
+            .split("\"urlExpiresUnix\": \"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no expiry in {listing}"))
+    }
+
+    /// Waits until the entry's temp URL has expired (by the wall clock), so the remote
+    /// refuses it from then on.
+    pub fn wait_for_url_expiry(&self) {
+        let expires = self.url_expiry();
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
+        self.wait_until("the temp URL has expired", |_| now() > expires);
     }
 
     /// A path for test input files (outside the mount).
