@@ -197,7 +197,12 @@ impl Fetcher {
     }
 
     /// One request for bytes `*next..end`; advances `*next` past every byte stored.
-    async fn attempt(&self, object: &Object, next: &mut u64, end: u64) -> Result<(), FetchError> {
+    async fn attempt(
+        &self,
+        object: &Arc<Object>,
+        next: &mut u64,
+        end: u64,
+    ) -> Result<(), FetchError> {
         let temp_url = object.temp_url();
         let mut request = self.client.get(&temp_url.url).header(
             reqwest::header::RANGE,
@@ -253,10 +258,16 @@ impl Fetcher {
                 *next / CHUNK_SIZE
             };
             if done > completed_up_to {
-                object.store.complete(ChunkRange {
+                let ready = object.store.complete(ChunkRange {
                     first: completed_up_to,
                     end: done,
                 });
+                if !ready.is_empty() {
+                    // Answering (a pread and a write to /dev/fuse per read) runs on the
+                    // blocking pool, so this task goes on receiving meanwhile.
+                    let object = object.clone();
+                    tokio::task::spawn_blocking(move || object.store.answer_all(ready));
+                }
                 self.cache.grew();
                 completed_up_to = done;
             }

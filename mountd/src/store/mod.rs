@@ -317,11 +317,22 @@ impl BackingStore {
 
     /// Answers `reply` with `len` bytes at `offset`, which must be present.
     pub fn answer(&self, offset: u64, len: u32, reply: Box<dyn DataReply>) {
-        let mut buf = vec![0; len as usize];
-        match self.file().read_exact_at(&mut buf, offset) {
-            Ok(()) => reply.data(&buf),
-            Err(e) => reply.error(FsError::Store(format!("read: {e}"))),
+        // A buffer per thread, reused: a fresh MiB per read would be a new mapping,
+        // page-faulted and zeroed every time.
+        thread_local! {
+            static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        let file = self.file();
+        BUFFER.with_borrow_mut(|buf| {
+            if buf.len() < len as usize {
+                buf.resize(len as usize, 0);
+            }
+            let buf = &mut buf[..len as usize];
+            match file.read_exact_at(buf, offset) {
+                Ok(()) => reply.data(buf),
+                Err(e) => reply.error(FsError::Store(format!("read: {e}"))),
+            }
+        });
     }
 
     /// Writes fetched bytes at `offset`. Called by the fetcher, never under the lock.
@@ -334,10 +345,11 @@ impl BackingStore {
         chunks.first * CHUNK_SIZE..(chunks.end * CHUNK_SIZE).min(self.size)
     }
 
-    /// Marks `chunks` present (their bytes are written) and answers the parked reads that
-    /// are now complete.
-    pub fn complete(&self, chunks: ChunkRange) {
-        let ready: Vec<ParkedRead> = {
+    /// Marks `chunks` present (their bytes are written) and returns the parked reads that
+    /// are now complete, for the caller to answer (see [`BackingStore::answer_all`]).
+    #[must_use = "the returned reads must be answered"]
+    pub fn complete(&self, chunks: ChunkRange) -> Vec<ParkedRead> {
+        {
             let mut state = self.lock();
             for i in chunks.first..chunks.end {
                 if !state.present.get(i) {
@@ -354,8 +366,12 @@ impl BackingStore {
             state.take_parked_where(|c, present| {
                 c.first < chunks.end && c.end > chunks.first && present.all(c.first..c.end)
             })
-        };
-        for read in ready {
+        }
+    }
+
+    /// Answers completed parked reads from the store.
+    pub fn answer_all(&self, reads: Vec<ParkedRead>) {
+        for read in reads {
             self.answer(read.offset, read.len, read.reply);
         }
     }
@@ -435,7 +451,8 @@ pub mod tests {
         store
             .write(r.start, &vec![byte; (r.end - r.start) as usize])
             .unwrap();
-        store.complete(chunks);
+        let ready = store.complete(chunks);
+        store.answer_all(ready);
     }
 
     #[test]
