@@ -278,6 +278,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let example = include_str!("../../deploy/config.example.toml");
+        let config: Config = toml::from_str(example).unwrap();
+        assert_eq!(config.remotes.len(), 3);
+    }
+
+    #[test]
     fn missing_files_and_secret_sources() {
         let missing = Path::new("/nonexistent/fusestream.toml");
         assert!(Config::load(missing, false).unwrap().remotes.is_empty());
