@@ -205,23 +205,29 @@ fn remote_errors_are_the_documented_ones_and_stage_nothing() {
     );
 }
 
-#[test]
-fn a_tempurl_that_swift_refuses_as_expired_is_renewed() {
+/// A Swift with a TempURL key and `media/big.bin` of `size` random bytes, and the config
+/// of a remote `short` whose TempURLs live `lifetime` seconds.
+fn swift_with_big_object(size: usize, lifetime: u64) -> (SwiftServer, Vec<u8>, String) {
     let swift = SwiftServer::start();
-    let data = random_file(
-        &std::env::temp_dir().join(format!("swift-exp-{}", std::process::id())),
-        16 * MIB,
-    );
+    let mut data = vec![0u8; size];
+    getrandom::fill(&mut data).unwrap();
     swift.put("media", "big.bin", &data);
     assert_eq!(
         swift.admin("POST", "", &["-H", "X-Account-Meta-Temp-URL-Key: tempkey"]),
         204
     );
-    // TempURLs that live 3 s, renewed only when refused.
     let short = format!(
-        "[remotes.short]\ntype = \"swift\"\nauth_url = \"{}\"\nuser = \"test:tester\"\nkey_env = \"ARCHIVE_KEY\"\nurl_lifetime = 3\n",
+        "[remotes.short]\ntype = \"swift\"\nauth_url = \"{}\"\nuser = \"test:tester\"\n\
+         key_env = \"ARCHIVE_KEY\"\nurl_lifetime = {lifetime}\n",
         swift.var("SWIFT_AUTH_URL")
     );
+    (swift, data, short)
+}
+
+#[test]
+fn a_tempurl_that_swift_refuses_as_expired_is_renewed() {
+    // TempURLs that live 3 s, renewed only when refused.
+    let (swift, data, short) = swift_with_big_object(16 * MIB, 3);
     let fs = start(
         &swift,
         &short,
@@ -236,7 +242,7 @@ fn a_tempurl_that_swift_refuses_as_expired_is_renewed() {
     file.read_exact_at(&mut head, 0).unwrap();
     assert!(head == data[..4096]);
 
-    fs.wait_for_url_expiry();
+    fs.wait_for_url_expiry_of("big.bin");
 
     let read = completes("a read after the TempURL expired", 90, move || {
         let mut buf = vec![0; 4096];
@@ -254,5 +260,63 @@ fn a_tempurl_that_swift_refuses_as_expired_is_renewed() {
         fs.control
             .logs()
             .contains("temp URL refused by the remote; issued a new one")
+    );
+}
+
+#[test]
+fn with_the_control_plane_down_staged_files_fail_cleanly_and_recover_when_it_is_back() {
+    let (swift, data, short) = swift_with_big_object(16 * MIB, 6);
+    let mut fs = start(
+        &swift,
+        &short,
+        Options {
+            read_timeout: 4,
+            url_lifetime: 6,
+            ..Options::default()
+        },
+    );
+    fs.ctl_ok(["stage", "--name", "remote.bin", "short:media/big.bin"]);
+    let local_src = fs.input("local.bin");
+    let local = random_file(&local_src, 8 * MIB);
+    fs.ctl_ok(["stage", "--name", "local.bin", local_src.to_str().unwrap()]);
+    let remote_file = std::fs::File::open(fs.mountpoint.join("remote.bin")).unwrap();
+    let local_file = std::fs::File::open(fs.mountpoint.join("local.bin")).unwrap();
+    let read = |file: &std::fs::File, at: usize| {
+        let mut buf = vec![0; 4096];
+        file.read_exact_at(&mut buf, at as u64).map(|()| buf)
+    };
+    assert!(read(&remote_file, 0).unwrap() == data[..4096]);
+
+    // The control plane dies. The remote object keeps streaming while its URL is valid
+    // (the mount daemon fetches from Swift itself); the local file's server is gone.
+    fs.control.stop_with(libc::SIGKILL);
+    assert!(read(&remote_file, 4 * MIB).unwrap() == data[4 * MIB..4 * MIB + 4096]);
+    let error = read(&local_file, 6 * MIB).unwrap_err();
+    assert!(
+        matches!(error.raw_os_error(), Some(libc::EIO | libc::ETIMEDOUT)),
+        "{error}"
+    );
+    // Once the URL expires, reads of the remote object fail cleanly too.
+    fs.wait_for_url_expiry_of("remote.bin");
+    let error = read(&remote_file, 12 * MIB).unwrap_err();
+    assert!(
+        matches!(error.raw_os_error(), Some(libc::EIO | libc::ETIMEDOUT)),
+        "{error}"
+    );
+
+    // A new control plane takes the entries up again from its saved state.
+    fs.restart_control(libc::SIGTERM);
+    let again = completes("reads after the control plane is back", 60, move || {
+        (
+            read(&remote_file, 12 * MIB).unwrap(),
+            read(&local_file, 6 * MIB).unwrap(),
+        )
+    });
+    assert!(again.0 == data[12 * MIB..12 * MIB + 4096]);
+    assert!(again.1 == local[6 * MIB..6 * MIB + 4096]);
+    let ls = fs.ctl_ok(["ls"]);
+    assert!(
+        ls.contains("remote.bin") && ls.contains("local.bin"),
+        "{ls}"
     );
 }

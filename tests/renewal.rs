@@ -26,8 +26,8 @@ fn a_refused_temp_url_is_renewed_and_the_read_resumes() {
     assert!(head == data[..4096]);
 
     // Wait until the mount daemon's URL has expired (the local file server refuses it).
-    let expired = fs.url_expiry();
-    fs.wait_for_url_expiry();
+    let expired = fs.url_expiry_of("data.bin");
+    fs.wait_for_url_expiry_of("data.bin");
 
     // A read of bytes not fetched yet: the fetch is refused and waits for a new URL.
     let reader = std::thread::spawn(move || {
@@ -48,5 +48,8 @@ fn a_refused_temp_url_is_renewed_and_the_read_resumes() {
             .contains("temp URL refused by the remote; issued a new one")
     );
     // The new URL is a later one.
-    assert!(fs.url_expiry() > expired, "a later URL was installed");
+    assert!(
+        fs.url_expiry_of("data.bin") > expired,
+        "a later URL was installed"
+    );
 }

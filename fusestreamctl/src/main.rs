@@ -55,6 +55,10 @@ enum Command {
         /// if it exists).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Where the staged entries are saved across restarts
+        /// (default: $XDG_STATE_HOME/fusestream, ~/.local/state/fusestream).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Set the TempURL key of a Swift remote's account (random unless --key is given).
     SwiftSetTempUrlKey {
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
             renew_interval,
             log_file,
             config,
+            state_dir,
         } => {
             let target = log_file.map_or(LogTarget::Stderr, LogTarget::File);
             if let Err(e) = logging::init(target, "info") {
@@ -108,6 +113,7 @@ fn main() -> ExitCode {
                 url_lifetime: Duration::from_secs(url_lifetime),
                 renew_interval: Duration::from_secs(renew_interval.unwrap_or(url_lifetime / 4)),
                 config: config.or_else(|| config::default_path().filter(|p| p.exists())),
+                state_dir: state_dir.unwrap_or_else(paths::state_dir),
             };
             let result = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

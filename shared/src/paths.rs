@@ -28,3 +28,16 @@ pub fn default_control_socket() -> PathBuf {
 pub fn default_mountd_socket() -> PathBuf {
     PathBuf::from("/run/fusestream/mountd.sock")
 }
+
+/// Per-user state directory for FuseStream: `$XDG_STATE_HOME/fusestream`, else
+/// `~/.local/state/fusestream`, else the runtime dir.
+pub fn state_dir() -> PathBuf {
+    let xdg = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"));
+    match xdg.or(home) {
+        Some(base) => base.join("fusestream"),
+        None => runtime_dir(),
+    }
+}

@@ -3,6 +3,13 @@
 # memcached (TempAuth keeps its tokens there) and curl (readiness checks).
 #
 #   tests/servers/install-swift.sh
+#   SWIFT_KEYSTONE=1 tests/servers/install-swift.sh   # also what `SWIFT_KEYSTONE=1 swift.sh` needs
+#
+# With SWIFT_KEYSTONE=1 it also installs Keystone (python3-keystone 22 "Zed", only the
+# library: the `keystone` package's postinst wants dbconfig-common and sets up a system
+# service), keystonemiddleware (authtoken for the second Swift proxy) and uWSGI with its
+# python3 plugin (serves Keystone). About 120 more packages, none of which starts anything
+# (uwsgi-core only ships an uwsgi-app@.service template that nothing enables).
 #
 # Quiet, non-interactive, safe to run again (does nothing when all packages are present).
 # Runs as root, or through sudo otherwise.
@@ -13,11 +20,15 @@
 #  - while installing, a policy-rc.d that denies every start is in place (invoke-rc.d and
 #    deb-systemd-invoke, which the postinst scripts call, both honour it). If the machine
 #    already has one we leave it alone; Docker-style images ship one that does just this.
-#  - afterwards, any memcached/swift daemon that appeared during the install and runs the
-#    system configuration is stopped anyway (belt and braces for a policy-rc.d that allows).
+#  - afterwards, any memcached/swift/keystone/uwsgi daemon that appeared during the install
+#    and runs the system configuration is stopped anyway (belt and braces for a policy-rc.d
+#    that allows).
 set -euo pipefail
 
 PACKAGES=(swift swift-proxy swift-object swift-container swift-account python3-swiftclient memcached curl)
+if [ "${SWIFT_KEYSTONE:-0}" = 1 ]; then
+  PACKAGES+=(python3-keystone python3-keystonemiddleware uwsgi-core uwsgi-plugin-python3)
+fi
 POLICY=/usr/sbin/policy-rc.d
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -27,18 +38,19 @@ for p in "${PACKAGES[@]}"; do
   [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" = installed ] || missing+=("$p")
 done
 if [ ${#missing[@]} = 0 ]; then
-  echo "swift packages already installed" >&2
+  echo "swift packages already installed${SWIFT_KEYSTONE:+ (SWIFT_KEYSTONE=$SWIFT_KEYSTONE)}" >&2
   exit 0
 fi
 
-# pids of system-wide memcached/swift daemons, by their system configuration (ours run
-# with configs under the test DIR, so they never match).
+# pids of system-wide memcached/swift/keystone/uwsgi daemons, by their system configuration
+# (ours run with configs under the test DIR, so they never match).
 system_daemons() {
   local d cmd
   for d in /proc/[0-9]*; do
-    cmd=$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null) || continue
+    cmd=$(tr '\0' ' ' 2>/dev/null < "$d/cmdline") || continue
     case $cmd in
-      *memcached*"-u memcache"* | */etc/memcached.conf* | *start-memcached* | *swift-*/etc/swift/*)
+      *memcached*"-u memcache"* | */etc/memcached.conf* | *start-memcached* | *swift-*/etc/swift/* | \
+      *keystone-wsgi-* | *uwsgi*/etc/uwsgi* | *uwsgi*/etc/keystone* | *uwsgi*/usr/bin/keystone*)
         echo "${d#/proc/}" ;;
     esac
   done
@@ -68,7 +80,7 @@ if [ $own_policy = 1 ]; then as_root rm -f "$POLICY"; trap - EXIT; fi
 
 for pid in $(system_daemons); do
   case $before in *" $pid "*) continue ;; esac
-  echo "stopping system daemon started by the install: $pid $(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)" >&2
+  echo "stopping system daemon started by the install: $pid $(tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline")" >&2
   as_root kill -TERM "$pid" 2>/dev/null || true
 done
 echo "installed: ${missing[*]}" >&2

@@ -208,21 +208,7 @@ impl FuseStream {
             .get_or_insert_with(|| dir.path().join("cache"));
         std::fs::create_dir_all(cache_dir).expect("cache dir");
         let mountd = start_mountd(dir.path(), &mountpoint, &mountd_socket, &options);
-        let mut serve = Command::new(bin("fusestreamctl"));
-        serve
-            .arg("--socket")
-            .arg(&control_socket)
-            .arg("serve")
-            .arg("--mountd-socket")
-            .arg(&mountd_socket)
-            .args(["--listen", "127.0.0.1:0"]);
-        flag_unless_zero(&mut serve, "--url-lifetime", options.url_lifetime);
-        flag_unless_zero(&mut serve, "--renew-interval", options.renew_interval);
-        if let Some(config) = &options.config {
-            serve.arg("--config").arg(config);
-        }
-        serve.envs(options.control_env.iter().map(|(k, v)| (k, v)));
-        let control = Daemon::start("control", serve, dir.path());
+        let control = start_control(dir.path(), &control_socket, &mountd_socket, &options);
         let mut fs = FuseStream {
             dir,
             mountpoint,
@@ -248,6 +234,18 @@ impl FuseStream {
         self.mountd = start_mountd(
             self.dir.path(),
             &self.mountpoint,
+            &self.mountd_socket,
+            &self.options,
+        );
+    }
+
+    /// Kills the control plane with `signal` and starts a new one with the same options
+    /// and state directory.
+    pub fn restart_control(&mut self, signal: i32) {
+        self.control.stop_with(signal);
+        self.control = start_control(
+            self.dir.path(),
+            &self.control_socket,
             &self.mountd_socket,
             &self.options,
         );
@@ -319,26 +317,31 @@ impl FuseStream {
             .count()
     }
 
-    /// The mount daemon's temp-URL expiry of its (single) entry, in Unix seconds, as the
-    /// Mount API reports it.
-    pub fn url_expiry(&self) -> u64 {
+    /// The mount daemon's temp-URL expiry of entry `name`, in Unix seconds, as the Mount
+    /// API reports it.
+    pub fn url_expiry_of(&self, name: &str) -> u64 {
         let listing = grpcurl_ok(&[
             "-unix",
             "-plaintext",
             self.mountd_socket.to_str().expect("utf-8 path"),
             "fusestream.v1.Mount/ListEntries",
         ]);
-        listing
+        // Entries are printed one JSON object each; find `name`'s, then its expiry.
+        let entry = listing
+            .split("\"name\": ")
+            .find(|e| e.starts_with(&format!("\"{name}\"")))
+            .unwrap_or_else(|| panic!("no entry {name} in {listing}"));
+        entry
             .split("\"urlExpiresUnix\": \"")
             .nth(1)
             .and_then(|rest| rest.split('"').next()?.parse().ok())
-            .unwrap_or_else(|| panic!("no expiry in {listing}"))
+            .unwrap_or_else(|| panic!("no expiry for {name} in {listing}"))
     }
 
-    /// Waits until the entry's temp URL has expired (by the wall clock), so the remote
+    /// Waits until entry `name`'s temp URL has expired (by the wall clock), so the remote
     /// refuses it from then on.
-    pub fn wait_for_url_expiry(&self) {
-        let expires = self.url_expiry();
+    pub fn wait_for_url_expiry_of(&self, name: &str) {
+        let expires = self.url_expiry_of(name);
         let now = || {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -379,6 +382,26 @@ fn start_mountd(dir: &Path, mountpoint: &Path, socket: &Path, options: &Options)
         .arg(options.read_timeout.to_string());
     flag_unless_zero(&mut command, "--cache-max-mib", options.cache_max_mib);
     Daemon::start("mountd", command, dir)
+}
+
+fn start_control(dir: &Path, socket: &Path, mountd_socket: &Path, options: &Options) -> Daemon {
+    let mut serve = Command::new(bin("fusestreamctl"));
+    serve
+        .arg("--socket")
+        .arg(socket)
+        .arg("serve")
+        .arg("--mountd-socket")
+        .arg(mountd_socket)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(["--listen", "127.0.0.1:0"]);
+    flag_unless_zero(&mut serve, "--url-lifetime", options.url_lifetime);
+    flag_unless_zero(&mut serve, "--renew-interval", options.renew_interval);
+    if let Some(config) = &options.config {
+        serve.arg("--config").arg(config);
+    }
+    serve.envs(options.control_env.iter().map(|(k, v)| (k, v)));
+    Daemon::start("control", serve, dir)
 }
 
 /// Passes `flag value`, unless `value` is 0 (meaning: the daemon's default).

@@ -1,7 +1,8 @@
 //! The `fusestream.v1.Control` service.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use super::ServeConfig;
+use super::state::{Saved, Saver};
 use crate::sources::http::HttpSource;
 use crate::sources::local::LocalSource;
 use crate::sources::{self, Remote, Remotes, Renewal, SourceKind};
@@ -24,8 +26,9 @@ pub struct ControlService {
     mountd: MountClient<Channel>,
     remotes: Remotes,
     /// How to renew the URL of each staged entry that has one that expires, by name (and,
-    /// for local files, what to stop serving on unstage).
-    renewals: Mutex<HashMap<String, Renewal>>,
+    /// for local files, what to stop serving on unstage). Persisted by `saver`.
+    renewals: Arc<Mutex<HashMap<String, Renewal>>>,
+    saver: Saver,
     started: Instant,
 }
 
@@ -37,7 +40,9 @@ impl ControlService {
         http: HttpSource,
         remotes: Remotes,
         mountd: Channel,
+        state_file: PathBuf,
     ) -> ControlService {
+        let renewals: Arc<Mutex<HashMap<String, Renewal>>> = Arc::default();
         ControlService {
             config,
             listen,
@@ -45,7 +50,20 @@ impl ControlService {
             http,
             mountd: MountClient::new(mountd),
             remotes,
-            renewals: Mutex::default(),
+            saver: Saver::start(
+                state_file,
+                Box::new({
+                    let renewals = renewals.clone();
+                    move || {
+                        let renewals = renewals.lock().unwrap_or_else(|e| e.into_inner());
+                        renewals
+                            .iter()
+                            .filter_map(|(n, r)| Some((n.clone(), Saved::of(r)?)))
+                            .collect()
+                    }
+                }),
+            ),
+            renewals,
             started: Instant::now(),
         }
     }
@@ -54,8 +72,37 @@ impl ControlService {
         self.renewals.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Takes up the entries saved by an earlier run: their local files are served again
+    /// and their URLs are renewed once the mount daemon is reached (see `follow_events`).
+    pub async fn adopt(&self, saved: BTreeMap<String, Saved>) {
+        for (name, entry) in saved {
+            let renewal = match entry {
+                Saved::Local { path } => match self.local.register(&path).await {
+                    Ok(resolved) => resolved.renewal,
+                    Err(e) => {
+                        tracing::warn!(name, "not taken up again: {e}");
+                        continue;
+                    }
+                },
+                Saved::Remote { remote, path } => match self.remotes.get(&remote) {
+                    Ok(r) => Renewal::Remote {
+                        remote: r,
+                        name: remote,
+                        path,
+                    },
+                    Err(e) => {
+                        tracing::warn!(name, "not taken up again: {e}");
+                        continue;
+                    }
+                },
+            };
+            self.renewals().insert(name, renewal);
+        }
+        self.saver.save().await;
+    }
+
     /// Records how `name` is renewed from now on; the entry it replaced stops being served.
-    fn track(&self, name: &str, renewal: Renewal) {
+    async fn track(&self, name: &str, renewal: Renewal) {
         let replaced = {
             let mut renewals = self.renewals();
             match renewal {
@@ -64,11 +111,12 @@ impl ControlService {
             }
         };
         self.forget(replaced);
+        self.saver.save().await;
     }
 
     /// Stops serving a local file that is no longer staged.
     fn forget(&self, renewal: Option<Renewal>) {
-        if let Some(Renewal::Local(id)) = renewal {
+        if let Some(Renewal::Local { id, .. }) = renewal {
             self.local.unregister(id);
         }
     }
@@ -115,6 +163,11 @@ impl ControlService {
                 .await
             {
                 Ok(response) => {
+                    // (Re)connected: the daemon may have waited for us; renew everything.
+                    let names: Vec<String> = self.renewals().keys().cloned().collect();
+                    for name in names {
+                        self.renew(&name).await;
+                    }
                     let mut events = response.into_inner();
                     while let Ok(Some(message)) = events.message().await {
                         if message.dropped_before > 0 {
@@ -147,8 +200,8 @@ impl ControlService {
         };
         let signed = match &renewal {
             Renewal::Never => return false,
-            Renewal::Local(id) => Ok(self.local.sign(*id)),
-            Renewal::Remote { remote, path } => remote.sign(path).await,
+            Renewal::Local { id, .. } => Ok(self.local.sign(*id)),
+            Renewal::Remote { remote, path, .. } => remote.sign(path).await,
         };
         let (url, url_expires_unix) = match signed {
             Ok(signed) => signed,
@@ -165,9 +218,10 @@ impl ControlService {
         match self.mountd.clone().update_url(request).await {
             Ok(_) => true,
             Err(status) if status.code() == Code::NotFound => {
-                // Unstaged behind our back (e.g. directly on the mount daemon).
+                // Unstaged behind our back (directly on the mount daemon, or it restarted).
                 let removed = self.renewals().remove(name);
                 self.forget(removed);
+                self.saver.save().await;
                 false
             }
             Err(status) => {
@@ -196,11 +250,16 @@ impl Control for ControlService {
         let resolved = match kind {
             SourceKind::Local(path) => self.local.register(path).await?,
             SourceKind::Url(url) => self.http.resolve(url).await?,
-            SourceKind::Remote { remote, path } => {
-                let remote = self.remotes.get(remote)?;
+            SourceKind::Remote {
+                remote: remote_name,
+                path,
+            } => {
+                let name = remote_name.to_string();
+                let remote = self.remotes.get(remote_name)?;
                 let mut resolved = remote.resolve(path, &self.http).await?;
                 resolved.renewal = Renewal::Remote {
                     remote,
+                    name,
                     path: path.to_string(),
                 };
                 resolved
@@ -223,7 +282,7 @@ impl Control for ControlService {
                 return Err(self.mountd_error(status));
             }
         };
-        self.track(&name, resolved.renewal);
+        self.track(&name, resolved.renewal).await;
         tracing::info!(name, source = %resolved.display, "staged");
         Ok(Response::new(api::StageResponse {
             entry: response.entry,
@@ -242,6 +301,7 @@ impl Control for ControlService {
             .map_err(|s| self.mountd_error(s))?;
         let removed = self.renewals().remove(&name);
         self.forget(removed);
+        self.saver.save().await;
         tracing::info!(name, "unstaged");
         Ok(Response::new(api::UnstageResponse {}))
     }

@@ -3,6 +3,7 @@
 //! hands entries to the mount daemon and renews the URLs it issued before they expire.
 
 mod control;
+mod state;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +31,8 @@ pub struct ServeConfig {
     pub renew_interval: Duration,
     /// The config file with the remotes, if there is one.
     pub config: Option<PathBuf>,
+    /// Where the staged entries it renews are saved across restarts.
+    pub state_dir: PathBuf,
 }
 
 pub async fn run(config: ServeConfig) -> Result<(), String> {
@@ -67,7 +70,11 @@ pub async fn run(config: ServeConfig) -> Result<(), String> {
         http,
         remotes,
         mountd,
+        config.state_dir.join("control-state.json"),
     ));
+    service
+        .adopt(state::load(&config.state_dir.join("control-state.json")))
+        .await;
     let renewal = tokio::spawn(service.clone().renew_urls());
     let events = tokio::spawn(service.clone().follow_events());
 

@@ -139,7 +139,10 @@ impl LocalSource {
                 content_type: String::new(),
             },
             display: shown,
-            renewal: super::Renewal::Local(id),
+            renewal: super::Renewal::Local {
+                id,
+                path: path.to_path_buf(),
+            },
         })
     }
 

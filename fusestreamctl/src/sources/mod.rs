@@ -25,10 +25,14 @@ use crate::config::{Config, ConfigError, RemoteConfig};
 pub enum Renewal {
     /// Plain URLs do not expire (as far as we know).
     Never,
-    /// A local file registered with the local file server under this id.
-    Local(u64),
-    /// An object of a configured remote.
-    Remote { remote: Arc<Remote>, path: String },
+    /// A local file, registered with the local file server under `id`.
+    Local { id: u64, path: std::path::PathBuf },
+    /// An object of the configured remote named `name`.
+    Remote {
+        remote: Arc<Remote>,
+        name: String,
+        path: String,
+    },
 }
 
 /// A configured remote.

@@ -1,0 +1,152 @@
+//! The control plane's persisted state: the staged entries whose URLs it renews, so that
+//! after a restart (or a crash) it takes them up again and reads that failed meanwhile
+//! recover. Only what is needed to sign again is kept (a local path, or a remote's name and
+//! the object's path), never a URL, key or token.
+//!
+//! Written atomically (temp file, fsync, rename) by one saver task, so saves never
+//! interleave and no lock is held across the write; `stage` and `unstage` wait for theirs.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::sources::Renewal;
+
+/// A staged entry, as saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Saved {
+    Local { path: PathBuf },
+    Remote { remote: String, path: String },
+}
+
+impl Saved {
+    pub fn of(renewal: &Renewal) -> Option<Saved> {
+        match renewal {
+            Renewal::Never => None,
+            Renewal::Local { path, .. } => Some(Saved::Local { path: path.clone() }),
+            Renewal::Remote { name, path, .. } => Some(Saved::Remote {
+                remote: name.clone(),
+                path: path.clone(),
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StateFile {
+    entries: BTreeMap<String, Saved>,
+}
+
+/// Reads the saved entries of `path`; a missing file is no entries, an unreadable one is
+/// reported and set aside (renamed `.bad`) rather than silently overwritten.
+pub fn load(path: &Path) -> BTreeMap<String, Saved> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BTreeMap::new(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "state unreadable, starting empty: {e}");
+            return BTreeMap::new();
+        }
+    };
+    match serde_json::from_str::<StateFile>(&text) {
+        Ok(state) => state.entries,
+        Err(e) => {
+            let bad = path.with_extension("bad");
+            let _ = std::fs::rename(path, &bad);
+            tracing::warn!(path = %path.display(), moved_to = %bad.display(), "state corrupt, starting empty: {e}");
+            BTreeMap::new()
+        }
+    }
+}
+
+fn write_atomically(path: &Path, entries: &BTreeMap<String, Saved>) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    let state = StateFile {
+        entries: entries.clone(),
+    };
+    file.write_all(serde_json::to_string_pretty(&state)?.as_bytes())?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+type Snapshot = Box<dyn Fn() -> BTreeMap<String, Saved> + Send>;
+
+/// Handle to the saver task.
+#[derive(Clone)]
+pub struct Saver {
+    requests: mpsc::UnboundedSender<oneshot::Sender<()>>,
+}
+
+impl Saver {
+    /// Starts the saver task; `snapshot` gives the entries to save at that moment.
+    pub fn start(path: PathBuf, snapshot: Snapshot) -> Saver {
+        let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<()>>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                // Every request waiting now is served by one write of the latest state.
+                let mut waiting = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    waiting.push(more);
+                }
+                let entries = snapshot();
+                let target = path.clone();
+                let result =
+                    tokio::task::spawn_blocking(move || write_atomically(&target, &entries)).await;
+                if let Ok(Err(e)) | Err(e) = result.map_err(std::io::Error::other) {
+                    tracing::warn!(path = %path.display(), "saving state failed: {e}");
+                }
+                for done in waiting {
+                    let _ = done.send(());
+                }
+            }
+        });
+        Saver { requests: tx }
+    }
+
+    /// Saves the current state and waits until it is on disk.
+    pub async fn save(&self) {
+        let (done, saved) = oneshot::channel();
+        if self.requests.send(done).is_ok() {
+            let _ = saved.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_sets_corrupt_files_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        assert!(load(&path).is_empty());
+        let entries = BTreeMap::from([
+            (
+                "a.bin".to_string(),
+                Saved::Local {
+                    path: "/home/u/a.bin".into(),
+                },
+            ),
+            (
+                "dir/b.bin".to_string(),
+                Saved::Remote {
+                    remote: "archive".into(),
+                    path: "c/b.bin".into(),
+                },
+            ),
+        ]);
+        write_atomically(&path, &entries).unwrap();
+        assert_eq!(load(&path), entries);
+        std::fs::write(&path, "{not json").unwrap();
+        assert!(load(&path).is_empty());
+        assert!(path.with_extension("bad").exists());
+    }
+}
