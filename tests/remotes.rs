@@ -320,3 +320,61 @@ fn with_the_control_plane_down_staged_files_fail_cleanly_and_recover_when_it_is_
         "{ls}"
     );
 }
+
+#[test]
+fn an_http_remote_with_a_bearer_token_streams_and_the_token_stays_in_the_control_plane() {
+    let www = tempfile::tempdir().unwrap();
+    std::fs::create_dir(www.path().join("dir")).unwrap();
+    let data = random_file(&www.path().join("dir/file.bin"), 3 * MIB);
+    let nginx = fusestream_tests::nginx::Nginx::serve_with_token(www.path(), Some("s3cr3t-token"));
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[remotes.web]\ntype = \"http\"\nbase_url = \"{base}\"\nheaders_env = {{ Authorization = \"WEB_AUTH\" }}\n\
+             [remotes.badweb]\ntype = \"http\"\nbase_url = \"{base}\"\nheaders_env = {{ Authorization = \"BAD_AUTH\" }}\n",
+            base = nginx.url("")
+        ),
+    )
+    .unwrap();
+    let fs = FuseStream::start_with(Options {
+        config: Some(config),
+        control_env: vec![
+            ("WEB_AUTH".into(), "Bearer s3cr3t-token".into()),
+            ("BAD_AUTH".into(), "Bearer wrong".into()),
+        ],
+        ..Options::default()
+    });
+    fs.ctl_ok(["stage", "web:dir/file.bin"]);
+    let path = fs.mountpoint.join("file.bin");
+    let file = std::fs::File::open(&path).unwrap();
+    let mut buf = vec![0; 4096];
+    file.read_exact_at(&mut buf, 2 * MIB as u64).unwrap();
+    assert!(buf == data[2 * MIB..2 * MIB + 4096]);
+    assert_eq!(sha256_file(&path), sha256(&data));
+    assert!(
+        nginx.access_log().contains("\" 206 "),
+        "range requests reach the server"
+    );
+
+    let out = fs.ctl(["stage", "badweb:dir/file.bin"]);
+    assert!(
+        stderr(&out).contains("unauthenticated: badweb:dir/file.bin: HTTP 401"),
+        "{}",
+        stderr(&out)
+    );
+    let out = fs.ctl(["stage", "web:dir/missing.bin"]);
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+    for text in [
+        fs.ctl_ok(["ls"]),
+        fs.ctl_ok(["status"]),
+        fs.mountd.logs(),
+        fs.control.logs(),
+    ] {
+        assert!(!text.contains("s3cr3t-token"), "the token leaked: {text}");
+    }
+    // Unstaged, the proxied object is no longer served.
+    fs.ctl_ok(["unstage", "file.bin"]);
+    assert!(!fs.ctl_ok(["ls"]).contains("file.bin"));
+}

@@ -58,6 +58,20 @@ pub struct Config {
 pub enum RemoteConfig {
     Swift(SwiftConfig),
     S3(S3Config),
+    Http(HttpConfig),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Objects are `base_url` + the staged path (e.g. `https://example.org/files/`).
+    pub base_url: String,
+    /// Headers sent with every request (e.g. `Authorization = "Bearer ..."`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// Headers whose values come from the named environment variables.
+    #[serde(default)]
+    pub headers_env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +166,7 @@ impl Config {
         let has_secrets = config.remotes.values().any(|r| match r {
             RemoteConfig::Swift(c) => c.has_inline_secret(),
             RemoteConfig::S3(c) => c.has_inline_secret(),
+            RemoteConfig::Http(c) => !c.headers.is_empty(),
         });
         let mode = std::fs::metadata(path)
             .map_err(|e| file_error(e.to_string()))?
@@ -281,7 +296,7 @@ mod tests {
     fn the_shipped_example_is_valid() {
         let example = include_str!("../../deploy/config.example.toml");
         let config: Config = toml::from_str(example).unwrap();
-        assert_eq!(config.remotes.len(), 3);
+        assert_eq!(config.remotes.len(), 4);
     }
 
     #[test]

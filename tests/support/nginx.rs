@@ -23,6 +23,14 @@ pub fn nginx_binary() -> Option<PathBuf> {
 impl Nginx {
     /// Serves `root` on a free loopback port. Panics if nginx is not installed.
     pub fn serve(root: &Path) -> Nginx {
+        Nginx::serve_with_token(root, None)
+    }
+
+    /// Like [`Nginx::serve`], answering 401 unless `Authorization: Bearer <token>` is sent.
+    pub fn serve_with_token(root: &Path, token: Option<&str>) -> Nginx {
+        let guard = token.map_or(String::new(), |t| {
+            format!("    if ($http_authorization != \"Bearer {t}\") {{ return 401; }}\n")
+        });
         let binary = nginx_binary().expect("nginx is not installed (apt-get install nginx-light)");
         let dir = tempfile::Builder::new()
             .prefix("nginx-")
@@ -43,7 +51,7 @@ impl Nginx {
                  http {{\n  access_log {dir}/access.log;\n  sendfile on;\n\
                  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n  fastcgi_temp_path {dir};\n\
                  uwsgi_temp_path {dir};\n  scgi_temp_path {dir};\n\
-                 server {{\n    listen 127.0.0.1:{port};\n    root {root};\n  }}\n}}\n",
+                 server {{\n    listen 127.0.0.1:{port};\n    root {root};\n{guard}  }}\n}}\n",
                 dir = dir.path().display(),
                 root = root.display(),
             ),

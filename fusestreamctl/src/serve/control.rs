@@ -116,8 +116,10 @@ impl ControlService {
 
     /// Stops serving a local file that is no longer staged.
     fn forget(&self, renewal: Option<Renewal>) {
-        if let Some(Renewal::Local { id, .. }) = renewal {
-            self.local.unregister(id);
+        match renewal {
+            Some(Renewal::Local { id, .. }) => self.local.unregister(id),
+            Some(Renewal::Remote { remote, path, .. }) => remote.release(&path),
+            _ => {}
         }
     }
 

@@ -58,7 +58,7 @@ pub async fn run(config: ServeConfig) -> Result<(), String> {
     let remotes = match &config.config {
         Some(path) => {
             let loaded = Config::load(path, true).map_err(|e| e.to_string())?;
-            Remotes::from_config(&loaded, http.client()).map_err(|e| e.to_string())?
+            Remotes::from_config(&loaded, http.client(), &local).map_err(|e| e.to_string())?
         }
         None => Remotes::default(),
     };

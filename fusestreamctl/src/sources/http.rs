@@ -6,7 +6,9 @@ use fusestream_shared::api::ObjectVersion;
 use fusestream_shared::redact;
 use reqwest::{StatusCode, header};
 
+use super::local::{LocalSource, Proxy};
 use super::{Resolved, SourceError};
+use crate::config::{self, ConfigError, HttpConfig, Secret};
 
 /// Attempts of the probe; transient failures (connection errors, 429, 5xx) are retried.
 const PROBE_ATTEMPTS: u32 = 3;
@@ -40,14 +42,23 @@ impl HttpSource {
     /// A one-byte ranged GET for the object's version, retried with backoff while the
     /// failure looks transient. `shown` is the redacted form of `url` for messages.
     pub async fn probe(&self, url: &str, shown: &str) -> Result<Probe, SourceError> {
+        self.probe_with(url, shown, &[]).await
+    }
+
+    /// [`HttpSource::probe`], sending `headers` too.
+    pub async fn probe_with(
+        &self,
+        url: &str,
+        shown: &str,
+        headers: &[(String, Secret)],
+    ) -> Result<Probe, SourceError> {
         let mut attempt = 1;
         let response = loop {
-            let result = self
-                .client
-                .get(url)
-                .header(header::RANGE, "bytes=0-0")
-                .send()
-                .await;
+            let mut request = self.client.get(url).header(header::RANGE, "bytes=0-0");
+            for (name, value) in headers {
+                request = request.header(name.as_str(), value.0.as_str());
+            }
+            let result = request.send().await;
             let transient = match &result {
                 Ok(r) => r.status().is_server_error() || r.status().as_u16() == 429,
                 Err(e) => e.is_connect() || e.is_timeout(),
@@ -103,18 +114,7 @@ impl HttpSource {
 
     pub async fn resolve(&self, url: &str) -> Result<Resolved, SourceError> {
         let shown = redact::url(url);
-        let version = match self.probe(url, &shown).await? {
-            Probe::Found(version) => version,
-            Probe::Refused { status, .. } => {
-                let message = format!("{shown}: HTTP {status}");
-                return Err(match status.as_u16() {
-                    404 | 410 => SourceError::NotFound(message),
-                    401 => SourceError::Unauthenticated(message),
-                    403 => SourceError::PermissionDenied(message),
-                    _ => SourceError::Unavailable(message),
-                });
-            }
-        };
+        let version = found(self.probe(url, &shown).await?, &shown)?;
         Ok(Resolved {
             url: url.to_string(),
             url_expires_unix: 0,
@@ -122,5 +122,133 @@ impl HttpSource {
             display: shown,
             renewal: super::Renewal::Never,
         })
+    }
+}
+
+/// The version a probe found, or the error its refusal means.
+fn found(probe: Probe, shown: &str) -> Result<ObjectVersion, SourceError> {
+    match probe {
+        Probe::Found(version) => Ok(version),
+        Probe::Refused { status, .. } => {
+            let message = format!("{shown}: HTTP {status}");
+            Err(match status.as_u16() {
+                404 | 410 => SourceError::NotFound(message),
+                401 => SourceError::Unauthenticated(message),
+                403 => SourceError::PermissionDenied(message),
+                _ => SourceError::Unavailable(message),
+            })
+        }
+    }
+}
+
+/// A remote of plain HTTP(S) objects under a base URL, fetched with configured headers
+/// (such as a bearer token). Those headers are credentials, so the mount daemon never gets
+/// them: it fetches a signed URL of the control plane's local server, which forwards the
+/// request with the headers (see `local::forward`).
+#[derive(Debug)]
+pub struct HttpRemote {
+    name: String,
+    base_url: String,
+    headers: Vec<(String, Secret)>,
+    local: LocalSource,
+    client: reqwest::Client,
+    /// The local server's id for each object served, by path.
+    ids: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl HttpRemote {
+    pub fn new(
+        name: &str,
+        config: &HttpConfig,
+        local: LocalSource,
+        client: reqwest::Client,
+    ) -> Result<HttpRemote, ConfigError> {
+        if !fusestream_shared::http::is_http_url(&config.base_url) {
+            return Err(ConfigError::Remote {
+                remote: name.into(),
+                message: "base_url must be an http:// or https:// URL".into(),
+            });
+        }
+        let mut headers: Vec<(String, Secret)> = config
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (header, var) in &config.headers_env {
+            let value = config::secret(
+                name,
+                &format!("headers_env.{header}"),
+                &None,
+                &Some(var.clone()),
+            )?
+            .expect("a variable was named");
+            headers.push((header.clone(), value));
+        }
+        Ok(HttpRemote {
+            name: name.into(),
+            base_url: config.base_url.clone(),
+            headers,
+            local,
+            client,
+            ids: Default::default(),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        let encoded: Vec<String> = path
+            .split('/')
+            .map(|s| super::sigv4::uri_encode(s, false))
+            .collect();
+        format!(
+            "{}/{}",
+            self.base_url.trim_end_matches('/'),
+            encoded.join("/")
+        )
+    }
+
+    pub async fn resolve(&self, path: &str, http: &HttpSource) -> Result<Resolved, SourceError> {
+        let shown = format!("{}:{path}", self.name);
+        let version = found(
+            http.probe_with(&self.url(path), &shown, &self.headers)
+                .await?,
+            &shown,
+        )?;
+        let (url, url_expires_unix) = self.sign(path);
+        Ok(Resolved {
+            url,
+            url_expires_unix,
+            version,
+            display: shown,
+            renewal: super::Renewal::Never,
+        })
+    }
+
+    /// A signed local URL for `path`, serving it (again) if needed.
+    pub fn sign(&self, path: &str) -> (String, i64) {
+        let id = *self
+            .ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(path.to_string())
+            .or_insert_with(|| {
+                self.local.register_proxy(Proxy {
+                    url: self.url(path),
+                    headers: self.headers.clone(),
+                    client: self.client.clone(),
+                })
+            });
+        self.local.sign(id)
+    }
+
+    /// Stops serving `path`.
+    pub fn release(&self, path: &str) {
+        if let Some(id) = self
+            .ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(path)
+        {
+            self.local.unregister(id);
+        }
     }
 }

@@ -30,9 +30,11 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use sha2::Sha256;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Resolved, SourceError};
+use crate::config::Secret;
 use fusestream_shared::api::ObjectVersion;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -41,9 +43,21 @@ type Body = BoxBody<Bytes, std::io::Error>;
 /// Bytes per read from the file while streaming a response.
 const READ_BLOCK: usize = 256 * 1024;
 
+/// What an id serves.
 #[derive(Debug, Clone)]
-struct LocalFile {
-    path: PathBuf,
+enum Served {
+    /// A local file, opened with the user's rights on every request.
+    File { path: PathBuf },
+    /// A remote object fetched with headers the mount daemon must not see (a bearer
+    /// token): requests are forwarded with them, and the answer streamed back.
+    Proxy(Arc<Proxy>),
+}
+
+#[derive(Debug)]
+pub struct Proxy {
+    pub url: String,
+    pub headers: Vec<(String, Secret)>,
+    pub client: reqwest::Client,
 }
 
 /// Registered files and the signing key. Cheap to clone (shared state).
@@ -52,10 +66,19 @@ pub struct LocalSource {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for LocalSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the key.
+        f.debug_struct("LocalSource")
+            .field("addr", &self.inner.addr)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     key: [u8; 32],
     addr: SocketAddr,
-    files: Mutex<HashMap<u64, LocalFile>>,
+    files: Mutex<HashMap<u64, Served>>,
     next_id: AtomicU64,
     url_lifetime: Duration,
 }
@@ -99,7 +122,7 @@ impl LocalSource {
         self.inner.addr
     }
 
-    fn files(&self) -> std::sync::MutexGuard<'_, HashMap<u64, LocalFile>> {
+    fn files(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Served>> {
         self.inner.files.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -124,7 +147,7 @@ impl LocalSource {
         let etag = etag_of(&meta);
         self.files().insert(
             id,
-            LocalFile {
+            Served::File {
                 path: path.to_path_buf(),
             },
         );
@@ -146,7 +169,14 @@ impl LocalSource {
         })
     }
 
-    /// Stops serving file `id`.
+    /// Serves `proxy` under a new id.
+    pub fn register_proxy(&self, proxy: Proxy) -> u64 {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        self.files().insert(id, Served::Proxy(Arc::new(proxy)));
+        id
+    }
+
+    /// Stops serving `id`.
     pub fn unregister(&self, id: u64) {
         self.files().remove(&id);
     }
@@ -219,15 +249,17 @@ impl LocalSource {
         if !self.authorized(path, req.uri().query().unwrap_or("")) {
             return status(StatusCode::UNAUTHORIZED);
         }
-        let Some(file) = path
+        let served = path
             .strip_prefix("/o/")
             .and_then(|id| id.parse().ok())
-            .and_then(|id| self.files().get(&id).cloned())
-        else {
-            return status(StatusCode::NOT_FOUND);
+            .and_then(|id| self.files().get(&id).cloned());
+        let file = match served {
+            Some(Served::File { path }) => path,
+            Some(Served::Proxy(proxy)) => return forward(&req, &proxy).await,
+            None => return status(StatusCode::NOT_FOUND),
         };
         let opened = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-            let f = File::open(&file.path)?;
+            let f = File::open(&file)?;
             let meta = f.metadata()?;
             Ok((f, meta))
         })
@@ -290,6 +322,55 @@ impl LocalSource {
             .body(body)
             .unwrap_or_else(|_| status(StatusCode::INTERNAL_SERVER_ERROR))
     }
+}
+
+/// Forwards `req` to the proxied object with its headers, and streams the answer back.
+/// An upstream that refuses our credentials answers 502: a fresh URL from us would not
+/// help, so the mount daemon should not ask for one.
+async fn forward(req: &Request<Incoming>, proxy: &Proxy) -> Response<Body> {
+    let mut upstream = proxy.client.request(req.method().clone(), &proxy.url);
+    for name in [header::RANGE, header::IF_MATCH, header::IF_UNMODIFIED_SINCE] {
+        if let Some(value) = req.headers().get(&name) {
+            upstream = upstream.header(name, value);
+        }
+    }
+    for (name, value) in &proxy.headers {
+        upstream = upstream.header(name.as_str(), value.0.as_str());
+    }
+    let response = match upstream.send().await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::warn!("proxied fetch: {}", e.without_url());
+            return status(StatusCode::BAD_GATEWAY);
+        }
+    };
+    let code = match response.status().as_u16() {
+        401 | 403 => StatusCode::BAD_GATEWAY,
+        other => StatusCode::from_u16(other).unwrap_or(StatusCode::BAD_GATEWAY),
+    };
+    let mut builder = Response::builder().status(code);
+    for name in [
+        header::CONTENT_LENGTH,
+        header::CONTENT_RANGE,
+        header::CONTENT_TYPE,
+        header::ETAG,
+        header::LAST_MODIFIED,
+        header::ACCEPT_RANGES,
+        header::RETRY_AFTER,
+    ] {
+        if let Some(value) = response.headers().get(&name) {
+            builder = builder.header(name, value);
+        }
+    }
+    let body = StreamBody::new(response.bytes_stream().map(|chunk| {
+        chunk
+            .map(Frame::data)
+            .map_err(|e| std::io::Error::other(e.without_url()))
+    }))
+    .boxed();
+    builder
+        .body(body)
+        .unwrap_or_else(|_| status(StatusCode::BAD_GATEWAY))
 }
 
 /// Streams bytes `start..end` of `file`, read on a blocking thread.

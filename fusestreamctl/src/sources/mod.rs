@@ -40,6 +40,7 @@ pub enum Renewal {
 pub enum Remote {
     Swift(swift::Swift),
     S3(s3::S3),
+    Http(http::HttpRemote),
 }
 
 impl Remote {
@@ -51,6 +52,14 @@ impl Remote {
         match self {
             Remote::Swift(swift) => swift.resolve(path).await,
             Remote::S3(s3) => s3.resolve(path, http).await,
+            Remote::Http(remote) => remote.resolve(path, http).await,
+        }
+    }
+
+    /// `path` is no longer staged.
+    pub fn release(&self, path: &str) {
+        if let Remote::Http(remote) = self {
+            remote.release(path);
         }
     }
 
@@ -59,6 +68,7 @@ impl Remote {
         match self {
             Remote::Swift(swift) => swift.sign(path).await,
             Remote::S3(s3) => s3.sign(path),
+            Remote::Http(remote) => Ok(remote.sign(path)),
         }
     }
 }
@@ -68,7 +78,11 @@ impl Remote {
 pub struct Remotes(BTreeMap<String, Arc<Remote>>);
 
 impl Remotes {
-    pub fn from_config(config: &Config, client: &reqwest::Client) -> Result<Remotes, ConfigError> {
+    pub fn from_config(
+        config: &Config,
+        client: &reqwest::Client,
+        local: &local::LocalSource,
+    ) -> Result<Remotes, ConfigError> {
         let mut remotes = BTreeMap::new();
         for (name, remote) in &config.remotes {
             let remote = match remote {
@@ -76,6 +90,12 @@ impl Remotes {
                     Remote::Swift(swift::Swift::new(name, c, client.clone())?)
                 }
                 RemoteConfig::S3(c) => Remote::S3(s3::S3::new(name, c)?),
+                RemoteConfig::Http(c) => Remote::Http(http::HttpRemote::new(
+                    name,
+                    c,
+                    local.clone(),
+                    client.clone(),
+                )?),
             };
             remotes.insert(name.clone(), Arc::new(remote));
         }

@@ -45,7 +45,7 @@ pub struct Presign<'a> {
 }
 
 /// RFC 3986 unreserved characters stay; everything else is %XX (slashes kept in paths).
-fn uri_encode(input: &str, keep_slash: bool) -> String {
+pub fn uri_encode(input: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(input.len());
     for byte in input.bytes() {
         match byte {
