@@ -197,7 +197,7 @@ impl HttpRemote {
     fn url(&self, path: &str) -> String {
         let encoded: Vec<String> = path
             .split('/')
-            .map(|s| super::sigv4::uri_encode(s, false))
+            .map(|s| super::percent_encode(s, false))
             .collect();
         format!(
             "{}/{}",

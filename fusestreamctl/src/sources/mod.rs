@@ -248,6 +248,22 @@ pub fn default_name(source: &SourceKind<'_>) -> Result<String, SourceError> {
     })
 }
 
+/// Percent-encodes all but RFC 3986's unreserved characters (and `/` if `keep_slash`), the
+/// form both SigV4's canonical requests and Swift paths need.
+pub fn percent_encode(input: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(input.len());
+    for byte in input.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(byte as char)
+            }
+            b'/' if keep_slash => out.push('/'),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
 /// Decodes `%XX` escapes (invalid ones are kept as they are).
 pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();

@@ -5,10 +5,10 @@
 //! Presigned URLs sign only the `host` header and use `UNSIGNED-PAYLOAD`, so the mount
 //! daemon can add `Range` and `If-Match` headers without breaking the signature.
 
-use std::fmt::Write as _;
-
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+
+use super::percent_encode;
 
 /// Longest expiry S3 accepts for a presigned URL.
 pub const MAX_EXPIRES_SECS: u64 = 7 * 24 * 3600;
@@ -44,23 +44,6 @@ pub struct Presign<'a> {
     pub expires_secs: u64,
 }
 
-/// RFC 3986 unreserved characters stay; everything else is %XX (slashes kept in paths).
-pub fn uri_encode(input: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(input.len());
-    for byte in input.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(byte as char)
-            }
-            b'/' if keep_slash => out.push('/'),
-            _ => {
-                let _ = write!(out, "%{byte:02X}");
-            }
-        }
-    }
-    out
-}
-
 fn hmac(key: &[u8], data: &str) -> Vec<u8> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(data.as_bytes());
@@ -90,10 +73,10 @@ pub fn presign_get(credentials: &Credentials, request: &Presign<'_>) -> String {
     query.sort();
     let canonical_query = query
         .iter()
-        .map(|(k, v)| format!("{}={}", uri_encode(k, false), uri_encode(v, false)))
+        .map(|(k, v)| format!("{}={}", percent_encode(k, false), percent_encode(v, false)))
         .collect::<Vec<_>>()
         .join("&");
-    let canonical_path = uri_encode(request.path, true);
+    let canonical_path = percent_encode(request.path, true);
     let canonical_request = format!(
         "GET\n{canonical_path}\n{canonical_query}\nhost:{}\n\nhost\nUNSIGNED-PAYLOAD",
         request.host

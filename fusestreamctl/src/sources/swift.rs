@@ -54,20 +54,6 @@ pub struct Swift {
     session: Mutex<Option<Session>>,
 }
 
-/// Percent-encodes a path, keeping `/`.
-fn encode_path(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for byte in path.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
-}
-
 /// Splits `scheme://host[:port]/path` into the origin and the (decoded) path.
 fn split_url(url: &str) -> Option<(&str, String)> {
     let after_scheme = url.find("://")? + 3;
@@ -286,7 +272,11 @@ impl Swift {
                 .client
                 .request(
                     method.clone(),
-                    format!("{}{}", session.storage_url, encode_path(path)),
+                    format!(
+                        "{}{}",
+                        session.storage_url,
+                        super::percent_encode(path, true)
+                    ),
                 )
                 .header("X-Auth-Token", &session.token.0);
             for (name, value) in headers {
@@ -398,7 +388,7 @@ impl Swift {
         Ok((
             format!(
                 "{origin}{}?temp_url_sig={sig}&temp_url_expires={expires}",
-                encode_path(&object_path)
+                super::percent_encode(&object_path, true)
             ),
             expires,
         ))
@@ -572,7 +562,7 @@ mod tests {
             ("http://127.0.0.1:8080", "/v1/AUTH_test")
         );
         assert_eq!(
-            encode_path("/v1/AUTH_test/c/a file+ü"),
+            crate::sources::percent_encode("/v1/AUTH_test/c/a file+ü", true),
             "/v1/AUTH_test/c/a%20file%2B%C3%BC"
         );
     }
