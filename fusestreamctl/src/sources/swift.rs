@@ -97,9 +97,8 @@ impl Swift {
                 (None, Some(user)) => {
                     let key =
                         key.ok_or_else(|| problem("Keystone needs key or key_env (the password)"))?;
-                    let domain = config.user_domain.as_deref().unwrap_or("default");
                     json!({"methods": ["password"],
-                           "password": {"user": {"name": user, "domain": {"name": domain}, "password": key.0}}})
+                           "password": {"user": {"name": user, "domain": domain(&config.user_domain), "password": key.0}}})
                 }
                 (None, None) => {
                     return Err(problem("Keystone needs user or application_credential_id"));
@@ -107,8 +106,8 @@ impl Swift {
             };
             let mut auth = json!({"identity": identity});
             if let Some(project) = &config.project {
-                let domain = config.project_domain.as_deref().unwrap_or("default");
-                auth["scope"] = json!({"project": {"name": project, "domain": {"name": domain}}});
+                auth["scope"] =
+                    json!({"project": {"name": project, "domain": domain(&config.project_domain)}});
             }
             Auth::Keystone {
                 body: json!({ "auth": auth }),
@@ -227,7 +226,8 @@ impl Swift {
     fn check_login(&self, status: StatusCode) -> Result<(), SourceError> {
         match status.as_u16() {
             200..=299 => Ok(()),
-            401 => Err(SourceError::Unauthenticated(format!(
+            // Keystone answers an unknown application credential with 404.
+            401 | 404 => Err(SourceError::Unauthenticated(format!(
                 "remote {}: login refused (HTTP 401): check the user and key",
                 self.name
             ))),
@@ -494,6 +494,15 @@ fn tempurl_signature(digest: &str, key: &Secret, message: &str) -> String {
         "sha1" => sign!(sha1::Sha1),
         "sha512" => sign!(sha2::Sha512),
         _ => sign!(sha2::Sha256),
+    }
+}
+
+/// A Keystone domain reference: the configured domain by name, else the default domain by
+/// its id (its name is "Default", with a capital, while its id is "default").
+fn domain(configured: &Option<String>) -> serde_json::Value {
+    match configured {
+        Some(name) => json!({ "name": name }),
+        None => json!({ "id": "default" }),
     }
 }
 
