@@ -1,6 +1,6 @@
-//! A real OpenStack Swift (TempAuth, TempURL, S3 API) for the tests, run by the project's
-//! own `tests/servers/swift.sh` on free ports in a private directory, stopped on drop.
-//! Objects are put in place with curl, as any Swift client would.
+//! A real OpenStack Swift (TempAuth, TempURL, S3 API; optionally Keystone v3) for the
+//! tests, run by the project's own `tests/servers/swift.sh` on free ports in a private
+//! directory, stopped on drop. Objects are put in place with curl, as any Swift client would.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,36 +13,104 @@ pub struct SwiftServer {
     pub env: HashMap<String, String>,
 }
 
-/// Login to TempAuth: (storage URL, token).
-pub fn login(auth_url: &str, user: &str, key: &str) -> (String, String) {
+/// The value of header `name` in curl's `-D -` output.
+fn header(headers: &str, name: &str) -> String {
+    headers
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no {name} in {headers}"))
+}
+
+/// Runs curl with `args`, asserts success, returns the response headers.
+fn curl_headers(what: &str, args: &[String]) -> String {
     let out = Command::new("curl")
-        .args(["-sS", "-f", "-D", "-", "-o", "/dev/null", "-H"])
-        .arg(format!("X-Auth-User: {user}"))
-        .arg("-H")
-        .arg(format!("X-Auth-Key: {key}"))
-        .arg(auth_url)
+        .args(["-sS", "-f", "-D", "-", "-o", "/dev/null"])
+        .args(args)
         .output()
         .expect("run curl");
     assert!(
         out.status.success(),
-        "login as {user}: {}",
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let headers = String::from_utf8_lossy(&out.stdout).to_string();
-    let header = |name: &str| {
-        headers
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-            })
-            .unwrap_or_else(|| panic!("no {name} in {headers}"))
-    };
-    (header("X-Storage-Url"), header("X-Auth-Token"))
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Login to TempAuth: (storage URL, token).
+pub fn login(auth_url: &str, user: &str, key: &str) -> (String, String) {
+    let headers = curl_headers(
+        &format!("login as {user}"),
+        &[
+            "-H".into(),
+            format!("X-Auth-User: {user}"),
+            "-H".into(),
+            format!("X-Auth-Key: {key}"),
+            auth_url.into(),
+        ],
+    );
+    (
+        header(&headers, "X-Storage-Url"),
+        header(&headers, "X-Auth-Token"),
+    )
+}
+
+/// A Keystone v3 token for `user` scoped to `project` (both in domain "default").
+pub fn keystone_token(auth_url: &str, user: &str, password: &str, project: &str) -> String {
+    let body = format!(
+        r#"{{"auth":{{"identity":{{"methods":["password"],"password":{{"user":{{"name":"{user}","domain":{{"id":"default"}},"password":"{password}"}}}}}},"scope":{{"project":{{"name":"{project}","domain":{{"id":"default"}}}}}}}}}}"#
+    );
+    let headers = curl_headers(
+        "Keystone login",
+        &[
+            "-H".into(),
+            "Content-Type: application/json".into(),
+            "-d".into(),
+            body,
+            format!("{}/auth/tokens", auth_url.trim_end_matches('/')),
+        ],
+    );
+    header(&headers, "X-Subject-Token")
+}
+
+/// Runs curl `method` on `url` with `token`; returns the HTTP status.
+pub fn curl_with_token(method: &str, url: &str, token: &str, args: &[&str]) -> u16 {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            method,
+            "-H",
+        ])
+        .arg(format!("X-Auth-Token: {token}"))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
 }
 
 impl SwiftServer {
     pub fn start() -> SwiftServer {
+        SwiftServer::start_with(false)
+    }
+
+    /// With a real Keystone v3 and a second proxy that authenticates through it
+    /// (`SWIFT_KEYSTONE=1 tests/servers/install-swift.sh` installs it).
+    pub fn start_with_keystone() -> SwiftServer {
+        SwiftServer::start_with(true)
+    }
+
+    fn start_with(keystone: bool) -> SwiftServer {
         let dir = tempfile::Builder::new()
             .prefix("swift-")
             .tempdir()
@@ -52,6 +120,7 @@ impl SwiftServer {
             .arg(&script)
             .arg("start")
             .arg(dir.path())
+            .env("SWIFT_KEYSTONE", if keystone { "1" } else { "0" })
             .output()
             .expect("run swift.sh");
         assert!(
@@ -78,26 +147,7 @@ impl SwiftServer {
     /// Runs curl with `args` against `path` (relative to the storage URL) as `user`.
     pub fn curl(&self, user: (&str, &str), method: &str, path: &str, args: &[&str]) -> u16 {
         let (storage, token) = login(self.var("SWIFT_AUTH_URL"), user.0, user.1);
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-X",
-                method,
-                "-H",
-            ])
-            .arg(format!("X-Auth-Token: {token}"))
-            .args(args)
-            .arg(format!("{storage}{path}"))
-            .output()
-            .expect("run curl");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0)
+        curl_with_token(method, &format!("{storage}{path}"), &token, args)
     }
 
     /// As the account's admin (test:tester).
