@@ -20,7 +20,8 @@ fn swift_behind_keystone_with_a_password_and_an_application_credential() {
         swift.var("KEYSTONE_PASSWORD"),
         swift.var("KEYSTONE_PROJECT"),
     );
-    let src = std::env::temp_dir().join(format!("keystone-src-{}", std::process::id()));
+    let inputs = tempfile::tempdir().unwrap();
+    let src = inputs.path().join("obj.bin");
     let data = random_file(&src, 2_000_000);
     assert!(matches!(
         curl_with_token("PUT", &format!("{storage}/media"), &token, &[]),

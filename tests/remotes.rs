@@ -2,12 +2,12 @@
 //! API through SigV4 presigned URLs. Errors are the documented ones, secrets stay out of
 //! every log, and URLs the real server refuses as expired are renewed.
 
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 
 use fusestream_tests::swift::SwiftServer;
 use fusestream_tests::{
-    FuseStream, Options, Prng, completes, random_file, sha256, sha256_file, stderr,
+    FuseStream, Options, Prng, completes, random_bytes, random_file, sha256, sha256_file, stderr,
 };
 
 const MIB: usize = 1 << 20;
@@ -74,10 +74,7 @@ fn assert_no_secrets(what: &str, text: &str) {
 #[test]
 fn swift_tempurls_and_s3_presigned_urls_read_back_exactly() {
     let swift = SwiftServer::start();
-    let data = random_file(
-        &std::env::temp_dir().join(format!("swift-src-{}", std::process::id())),
-        8 * MIB,
-    );
+    let data = random_bytes(8 * MIB);
     swift.put("media", "dir/a file.bin", &data);
     assert_eq!(
         swift.admin("POST", "", &["-H", "X-Account-Meta-Temp-URL-Key: tempkey"]),
@@ -209,8 +206,7 @@ fn remote_errors_are_the_documented_ones_and_stage_nothing() {
 /// of a remote `short` whose TempURLs live `lifetime` seconds.
 fn swift_with_big_object(size: usize, lifetime: u64) -> (SwiftServer, Vec<u8>, String) {
     let swift = SwiftServer::start();
-    let mut data = vec![0u8; size];
-    getrandom::fill(&mut data).unwrap();
+    let data = random_bytes(size);
     swift.put("media", "big.bin", &data);
     assert_eq!(
         swift.admin("POST", "", &["-H", "X-Account-Meta-Temp-URL-Key: tempkey"]),
@@ -377,4 +373,56 @@ fn an_http_remote_with_a_bearer_token_streams_and_the_token_stays_in_the_control
     // Unstaged, the proxied object is no longer served.
     fs.ctl_ok(["unstage", "file.bin"]);
     assert!(!fs.ctl_ok(["ls"]).contains("file.bin"));
+}
+
+#[test]
+fn a_read_that_outlives_several_tempurl_lifetimes_completes_exactly() {
+    // TempURLs that live 4 s, renewed every second.
+    let (swift, data, short) = swift_with_big_object(8 * MIB, 4);
+    let fs = start(
+        &swift,
+        &short,
+        Options {
+            renew_interval: 1,
+            ..Options::default()
+        },
+    );
+    fs.ctl_ok(["stage", "--name", "long.bin", "short:media/big.bin"]);
+    // O_DIRECT and backwards: no read-ahead (the kernel's or ours), so every step fetches.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(fs.mountpoint.join("long.bin"))
+        .unwrap();
+    let mut read_back = vec![0; data.len()];
+    for step in (0..4).rev() {
+        // Each step reads bytes not fetched yet, under a newer URL than the last.
+        let before = fs.url_expiry_of("long.bin");
+        fs.wait_until("the TempURL was renewed", |fs| {
+            fs.url_expiry_of("long.bin") > before
+        });
+        let range = step * 2 * MIB..(step + 1) * 2 * MIB;
+        file.read_exact_at(&mut read_back[range.clone()], range.start as u64)
+            .unwrap();
+    }
+    assert_eq!(sha256(&read_back), sha256(&data));
+    // Swift saw the object fetched under several TempURLs.
+    let log = swift.proxy_log();
+    let expiries: std::collections::BTreeSet<&str> = log
+        .lines()
+        .filter(|l| l.contains("big.bin") && l.contains(" 206 "))
+        // The proxy logs the query percent-encoded: temp_url_expires%3D<unix time>.
+        .filter_map(|l| {
+            let rest = l.split("temp_url_expires").nth(1)?;
+            let value = rest
+                .strip_prefix("%3D")
+                .or_else(|| rest.strip_prefix('='))?;
+            value.split(['&', '%', ' ']).next()
+        })
+        .collect();
+    assert!(
+        expiries.len() >= 4,
+        "fetches under {} TempURLs: {expiries:?}",
+        expiries.len()
+    );
 }

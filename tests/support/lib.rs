@@ -424,10 +424,16 @@ fn force_unmount(path: &Path) {
     unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
 }
 
-/// Writes `size` random bytes to `path` and returns them.
-pub fn random_file(path: &Path, size: usize) -> Vec<u8> {
+/// `size` random bytes.
+pub fn random_bytes(size: usize) -> Vec<u8> {
     let mut data = vec![0u8; size];
     getrandom::fill(&mut data).expect("random bytes");
+    data
+}
+
+/// Writes `size` random bytes to `path` and returns them.
+pub fn random_file(path: &Path, size: usize) -> Vec<u8> {
+    let data = random_bytes(size);
     std::fs::write(path, &data).expect("write input");
     data
 }
