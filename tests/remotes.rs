@@ -80,7 +80,20 @@ fn swift_tempurls_and_s3_presigned_urls_read_back_exactly() {
         swift.admin("POST", "", &["-H", "X-Account-Meta-Temp-URL-Key: tempkey"]),
         204
     );
-    let fs = start(&swift, "", Options::default());
+    // A second remote signing with SHA-512 and a TempURL key from the config.
+    let strong = format!(
+        "[remotes.strong]\ntype = \"swift\"\nauth_url = \"{}\"\nuser = \"test:tester\"\n\
+         key_env = \"ARCHIVE_KEY\"\ntemp_url_digest = \"sha512\"\ntemp_url_key_env = \"TEMPKEY\"\n",
+        swift.var("SWIFT_AUTH_URL")
+    );
+    let fs = start(
+        &swift,
+        &strong,
+        Options {
+            control_env: vec![("TEMPKEY".into(), "tempkey".into())],
+            ..Options::default()
+        },
+    );
 
     let printed = fs.ctl_ok([
         "stage",
@@ -103,6 +116,17 @@ fn swift_tempurls_and_s3_presigned_urls_read_back_exactly() {
     assert!(
         log.contains("temp_url_expires") && log.contains(" 206 "),
         "TempURL range reads reach Swift"
+    );
+
+    fs.ctl_ok([
+        "stage",
+        "--name",
+        "sha512.bin",
+        "strong:media/dir/a file.bin",
+    ]);
+    assert_eq!(
+        sha256_file(&fs.mountpoint.join("sha512.bin")),
+        sha256(&data)
     );
 
     fs.ctl_ok(["stage", "--name", "s3.bin", "media:media/dir/a file.bin"]);
@@ -134,12 +158,26 @@ fn remote_errors_are_the_documented_ones_and_stage_nothing() {
     let swift = SwiftServer::start();
     swift.put("media", "obj.bin", b"hello");
     let wrong = "[remotes.wrong]\ntype = \"swift\"\nauth_url = \"AUTH\"\nuser = \"test:tester\"\nkey_env = \"WRONG_KEY\"\n\
-                 [remotes.badsecret]\ntype = \"s3\"\nendpoint = \"S3\"\nregion = \"us-east-1\"\naccess_key_id = \"test:tester\"\nsecret_access_key_env = \"WRONG_KEY\"\n"
+                 [remotes.badsecret]\ntype = \"s3\"\nendpoint = \"S3\"\nregion = \"us-east-1\"\naccess_key_id = \"test:tester\"\nsecret_access_key_env = \"WRONG_KEY\"\n\
+                 [remotes.noadmin]\ntype = \"swift\"\nauth_url = \"AUTH\"\nuser = \"test:tester3\"\nkey_env = \"NOADMIN_KEY\"\n\
+                 [remotes.down]\ntype = \"swift\"\nauth_url = \"http://127.0.0.1:1/auth/v1.0\"\nuser = \"test:tester\"\nkey_env = \"WRONG_KEY\"\n"
         .replace("AUTH", swift.var("SWIFT_AUTH_URL"))
         .replace("S3", swift.var("S3_ENDPOINT"));
-    let fs = start(&swift, &wrong, Options::default());
+    let fs = start(
+        &swift,
+        &wrong,
+        Options {
+            control_env: vec![("NOADMIN_KEY".into(), swift.var("SWIFT_KEY_NOADMIN").into())],
+            ..Options::default()
+        },
+    );
     // No TempURL key on AUTH_test yet: staging says how to set one.
-    let cases: [(&str, &str); 7] = [
+    let cases: [(&str, &str); 9] = [
+        (
+            "noadmin:media/obj.bin",
+            "permission denied: noadmin:media/obj.bin: HTTP 403",
+        ),
+        ("down:media/obj.bin", "unavailable: remote down:"),
         (
             "wrong:media/obj.bin",
             "unauthenticated: remote wrong: login refused (HTTP 401)",
