@@ -55,6 +55,21 @@ fn a_stalled_remote_blocks_nothing_else_and_killed_readers_are_released() {
         fs.status_number("reads waiting") >= 8
     });
 
+    // They are visible in flight: what they are, who reads, and what they wait for.
+    let ops = fs.ctl_ok(["ops"]);
+    let url = server.url("stuck.bin");
+    let stuck_reads: Vec<&str> = ops
+        .lines()
+        .filter(|l| {
+            l.contains("fuse.read") && l.contains(" dd ") && l.contains(&format!("of {url}"))
+        })
+        .collect();
+    assert!(
+        !stuck_reads.is_empty(),
+        "no stuck read of dd listed:\n{ops}"
+    );
+    assert!(stuck_reads[0].contains("chunks being fetched"), "{ops}");
+
     // Everything else keeps working while they wait.
     let mnt = fs.mountpoint.clone();
     let mut names: Vec<String> = completes("ls of the mount", 60, move || {
@@ -102,6 +117,11 @@ fn a_stalled_remote_blocks_nothing_else_and_killed_readers_are_released() {
         for mut r in readers {
             r.wait().unwrap();
         }
+    });
+
+    // Their ops are gone from the listing.
+    fs.wait_until("the killed readers' ops are gone", |fs| {
+        !fs.ctl_ok(["ops"]).lines().any(|l| l.contains(" dd "))
     });
 
     // The mount is still usable.

@@ -88,6 +88,15 @@ enum Command {
     Ls,
     /// Show the state of both daemons.
     Status,
+    /// List the FUSE ops in flight, oldest first (a stalled op stands at the top).
+    Ops {
+        /// Refresh every second, like top.
+        #[arg(long)]
+        watch: bool,
+        /// Output format.
+        #[arg(long, value_parser = ["table", "json"], default_value = "table")]
+        output: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -144,6 +153,7 @@ fn main() -> ExitCode {
                     Command::Unstage { names } => client.unstage(&names).await,
                     Command::Ls => client.ls().await,
                     Command::Status => client.status().await,
+                    Command::Ops { watch, output } => client.ops(watch, output == "json").await,
                     Command::SwiftSetTempUrlKey { remote, key } => {
                         client.set_temp_url_key(&remote, key).await
                     }

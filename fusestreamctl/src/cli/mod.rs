@@ -166,6 +166,57 @@ impl Client {
         Ok(())
     }
 
+    /// Lists the FUSE ops in flight, oldest first; with `watch`, again every second.
+    pub async fn ops(&self, watch: bool, json: bool) -> Result<(), Failure> {
+        loop {
+            let ops = self
+                .control
+                .clone()
+                .list_ops(api::ListOpsRequest {})
+                .await
+                .map_err(|s| self.failure("ops", s))?
+                .into_inner()
+                .ops;
+            if watch {
+                print!("\x1b[H\x1b[2J"); // like top: redraw from the top left
+            }
+            if json {
+                let list: Vec<serde_json::Value> = ops
+                    .iter()
+                    .map(|o| {
+                        serde_json::json!({
+                            "op": o.op, "unique": o.unique, "pid": o.pid, "process": o.process,
+                            "age_ms": o.age_ms, "detail": o.detail, "waiting_for": o.waiting_for,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                let rows: Vec<[String; 6]> = ops
+                    .iter()
+                    .map(|o| {
+                        [
+                            format!("{:.1}s", o.age_ms as f64 / 1000.0),
+                            o.op.clone(),
+                            o.pid.to_string(),
+                            o.process.clone(),
+                            o.detail.clone(),
+                            o.waiting_for.clone(),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    ["AGE", "OP", "PID", "PROCESS", "DETAIL", "WAITING FOR"],
+                    &rows,
+                );
+            }
+            if !watch {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+
     pub async fn status(&self) -> Result<(), Failure> {
         let status = self
             .control

@@ -381,4 +381,15 @@ impl Control for ControlService {
         tracing::info!(remote = request.remote, "TempURL key set");
         Ok(Response::new(api::SetTempUrlKeyResponse {}))
     }
+
+    async fn list_ops(
+        &self,
+        request: Request<api::ListOpsRequest>,
+    ) -> Result<Response<api::ListOpsResponse>, Status> {
+        self.mountd
+            .clone()
+            .list_ops(request.into_inner())
+            .await
+            .map_err(|s| self.mountd_error(s))
+    }
 }

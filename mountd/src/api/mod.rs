@@ -207,6 +207,27 @@ impl Mount for MountService {
         Ok(Response::new(api::UpdateUrlResponse {}))
     }
 
+    async fn list_ops(
+        &self,
+        _request: Request<api::ListOpsRequest>,
+    ) -> Result<Response<api::ListOpsResponse>, Status> {
+        let ops = crate::ops::in_flight()
+            .into_iter()
+            .map(|op| api::InFlightOp {
+                op: op.kind.to_string(),
+                unique: op.unique,
+                pid: op.pid,
+                process: std::fs::read_to_string(format!("/proc/{}/comm", op.pid))
+                    .map(|name| name.trim().to_string())
+                    .unwrap_or_default(),
+                age_ms: op.age.as_millis() as u64,
+                detail: op.detail,
+                waiting_for: op.waiting_for,
+            })
+            .collect();
+        Ok(Response::new(api::ListOpsResponse { ops }))
+    }
+
     async fn get_status(
         &self,
         _request: Request<api::GetStatusRequest>,

@@ -292,7 +292,10 @@ impl Fs {
         }
         let len = u64::from(size).min(object.size() - offset) as u32;
         let readahead_end = lock(&handle.readahead).advance(offset, len);
-        let (plan, fetches) = object.store.read(unique, offset, len, readahead_end, reply);
+        let (plan, fetches) =
+            object
+                .store
+                .read(unique, offset, len, readahead_end, &object.source, reply);
         for chunks in fetches {
             self.fetcher.start(object.clone(), chunks);
         }

@@ -72,6 +72,7 @@ macro_rules! op {
         Op::enter(
             $name,
             $req.unique().0,
+            $req.pid(),
             tracing::trace_span!($name, pid = $req.pid() $(, $($field)*)?),
         )
     };
@@ -104,6 +105,10 @@ struct FuseReadReply {
 }
 
 impl DataReply for FuseReadReply {
+    fn waiting(&self, what: String) {
+        self.op.waiting_for(what);
+    }
+
     fn data(self: Box<Self>, data: &[u8]) {
         self.reply.data(data);
         drop(self.op);
@@ -215,6 +220,12 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let op = op!(req, "fuse.read", ino = ino.0, fh = fh.0, offset, size);
+        op.describe(format!(
+            "ino {} fh {} bytes {offset}..{}",
+            ino.0,
+            fh.0,
+            offset + u64::from(size)
+        ));
         let reply = Box::new(FuseReadReply { reply, op });
         self.fs.read(req.unique().0, fh.0, offset, size, reply);
     }

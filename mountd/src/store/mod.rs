@@ -38,6 +38,8 @@ pub const MAX_FETCH_CHUNKS: u64 = 64; // 8 MiB
 pub trait DataReply: Send {
     fn data(self: Box<Self>, data: &[u8]);
     fn error(self: Box<Self>, error: FsError);
+    /// The reply is parked, waiting for `what` (for the in-flight listing).
+    fn waiting(&self, _what: String) {}
 }
 
 /// A half-open range of chunk indices, `first..end`.
@@ -247,13 +249,14 @@ impl BackingStore {
     /// Starts a read of `len` bytes at `offset` (already clamped to the object size) for
     /// FUSE request `unique`. Chunks up to `readahead_end` (bytes) may be fetched ahead.
     /// Returns what to do with the reply and the chunk ranges the caller must fetch (now
-    /// marked in flight).
+    /// marked in flight). `label` names the object in what a parked read says it waits for.
     pub fn read(
         &self,
         unique: u64,
         offset: u64,
         len: u32,
         readahead_end: u64,
+        label: &str,
         reply: Box<dyn DataReply>,
     ) -> (ReadPlan, Vec<ChunkRange>) {
         let needed = chunks_of(offset, len);
@@ -266,6 +269,14 @@ impl BackingStore {
         if state.present.all(needed.first..needed.end) {
             return (ReadPlan::Ready(reply), fetches);
         }
+        let missing = (needed.first..needed.end)
+            .filter(|&i| !state.present.get(i))
+            .count();
+        reply.waiting(format!(
+            "bytes {offset}..{} of {label} ({missing} of {} chunks being fetched)",
+            offset + u64::from(len),
+            needed.end - needed.first
+        ));
         let id = state.next_parked_id;
         state.next_parked_id += 1;
         state.parked.push(ParkedRead {
@@ -460,12 +471,12 @@ pub mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BackingStore::create(dir.path(), 3 * CHUNK_SIZE + 10).unwrap();
         let (r, rx) = reply();
-        let (plan, fetches) = store.read(0, CHUNK_SIZE - 2, 4, 0, r);
+        let (plan, fetches) = store.read(0, CHUNK_SIZE - 2, 4, 0, "test", r);
         assert!(matches!(plan, ReadPlan::Parked(_)));
         assert_eq!(fetches, [ChunkRange { first: 0, end: 2 }]);
         // A second reader of the same range shares the fetch.
         let (r2, rx2) = reply();
-        let (_, fetches2) = store.read(0, CHUNK_SIZE, 1, 0, r2);
+        let (_, fetches2) = store.read(0, CHUNK_SIZE, 1, 0, "test", r2);
         assert!(fetches2.is_empty());
 
         fill(&store, ChunkRange { first: 1, end: 2 }, 7);
@@ -484,7 +495,7 @@ pub mod tests {
         fill(&store, ChunkRange { first: 0, end: 2 }, 1);
         assert_eq!(store.present_bytes(), CHUNK_SIZE + 10);
         let (r, _rx) = reply();
-        let (plan, fetches) = store.read(0, CHUNK_SIZE, 10, 0, r);
+        let (plan, fetches) = store.read(0, CHUNK_SIZE, 10, 0, "test", r);
         assert!(matches!(plan, ReadPlan::Ready(_)) && fetches.is_empty());
     }
 
@@ -493,7 +504,7 @@ pub mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BackingStore::create(dir.path(), 200 * CHUNK_SIZE).unwrap();
         let (r, _rx) = reply();
-        let (_, fetches) = store.read(0, 0, 4096, 100 * CHUNK_SIZE, r);
+        let (_, fetches) = store.read(0, 0, 4096, 100 * CHUNK_SIZE, "test", r);
         assert_eq!(
             fetches,
             [
@@ -506,7 +517,7 @@ pub mod tests {
         );
         // The next read is well inside the fetched frontier: no new requests.
         let (r, _rx) = reply();
-        let (_, fetches) = store.read(0, 4096, 4096, 4096 + 100 * CHUNK_SIZE, r);
+        let (_, fetches) = store.read(0, 4096, 4096, 4096 + 100 * CHUNK_SIZE, "test", r);
         assert!(fetches.is_empty());
     }
 
@@ -515,17 +526,17 @@ pub mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BackingStore::create(dir.path(), 4 * CHUNK_SIZE).unwrap();
         let (r, rx) = reply();
-        let (_, fetches) = store.read(0, 0, 10, 0, r);
+        let (_, fetches) = store.read(0, 0, 10, 0, "test", r);
         store.abandon(fetches[0], FsError::Fetch("reset".into()));
         assert_eq!(rx.try_recv().unwrap(), Err(FsError::Fetch("reset".into())));
         let (r, _rx) = reply();
-        let (_, again) = store.read(0, 0, 10, 0, r);
+        let (_, again) = store.read(0, 0, 10, 0, "test", r);
         assert_eq!(again, fetches, "abandoned chunks are fetched again");
 
         store.poison(FsError::Changed("etag".into()));
         let (r, _rx) = reply();
         assert!(matches!(
-            store.read(0, 0, 1, 0, r).0,
+            store.read(0, 0, 1, 0, "test", r).0,
             ReadPlan::Failed(_, FsError::Changed(_))
         ));
     }
@@ -535,7 +546,7 @@ pub mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BackingStore::create(dir.path(), CHUNK_SIZE).unwrap();
         let (r, rx) = reply();
-        let (ReadPlan::Parked(id), fetches) = store.read(0, 0, 1, 0, r) else {
+        let (ReadPlan::Parked(id), fetches) = store.read(0, 0, 1, 0, "test", r) else {
             panic!()
         };
         store.take_parked(id).unwrap().fail(FsError::Interrupted);
