@@ -464,3 +464,49 @@ fn a_read_that_outlives_several_tempurl_lifetimes_completes_exactly() {
         expiries.len()
     );
 }
+
+#[test]
+fn a_tampered_tempurl_is_refused_by_swift_and_replaced() {
+    // Proactive renewal far off: only the refusal can bring a good URL.
+    let (swift, data, short) = swift_with_big_object(8 * MIB, 3600);
+    let fs = start(
+        &swift,
+        &short,
+        Options {
+            renew_interval: 3600,
+            ..Options::default()
+        },
+    );
+    fs.ctl_ok(["stage", "--name", "t.bin", "short:media/big.bin"]);
+    // A TempURL with a forged signature and a far expiry, installed as a renewal would be.
+    let forged = format!(
+        "{}/media/big.bin?temp_url_sig={}&temp_url_expires=4102444800",
+        swift.var("SWIFT_STORAGE_URL"),
+        "0".repeat(64)
+    );
+    let update = format!(r#"{{"name":"t.bin","url":"{forged}","urlExpiresUnix":"4102444800"}}"#);
+    fusestream_tests::grpcurl_ok(&[
+        "-unix",
+        "-plaintext",
+        "-d",
+        &update,
+        fs.mountd_socket.to_str().unwrap(),
+        "fusestream.v1.Mount/UpdateUrl",
+    ]);
+    let file = std::fs::File::open(fs.mountpoint.join("t.bin")).unwrap();
+    let mut buf = vec![0; 4096];
+    file.read_exact_at(&mut buf, 4 * MIB as u64).unwrap();
+    assert!(buf == data[4 * MIB..4 * MIB + 4096]);
+    assert!(
+        swift
+            .proxy_log()
+            .lines()
+            .any(|l| l.contains("temp_url_sig%3D0000") && l.contains(" 401 ")),
+        "Swift refused the forged TempURL"
+    );
+    assert!(
+        fs.control
+            .logs()
+            .contains("temp URL refused by the remote; issued a new one")
+    );
+}
