@@ -272,15 +272,51 @@ fn http_urls_stage_directly_and_fetch_ranges() {
 }
 
 #[test]
-fn a_killed_mount_daemon_leaves_a_mount_the_next_one_recovers() {
+fn a_killed_mount_daemon_leaves_a_mount_the_next_one_recovers_with_its_entries() {
     let mut fs = FuseStream::start();
     let a = fs.input("a.bin");
-    let data = random_file(&a, 300_000);
+    let data = random_file(&a, 3 * MIB);
+    fs.ctl_ok(["stage", path_arg(&a)]);
+    let file = std::fs::File::open(fs.mountpoint.join("a.bin")).unwrap();
+    let mut head = vec![0; 4096];
+    file.read_exact_at(&mut head, 0).unwrap();
+    drop(file);
+
     fs.restart_mountd(libc::SIGKILL);
     assert!(is_mounted(&fs.mountpoint));
-    // The new daemon starts with an empty mount; staging again works.
+    // The control plane notices the new daemon and stages its entries on it again.
+    fs.wait_until("the entry is staged again", |fs| {
+        fs.ctl_ok(["ls"]).contains("a.bin")
+    });
+    assert_eq!(sha256_file(&fs.mountpoint.join("a.bin")), sha256(&data));
+}
+
+#[test]
+fn an_entry_removed_while_the_control_plane_was_down_stays_removed() {
+    let mut fs = FuseStream::start();
+    let a = fs.input("a.bin");
+    random_file(&a, 100_000);
     fs.ctl_ok(["stage", path_arg(&a)]);
-    assert_eq!(std::fs::read(fs.mountpoint.join("a.bin")).unwrap(), data);
+    fs.control.stop_with(libc::SIGTERM);
+    fusestream_tests::grpcurl_ok(&[
+        "-unix",
+        "-plaintext",
+        "-d",
+        r#"{"name":"a.bin"}"#,
+        fs.mountd_socket.to_str().unwrap(),
+        "fusestream.v1.Mount/RemoveEntry",
+    ]);
+    fs.restart_control(libc::SIGTERM);
+    // Same mount daemon: the entry was unstaged on purpose, and is not brought back.
+    fs.ctl_ok(["status"]);
+    let state = std::fs::read_to_string(fs.dir.path().join("state/control-state.json")).unwrap();
+    fs.wait_until("the control plane let the entry go", |fs| {
+        !std::fs::read_to_string(fs.dir.path().join("state/control-state.json"))
+            .unwrap()
+            .contains("a.bin")
+    });
+    assert!(state.contains("mountd"), "{state}");
+    assert!(!fs.ctl_ok(["ls"]).contains("a.bin"));
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The `fusestream.v1.Control` service.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,10 +13,16 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use super::ServeConfig;
-use super::state::{Saved, Saver};
+use super::state::{MountdIdentity, Saved, Saver, State};
 use crate::sources::http::HttpSource;
 use crate::sources::local::LocalSource;
 use crate::sources::{self, Remote, Remotes, Renewal, SourceKind};
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
 
 pub struct ControlService {
     config: ServeConfig,
@@ -28,6 +34,8 @@ pub struct ControlService {
     /// How to renew the URL of each staged entry that has one that expires, by name (and,
     /// for local files, what to stop serving on unstage). Persisted by `saver`.
     renewals: Arc<Mutex<HashMap<String, Renewal>>>,
+    /// The mount daemon the entries are staged on (saved, to tell a restart apart).
+    mountd_identity: Arc<Mutex<Option<MountdIdentity>>>,
     saver: Saver,
     started: Instant,
 }
@@ -43,6 +51,7 @@ impl ControlService {
         state_file: PathBuf,
     ) -> ControlService {
         let renewals: Arc<Mutex<HashMap<String, Renewal>>> = Arc::default();
+        let mountd_identity: Arc<Mutex<Option<MountdIdentity>>> = Arc::default();
         ControlService {
             config,
             listen,
@@ -53,17 +62,20 @@ impl ControlService {
             saver: Saver::start(
                 state_file,
                 Box::new({
-                    let renewals = renewals.clone();
-                    move || {
-                        let renewals = renewals.lock().unwrap_or_else(|e| e.into_inner());
-                        renewals
+                    let (renewals, identity) = (renewals.clone(), mountd_identity.clone());
+                    move || State {
+                        entries: renewals
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
                             .iter()
                             .filter_map(|(n, r)| Some((n.clone(), Saved::of(r)?)))
-                            .collect()
+                            .collect(),
+                        mountd: *identity.lock().unwrap_or_else(|e| e.into_inner()),
                     }
                 }),
             ),
             renewals,
+            mountd_identity,
             started: Instant::now(),
         }
     }
@@ -72,10 +84,124 @@ impl ControlService {
         self.renewals.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Hands a resolved source to the mount daemon as entry `name`.
+    async fn add_to_mount(
+        &self,
+        name: &str,
+        resolved: &sources::Resolved,
+        replace: bool,
+    ) -> Result<api::AddEntryResponse, Status> {
+        let add = api::AddEntryRequest {
+            entry: Some(api::EntrySpec {
+                name: name.to_string(),
+                url: resolved.url.clone(),
+                url_expires_unix: resolved.url_expires_unix,
+                version: Some(resolved.version.clone()),
+                source: resolved.display.clone(),
+            }),
+            replace,
+        };
+        self.mountd
+            .clone()
+            .add_entry(add)
+            .await
+            .map(Response::into_inner)
+    }
+
+    fn mountd_identity(&self) -> MutexGuard<'_, Option<MountdIdentity>> {
+        self.mountd_identity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Brings the mount daemon in line with what we renew, once we (re)connect to it:
+    /// present entries get fresh URLs at once (it may have waited for us); missing ones are
+    /// staged again if the daemon restarted (it lost them), else they were unstaged while
+    /// we were away and are let go.
+    async fn reconcile(&self) {
+        let (Ok(status), Ok(listed)) = (
+            self.mountd
+                .clone()
+                .get_status(api::GetStatusRequest {})
+                .await,
+            self.mountd
+                .clone()
+                .list_entries(api::ListEntriesRequest {})
+                .await,
+        ) else {
+            return;
+        };
+        let status = status.into_inner();
+        let current = MountdIdentity {
+            pid: status.pid,
+            started_unix: unix_now() - status.uptime_seconds as i64,
+        };
+        let previous = self.mountd_identity().replace(current);
+        let restarted = previous.is_some_and(|p| !p.same_as(&current));
+        let present: std::collections::HashSet<String> = listed
+            .into_inner()
+            .entries
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        let names: Vec<String> = self.renewals().keys().cloned().collect();
+        for name in names {
+            if present.contains(&name) {
+                self.renew(&name).await;
+            } else if restarted {
+                self.restage(&name).await;
+            } else {
+                let removed = self.renewals().remove(&name);
+                self.forget(removed);
+            }
+        }
+        self.saver.save().await;
+    }
+
+    /// Stages `name` again from its source (the mount daemon lost it).
+    async fn restage(&self, name: &str) {
+        let Some(renewal) = self.renewals().get(name).cloned() else {
+            return;
+        };
+        let resolved = match &renewal {
+            Renewal::Never => return,
+            Renewal::Local { path, .. } => self.local.register(path).await,
+            Renewal::Remote { remote, path, .. } => {
+                remote.resolve(path, &self.http).await.map(|mut r| {
+                    r.renewal = renewal.clone();
+                    r
+                })
+            }
+        };
+        let result = match resolved {
+            Ok(resolved) => match self.add_to_mount(name, &resolved, false).await {
+                Ok(_) => {
+                    self.track(name, resolved.renewal).await;
+                    Ok(())
+                }
+                Err(status) => {
+                    if let Renewal::Local { id, .. } = resolved.renewal {
+                        self.local.unregister(id);
+                    }
+                    Err(status.message().to_string())
+                }
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => tracing::info!(name, "staged again after the mount daemon restarted"),
+            Err(e) => tracing::warn!(
+                name,
+                "could not stage again after the mount daemon restarted: {e}"
+            ),
+        }
+    }
+
     /// Takes up the entries saved by an earlier run: their local files are served again
     /// and their URLs are renewed once the mount daemon is reached (see `follow_events`).
-    pub async fn adopt(&self, saved: BTreeMap<String, Saved>) {
-        for (name, entry) in saved {
+    pub async fn adopt(&self, saved: State) {
+        *self.mountd_identity() = saved.mountd;
+        for (name, entry) in saved.entries {
             let renewal = match entry {
                 Saved::Local { path } => match self.local.register(&path).await {
                     Ok(resolved) => resolved.renewal,
@@ -165,11 +291,7 @@ impl ControlService {
                 .await
             {
                 Ok(response) => {
-                    // (Re)connected: the daemon may have waited for us; renew everything.
-                    let names: Vec<String> = self.renewals().keys().cloned().collect();
-                    for name in names {
-                        self.renew(&name).await;
-                    }
+                    self.reconcile().await;
                     let mut events = response.into_inner();
                     while let Ok(Some(message)) = events.message().await {
                         if message.dropped_before > 0 {
@@ -267,18 +389,8 @@ impl Control for ControlService {
                 resolved
             }
         };
-        let add = api::AddEntryRequest {
-            entry: Some(api::EntrySpec {
-                name: name.clone(),
-                url: resolved.url,
-                url_expires_unix: resolved.url_expires_unix,
-                version: Some(resolved.version),
-                source: resolved.display.clone(),
-            }),
-            replace: request.replace,
-        };
-        let response = match self.mountd.clone().add_entry(add).await {
-            Ok(response) => response.into_inner(),
+        let response = match self.add_to_mount(&name, &resolved, request.replace).await {
+            Ok(response) => response,
             Err(status) => {
                 self.forget(Some(resolved.renewal));
                 return Err(self.mountd_error(status));

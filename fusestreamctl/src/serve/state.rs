@@ -36,47 +36,61 @@ impl Saved {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct StateFile {
-    entries: BTreeMap<String, Saved>,
+/// Which mount daemon the entries were staged on: a restarted one has none of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountdIdentity {
+    pub pid: u32,
+    /// When it started, Unix seconds (its uptime subtracted from now: may be 1 s off).
+    pub started_unix: i64,
 }
 
-/// Reads the saved entries of `path`; a missing file is no entries, an unreadable one is
+impl MountdIdentity {
+    pub fn same_as(&self, other: &MountdIdentity) -> bool {
+        self.pid == other.pid && self.started_unix.abs_diff(other.started_unix) <= 2
+    }
+}
+
+/// What is saved.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub entries: BTreeMap<String, Saved>,
+    #[serde(default)]
+    pub mountd: Option<MountdIdentity>,
+}
+
+/// Reads the state saved at `path`; a missing file is an empty state, an unreadable one is
 /// reported and set aside (renamed `.bad`) rather than silently overwritten.
-pub fn load(path: &Path) -> BTreeMap<String, Saved> {
+pub fn load(path: &Path) -> State {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BTreeMap::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return State::default(),
         Err(e) => {
             tracing::warn!(path = %path.display(), "state unreadable, starting empty: {e}");
-            return BTreeMap::new();
+            return State::default();
         }
     };
-    match serde_json::from_str::<StateFile>(&text) {
-        Ok(state) => state.entries,
+    match serde_json::from_str::<State>(&text) {
+        Ok(state) => state,
         Err(e) => {
             let bad = path.with_extension("bad");
             let _ = std::fs::rename(path, &bad);
             tracing::warn!(path = %path.display(), moved_to = %bad.display(), "state corrupt, starting empty: {e}");
-            BTreeMap::new()
+            State::default()
         }
     }
 }
 
-fn write_atomically(path: &Path, entries: &BTreeMap<String, Saved>) -> std::io::Result<()> {
+fn write_atomically(path: &Path, state: &State) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
-    let state = StateFile {
-        entries: entries.clone(),
-    };
-    file.write_all(serde_json::to_string_pretty(&state)?.as_bytes())?;
+    file.write_all(serde_json::to_string_pretty(state)?.as_bytes())?;
     file.as_file().sync_all()?;
     file.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
 
-type Snapshot = Box<dyn Fn() -> BTreeMap<String, Saved> + Send>;
+type Snapshot = Box<dyn Fn() -> State + Send>;
 
 /// Handle to the saver task.
 #[derive(Clone)]
@@ -127,7 +141,7 @@ mod tests {
     fn round_trips_and_sets_corrupt_files_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        assert!(load(&path).is_empty());
+        assert_eq!(load(&path), State::default());
         let entries = BTreeMap::from([
             (
                 "a.bin".to_string(),
@@ -143,10 +157,17 @@ mod tests {
                 },
             ),
         ]);
-        write_atomically(&path, &entries).unwrap();
-        assert_eq!(load(&path), entries);
+        let state = State {
+            entries,
+            mountd: Some(MountdIdentity {
+                pid: 7,
+                started_unix: 100,
+            }),
+        };
+        write_atomically(&path, &state).unwrap();
+        assert_eq!(load(&path), state);
         std::fs::write(&path, "{not json").unwrap();
-        assert!(load(&path).is_empty());
+        assert_eq!(load(&path), State::default());
         assert!(path.with_extension("bad").exists());
     }
 }
