@@ -101,10 +101,6 @@ impl Op {
         }
     }
 
-    pub fn kind(&self) -> &'static str {
-        self.kind
-    }
-
     pub fn span(&self) -> &tracing::Span {
         &self.span
     }

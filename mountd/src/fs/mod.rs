@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use namespace::{Namespace, NodeKind};
-pub use namespace::{NamespaceError, ROOT_INO, Unlinked};
+pub use namespace::{NamespaceError, Unlinked};
 
 use crate::FsError;
 use crate::cache::Cache;

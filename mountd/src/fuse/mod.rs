@@ -122,7 +122,8 @@ impl DataReply for FuseReadReply {
 }
 
 impl fuser::Filesystem for FuseAdapter {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+    fn init(&mut self, req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _op = op!(req, "fuse.init");
         // Let the kernel read ahead as far as it allows; our own read-ahead goes further.
         if let Err(max) = config.set_max_readahead(u32::MAX) {
             let _ = config.set_max_readahead(max);
@@ -137,6 +138,8 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn destroy(&mut self) {
+        // No request to take an id from: the kernel sends DESTROY once, at unmount.
+        let _op = Op::enter("fuse.destroy", 0, 0, tracing::trace_span!("fuse.destroy"));
         tracing::info!("FUSE session destroyed");
     }
 
