@@ -2,6 +2,8 @@
 //! optionally on TCP loopback) with `grpc.health.v1` and server reflection added, and
 //! connecting a client over a Unix socket.
 //!
+//! Every request a server receives gets a span, child of the caller's trace context.
+//!
 //! Every daemon serves the same standard services so that `grpcurl list`, `describe` and
 //! health checks work the same against either, without .proto files.
 
@@ -16,8 +18,14 @@ use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::service::interceptor::InterceptedService;
 use tonic::service::{Routes, RoutesBuilder};
 use tonic::transport::{Channel, Endpoint, Server, Uri};
+
+use crate::telemetry::propagation::{self, InjectContext};
+
+/// A client channel that carries the caller's trace context (see `telemetry::propagation`).
+pub type TracedChannel = InterceptedService<Channel, InjectContext>;
 
 #[derive(Debug, Error)]
 pub enum ServeError {
@@ -113,6 +121,7 @@ pub async fn serve(
         let rx = stop_rx.clone();
         tokio::spawn(async move {
             Server::builder()
+                .trace_fn(propagation::server_span)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(rx))
                 .await
@@ -123,6 +132,7 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     let unix_result = Server::builder()
+        .trace_fn(propagation::server_span)
         .add_routes(routes)
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx))
         .await;
@@ -132,6 +142,11 @@ pub async fn serve(
         return Err(e);
     }
     unix_result
+}
+
+/// `channel`, with each request carrying the current span's trace context.
+pub fn traced(channel: Channel) -> TracedChannel {
+    InterceptedService::new(channel, InjectContext)
 }
 
 /// A channel to a gRPC server on a Unix socket. Connects lazily, so creating it never

@@ -1,6 +1,6 @@
 //! Code both FuseStream daemons use: the generated gRPC API, the rules for entry names,
 //! URL redaction, gRPC serving/connecting over Unix sockets, default paths, readiness
-//! notification and logging setup.
+//! notification, telemetry (logs, spans, trace context) and the metrics endpoint.
 //!
 //! Anything that must behave identically in the mount daemon and the control plane lives
 //! here exactly once (a name the control plane accepts is a name the mount daemon accepts;
@@ -9,11 +9,12 @@
 pub mod api;
 pub mod grpc;
 pub mod http;
-pub mod logging;
+pub mod metrics;
 pub mod names;
 pub mod paths;
 pub mod readiness;
 pub mod redact;
+pub mod telemetry;
 
 /// Version of this build, reported by both daemons' status calls.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -3,7 +3,8 @@
 //! Each formatted log line goes into a bounded queue with `try_send`; a dedicated thread
 //! writes the queue to stderr or a file. When the queue is full (a stuck terminal, a full
 //! or slow disk) the line is dropped and counted, never waited for: a FUSE callback that
-//! logs can not be stalled by its logger (the original app's deadlock).
+//! logs can not be stalled by its logger (the original app's deadlock). The drop count is
+//! exported as `fusestream_log_lines_dropped_total`.
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
@@ -12,8 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Lines that may wait in the queue before new ones are dropped.
 const QUEUE_LINES: usize = 8192;
@@ -41,9 +43,16 @@ impl LogStats {
     }
 }
 
-/// Installs the global subscriber. `default_filter` applies when `FUSESTREAM_LOG` is unset.
-pub fn init(target: LogTarget, default_filter: &str) -> io::Result<LogStats> {
-    let sink: Box<dyn Write + Send> = match &target {
+/// The log layer: lines filtered by `FUSESTREAM_LOG` (else `default_filter`), formatted,
+/// and queued for the writer thread. Never blocks the thread that logs.
+pub(super) fn layer<S>(
+    target: &LogTarget,
+    default_filter: &str,
+) -> io::Result<(impl Layer<S> + use<S>, LogStats)>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    let sink: Box<dyn Write + Send> = match target {
         LogTarget::Stderr => Box::new(io::stderr()),
         LogTarget::File(path) => {
             if let Some(dir) = path.parent() {
@@ -63,13 +72,11 @@ pub fn init(target: LogTarget, default_filter: &str) -> io::Result<LogStats> {
     };
     let filter =
         EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(default_filter));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_ansi(false)
-        .try_init()
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    Ok(stats)
+        .with_filter(filter);
+    Ok((layer, stats))
 }
 
 fn write_lines(rx: Receiver<Vec<u8>>, mut sink: Box<dyn Write + Send>) {
