@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use fusestream_shared::logging::{self, LogTarget};
 use fusestream_shared::paths;
+use fusestream_shared::telemetry::{self, LogTarget};
 
 use cli::{Client, Failure};
 
@@ -59,6 +59,9 @@ enum Command {
         /// (default: $XDG_STATE_HOME/fusestream, ~/.local/state/fusestream).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Serve Prometheus metrics on this loopback address (GET /metrics), e.g. 127.0.0.1:9465.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Set the TempURL key of a Swift remote's account (random unless --key is given).
     SwiftSetTempUrlKey {
@@ -110,11 +113,13 @@ fn main() -> ExitCode {
             log_file,
             config,
             state_dir,
+            metrics_listen,
         } => {
             let target = log_file.map_or(LogTarget::Stderr, LogTarget::File);
-            if let Err(e) = logging::init(target, "info") {
-                return Failure::Request(format!("logging: {e}")).report();
-            }
+            let telemetry = match telemetry::init("fusestream-control", target, "info") {
+                Ok(telemetry) => telemetry,
+                Err(e) => return Failure::Request(format!("telemetry: {e}")).report(),
+            };
             let config = serve::ServeConfig {
                 socket: cli.socket,
                 mountd_socket,
@@ -123,12 +128,14 @@ fn main() -> ExitCode {
                 renew_interval: Duration::from_secs(renew_interval.unwrap_or(url_lifetime / 4)),
                 config: config.or_else(|| config::default_path().filter(|p| p.exists())),
                 state_dir: state_dir.unwrap_or_else(paths::state_dir),
+                metrics_listen,
             };
             let result = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())
-                .and_then(|rt| rt.block_on(serve::run(config)));
+                .and_then(|rt| rt.block_on(serve::run(config, &telemetry)));
+            telemetry.shutdown();
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => Failure::Request(format!("serve: {e}")).report(),

@@ -5,7 +5,8 @@
 //! path) → `store` (sparse backing store, parked reads) and `fetch` (HTTP range fetches);
 //! `cache` keeps the stores within their disk budget; `events` tells subscribers;
 //! `api` is the gRPC service; `mount` mounts and unmounts; `ops` tracks each FUSE op from
-//! ENTER to EXIT.
+//! ENTER to EXIT; `watchdog` flags ops in flight too long; `metrics` is what the
+//! Prometheus endpoint shows.
 
 pub mod api;
 pub mod cache;
@@ -14,9 +15,11 @@ pub mod events;
 pub mod fetch;
 pub mod fs;
 pub mod fuse;
+pub mod metrics;
 pub mod mount;
 pub mod object;
 pub mod ops;
 pub mod store;
+pub mod watchdog;
 
 pub use error::FsError;

@@ -13,10 +13,13 @@ use fusestream_mountd::events::Events;
 use fusestream_mountd::fetch::{FetchConfig, Fetcher};
 use fusestream_mountd::fs::{Fs, FsConfig};
 use fusestream_mountd::fuse::{FuseAdapter, NotifierCache};
+use fusestream_mountd::metrics::MountMetrics;
 use fusestream_mountd::mount;
+use fusestream_mountd::ops::OpKind;
+use fusestream_mountd::watchdog::{self, StallPolicy};
 use fusestream_shared::api::mount_server::MountServer;
-use fusestream_shared::logging::{self, LogTarget};
-use fusestream_shared::{grpc, paths, readiness};
+use fusestream_shared::telemetry::{self, LogTarget, Telemetry};
+use fusestream_shared::{grpc, metrics, paths, readiness};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Debug, Parser)]
@@ -54,6 +57,15 @@ struct Args {
     /// Write logs to this file instead of stderr.
     #[arg(long)]
     log_file: Option<PathBuf>,
+    /// Serve Prometheus metrics on this loopback address (GET /metrics), e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// A FUSE op in flight longer than this is reported as stalled (log, span, metrics).
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    stall_threshold_ms: u64,
+    /// The stall threshold of one kind of op, e.g. `read=5000`. Repeatable.
+    #[arg(long = "op-stall-threshold-ms", value_name = "OP=MS", value_parser = watchdog::parse_kind_threshold)]
+    op_stall_thresholds: Vec<(OpKind, Duration)>,
 }
 
 fn main() -> ExitCode {
@@ -64,10 +76,18 @@ fn main() -> ExitCode {
         .map_or(LogTarget::Stderr, LogTarget::File);
     // fuser unmounts again when its session ends, after we did (a busy mount is detached
     // lazily, see mount.rs); its EINVAL warning about that is noise.
-    if let Err(e) = logging::init(target, "info,fuser::session=error") {
-        eprintln!("fusestream-mountd: logging: {e}");
-        return ExitCode::FAILURE;
-    }
+    let telemetry = match telemetry::init("fusestream-mountd", target, "info,fuser::session=error")
+    {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("fusestream-mountd: telemetry: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    watchdog::set_stall_policy(StallPolicy {
+        default: Duration::from_millis(args.stall_threshold_ms),
+        per_kind: args.op_stall_thresholds.iter().copied().collect(),
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,8 +98,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(args));
+    let result = runtime.block_on(run(args, &telemetry));
     runtime.shutdown_timeout(Duration::from_secs(2));
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -90,7 +111,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<(), String> {
+async fn run(args: Args, telemetry: &Telemetry) -> Result<(), String> {
     let mountpoint = &args.mountpoint;
     mount::prepare(mountpoint).map_err(|e| format!("mount point {}: {e}", mountpoint.display()))?;
     let mountpoint = mountpoint
@@ -100,6 +121,10 @@ async fn run(args: Args) -> Result<(), String> {
     tempfile::tempfile_in(&cache_dir)
         .map_err(|e| format!("cache dir {} is not usable: {e}", cache_dir.display()))?;
 
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let socket_mode = if args.allow_uids.is_empty() {
         0o600
     } else {
@@ -164,8 +189,27 @@ async fn run(args: Args) -> Result<(), String> {
         tracing::info!("kernel read-ahead left at its default: {e}");
     }
 
+    tokio::spawn(watchdog::run());
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    if let Some(listener) = metrics_listener {
+        let metrics = MountMetrics {
+            fs: fs.clone(),
+            telemetry: telemetry.stats.clone(),
+        };
+        tracing::info!(addr = metrics_addr, "serving metrics");
+        tokio::spawn(metrics::serve(
+            listener,
+            Arc::new(move || metrics.render()),
+            std::future::pending(),
+        ));
+    }
+
     let service = MountServer::with_interceptor(
-        MountService::new(fs.clone(), events),
+        MountService::new(fs.clone(), events, metrics_addr),
         peer_check(args.allow_uids),
     );
     let mut routes = tonic::service::Routes::builder();

@@ -186,27 +186,39 @@ impl Client {
                     .map(|o| {
                         serde_json::json!({
                             "op": o.op, "unique": o.unique, "pid": o.pid, "process": o.process,
-                            "age_ms": o.age_ms, "detail": o.detail, "waiting_for": o.waiting_for,
+                            "age_ms": o.age_ms, "stalled": o.stalled, "path": o.path,
+                            "detail": o.detail, "waiting_for": o.waiting_for,
                         })
                     })
                     .collect();
                 println!("{}", serde_json::Value::Array(list));
             } else {
-                let rows: Vec<[String; 6]> = ops
+                let rows: Vec<[String; 8]> = ops
                     .iter()
                     .map(|o| {
                         [
                             format!("{:.1}s", o.age_ms as f64 / 1000.0),
+                            if o.stalled { "STALLED" } else { "" }.to_string(),
                             o.op.clone(),
                             o.pid.to_string(),
                             o.process.clone(),
+                            o.path.clone(),
                             o.detail.clone(),
                             o.waiting_for.clone(),
                         ]
                     })
                     .collect();
                 print_table(
-                    ["AGE", "OP", "PID", "PROCESS", "DETAIL", "WAITING FOR"],
+                    [
+                        "AGE",
+                        "STATE",
+                        "OP",
+                        "PID",
+                        "PROCESS",
+                        "PATH",
+                        "DETAIL",
+                        "WAITING FOR",
+                    ],
                     &rows,
                 );
             }
@@ -233,6 +245,9 @@ impl Client {
             println!("  socket:        {}", c.socket);
             if !c.listen.is_empty() {
                 println!("  listen:        {}", c.listen);
+            }
+            if !c.metrics_addr.is_empty() {
+                println!("  metrics:       http://{}/metrics", c.metrics_addr);
             }
             println!("  local files:   served on {}", c.local_source_addr);
             if !c.config.is_empty() {
@@ -263,6 +278,9 @@ impl Client {
                     m.cache_bytes, m.evictions
                 );
                 println!("  reads waiting: {}", m.reads_waiting);
+                if !m.metrics_addr.is_empty() {
+                    println!("  metrics:       http://{}/metrics", m.metrics_addr);
+                }
                 Ok(())
             }
             None => Err(Failure::Request(format!(

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use fusestream_shared::api::mount_event::Event;
 use fusestream_shared::api::{self, control_server::Control, mount_client::MountClient};
+use fusestream_shared::grpc::{self, TracedChannel};
 use fusestream_shared::names;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
@@ -24,12 +25,23 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// The addresses the control plane serves on besides its socket, as bound (a port 0
+/// asked for is resolved), for `Status`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bound {
+    /// The Control API on TCP.
+    pub listen: Option<SocketAddr>,
+    /// The metrics endpoint.
+    pub metrics: Option<SocketAddr>,
+}
+
 pub struct ControlService {
     config: ServeConfig,
-    listen: Option<SocketAddr>,
+    bound: Bound,
     local: LocalSource,
     http: HttpSource,
-    mountd: MountClient<Channel>,
+    /// The mount daemon; calls carry the trace context of the RPC that makes them.
+    mountd: MountClient<TracedChannel>,
     remotes: Remotes,
     /// How to renew the URL of each staged entry that has one that expires, by name (and,
     /// for local files, what to stop serving on unstage). Persisted by `saver`.
@@ -43,7 +55,7 @@ pub struct ControlService {
 impl ControlService {
     pub fn new(
         config: ServeConfig,
-        listen: Option<SocketAddr>,
+        bound: Bound,
         local: LocalSource,
         http: HttpSource,
         remotes: Remotes,
@@ -54,10 +66,10 @@ impl ControlService {
         let mountd_identity: Arc<Mutex<Option<MountdIdentity>>> = Arc::default();
         ControlService {
             config,
-            listen,
+            bound,
             local,
             http,
-            mountd: MountClient::new(mountd),
+            mountd: MountClient::new(grpc::traced(mountd)),
             remotes,
             saver: Saver::start(
                 state_file,
@@ -444,7 +456,12 @@ impl Control for ControlService {
             pid: std::process::id(),
             uptime_seconds: self.started.elapsed().as_secs(),
             socket: self.config.socket.to_string_lossy().into_owned(),
-            listen: self.listen.map(|a| a.to_string()).unwrap_or_default(),
+            listen: self.bound.listen.map(|a| a.to_string()).unwrap_or_default(),
+            metrics_addr: self
+                .bound
+                .metrics
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             mountd_socket: self.config.mountd_socket.to_string_lossy().into_owned(),
             local_source_addr: self.local.addr().to_string(),
             config: self

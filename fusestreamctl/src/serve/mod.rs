@@ -3,6 +3,7 @@
 //! hands entries to the mount daemon and renews the URLs it issued before they expire.
 
 mod control;
+mod metrics;
 mod state;
 
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fusestream_shared::api::control_server::ControlServer;
+use fusestream_shared::telemetry::Telemetry;
 use fusestream_shared::{grpc, readiness};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -33,9 +35,11 @@ pub struct ServeConfig {
     pub config: Option<PathBuf>,
     /// Where the staged entries it renews are saved across restarts.
     pub state_dir: PathBuf,
+    /// Where to serve Prometheus metrics, if anywhere (loopback only).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
-pub async fn run(config: ServeConfig) -> Result<(), String> {
+pub async fn run(config: ServeConfig, telemetry: &Telemetry) -> Result<(), String> {
     if let Some(addr) = config.listen
         && !addr.ip().is_loopback()
     {
@@ -51,6 +55,11 @@ pub async fn run(config: ServeConfig) -> Result<(), String> {
         None => None,
     };
     let listen = tcp.as_ref().and_then(|l| l.local_addr().ok());
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(fusestream_shared::metrics::bind(addr).await?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let local = LocalSource::start(config.url_lifetime)
         .await
         .map_err(|e| format!("local file server: {e}"))?;
@@ -65,7 +74,10 @@ pub async fn run(config: ServeConfig) -> Result<(), String> {
     let mountd = grpc::unix_channel(&config.mountd_socket, Duration::from_secs(30));
     let service = Arc::new(ControlService::new(
         config.clone(),
-        listen,
+        control::Bound {
+            listen,
+            metrics: metrics_addr,
+        },
         local,
         http,
         remotes,
@@ -77,6 +89,16 @@ pub async fn run(config: ServeConfig) -> Result<(), String> {
         .await;
     let renewal = tokio::spawn(service.clone().renew_urls());
     let events = tokio::spawn(service.clone().follow_events());
+    if let Some(listener) = metrics_listener {
+        let metrics = metrics::ControlMetrics {
+            telemetry: telemetry.stats.clone(),
+        };
+        tokio::spawn(fusestream_shared::metrics::serve(
+            listener,
+            Arc::new(move || metrics.render()),
+            std::future::pending(),
+        ));
+    }
 
     let mut routes = tonic::service::Routes::builder();
     routes.add_service(ControlServer::from_arc(service));

@@ -20,11 +20,17 @@ use crate::store::BackingStore;
 pub struct MountService {
     fs: Arc<Fs>,
     events: Arc<Events>,
+    /// Where metrics are served, for status ("" if nowhere).
+    metrics_addr: String,
 }
 
 impl MountService {
-    pub fn new(fs: Arc<Fs>, events: Arc<Events>) -> MountService {
-        MountService { fs, events }
+    pub fn new(fs: Arc<Fs>, events: Arc<Events>, metrics_addr: String) -> MountService {
+        MountService {
+            fs,
+            events,
+            metrics_addr,
+        }
     }
 }
 
@@ -214,7 +220,7 @@ impl Mount for MountService {
         let ops = crate::ops::in_flight()
             .into_iter()
             .map(|op| api::InFlightOp {
-                op: op.kind.to_string(),
+                op: op.kind.span_name().to_string(),
                 unique: op.unique,
                 pid: op.pid,
                 process: std::fs::read_to_string(format!("/proc/{}/comm", op.pid))
@@ -223,6 +229,15 @@ impl Mount for MountService {
                 age_ms: op.age.as_millis() as u64,
                 detail: op.detail,
                 waiting_for: op.waiting_for,
+                stalled: op.stalled,
+                path: match op.ino {
+                    0 => String::new(),
+                    ino => self
+                        .fs
+                        .path_of(ino)
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                },
             })
             .collect();
         Ok(Response::new(api::ListOpsResponse { ops }))
@@ -247,6 +262,7 @@ impl Mount for MountService {
             cache_bytes: self.fs.cache().used_bytes(),
             cache_max_bytes: self.fs.cache().max_bytes().unwrap_or(0),
             evictions: self.fs.cache().evictions(),
+            metrics_addr: self.metrics_addr.clone(),
         }))
     }
 }

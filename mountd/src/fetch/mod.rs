@@ -11,12 +11,19 @@
 //! retried with backoff (or the server's Retry-After), resuming at the first byte not yet
 //! received. A temp URL refused with 401/403 is reported as an event; the fetch waits,
 //! asynchronously, for the control plane to install a new one, then resumes.
+//!
+//! Each fetch is a `fetch` span, traced as a child of the read that started it, and is
+//! counted in [`STATS`] for metrics.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use thiserror::Error;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::FsError;
 use crate::cache::Cache;
@@ -78,7 +85,78 @@ enum FetchError {
     Store(std::io::Error),
 }
 
+/// Why fetch attempts fail, as the `reason` label of `fusestream_fetch_errors_total`.
+pub const ERROR_REASONS: [&str; 7] = [
+    "transport",
+    "stalled",
+    "status",
+    "rejected",
+    "changed",
+    "protocol",
+    "disk",
+];
+
+/// Fetch counters, process-wide (like the op registry), read by the metrics endpoint.
+#[derive(Debug)]
+pub struct FetchStats {
+    bytes: AtomicU64,
+    retries: AtomicU64,
+    /// Responses by HTTP status, and requests that got none ("error").
+    requests: Mutex<BTreeMap<String, u64>>,
+    errors: [AtomicU64; ERROR_REASONS.len()],
+}
+
+pub static STATS: FetchStats = FetchStats {
+    bytes: AtomicU64::new(0),
+    retries: AtomicU64::new(0),
+    requests: Mutex::new(BTreeMap::new()),
+    errors: [const { AtomicU64::new(0) }; ERROR_REASONS.len()],
+};
+
+impl FetchStats {
+    /// Bytes received from remotes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Requests by outcome: the HTTP status, or "error" when no response came.
+    pub fn requests(&self) -> Vec<(String, u64)> {
+        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        requests.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Failed attempts by reason (see [`ERROR_REASONS`]).
+    pub fn errors(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        ERROR_REASONS
+            .iter()
+            .zip(&self.errors)
+            .map(|(reason, n)| (*reason, n.load(Ordering::Relaxed)))
+    }
+
+    fn request(&self, outcome: String) {
+        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        *requests.entry(outcome).or_default() += 1;
+    }
+}
+
 impl FetchError {
+    /// Its `reason` label (an entry of [`ERROR_REASONS`]).
+    fn reason(&self) -> usize {
+        match self {
+            FetchError::Network(_) => 0,
+            FetchError::Stalled(_) => 1,
+            FetchError::Status { .. } => 2,
+            FetchError::Rejected { .. } => 3,
+            FetchError::Changed(_) => 4,
+            FetchError::Protocol(_) => 5,
+            FetchError::Store(_) => 6,
+        }
+    }
+
     fn retryable(&self) -> bool {
         match self {
             FetchError::Network(_) | FetchError::Stalled(_) => true,
@@ -127,11 +205,22 @@ impl Fetcher {
         })
     }
 
-    /// Starts fetching `chunks` of `object`. Never waits: safe in a FUSE callback.
-    pub fn start(&self, object: Arc<Object>, chunks: ChunkRange) {
+    /// Starts fetching `chunks` of `object`. Never waits: safe in a FUSE callback. The
+    /// fetch's span is traced as a child of `cause` (the read that needs the chunks).
+    pub fn start(&self, object: Arc<Object>, chunks: ChunkRange, cause: &tracing::Span) {
+        let range = object.store.byte_range(chunks);
+        let span = tracing::debug_span!(
+            parent: None,
+            "fetch",
+            object = object.name,
+            bytes = %format_args!("{}..{}", range.start, range.end),
+            http.status_code = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+        );
+        fusestream_shared::telemetry::child_of(&span, cause);
         let fetcher = self.clone();
         self.runtime
-            .spawn(async move { fetcher.run(object, chunks).await });
+            .spawn(async move { fetcher.run(object, chunks).await }.instrument(span));
     }
 
     async fn run(self, object: Arc<Object>, chunks: ChunkRange) {
@@ -147,10 +236,12 @@ impl Fetcher {
         let mut attempt = 1;
         let mut renewals = 0;
         loop {
+            tracing::Span::current().record("attempts", attempt);
             let error = match self.attempt(&object, &mut next, range.end).await {
                 Ok(()) => return,
                 Err(e) => e,
             };
+            STATS.errors[error.reason()].fetch_add(1, Ordering::Relaxed);
             let wait = match &error {
                 FetchError::Rejected { status, generation } if renewals < MAX_RENEWALS => {
                     // Ask for a fresh URL and wait for it without holding anything.
@@ -174,6 +265,7 @@ impl Fetcher {
                 _ => None,
             };
             if let Some(wait) = wait {
+                STATS.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%error, attempt, "fetch failed; retrying");
                 tokio::time::sleep(wait).await;
                 attempt += 1;
@@ -219,10 +311,19 @@ impl Fetcher {
             );
         }
         let stall = self.config.stall_timeout;
-        let mut response = tokio::time::timeout(stall, request.send())
+        let sent = tokio::time::timeout(stall, request.send())
             .await
-            .map_err(|_| FetchError::Stalled(stall))?
-            .map_err(FetchError::network)?;
+            .map_err(|_| FetchError::Stalled(stall))
+            .and_then(|r| r.map_err(FetchError::network));
+        let mut response = match sent {
+            Ok(response) => response,
+            Err(e) => {
+                STATS.request("error".into());
+                return Err(e);
+            }
+        };
+        STATS.request(response.status().as_u16().to_string());
+        tracing::Span::current().record("http.status_code", response.status().as_u16());
         check_response(&response, *next, version.size).map_err(|e| match e {
             FetchError::Status { status, .. } if matches!(status.as_u16(), 401 | 403) => {
                 FetchError::Rejected {
@@ -252,6 +353,7 @@ impl Fetcher {
                 .write(*next, &data)
                 .map_err(FetchError::Store)?;
             *next += data.len() as u64;
+            STATS.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             let done = if *next == object.size() {
                 next.div_ceil(CHUNK_SIZE)
             } else {

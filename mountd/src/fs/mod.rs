@@ -292,13 +292,16 @@ impl Fs {
         }
         let len = u64::from(size).min(object.size() - offset) as u32;
         let readahead_end = lock(&handle.readahead).advance(offset, len);
+        let cause = reply.span();
         let (plan, fetches) =
             object
                 .store
                 .read(unique, offset, len, readahead_end, &object.source, reply);
         for chunks in fetches {
-            self.fetcher.start(object.clone(), chunks);
+            self.fetcher.start(object.clone(), chunks, &cause);
         }
+        // Let go of the read's span before answering: the read ends with its reply.
+        drop(cause);
         match plan {
             ReadPlan::Ready(reply) => object.store.answer(offset, len, reply),
             ReadPlan::Parked(id) => self.arm_deadline(object, id),
@@ -416,6 +419,12 @@ impl Fs {
         let unlinked = lock(&self.namespace).remove(name)?;
         self.forget_in_kernel(unlinked).await;
         Ok(())
+    }
+
+    /// The path of inode `ino` in the mount, if it exists (for the in-flight listing).
+    pub fn path_of(&self, ino: u64) -> Option<PathBuf> {
+        let path = lock(&self.namespace).path(ino)?;
+        Some(self.config.mountpoint.join(path))
     }
 
     pub fn entries(&self) -> Vec<EntryInfo> {

@@ -216,6 +216,19 @@ impl Namespace {
         Ok(unlinked)
     }
 
+    /// The path of `ino` in the mount ("" for the root), if it exists; a node no longer
+    /// reachable (unstaged, still open) keeps the path it had.
+    pub fn path(&self, ino: u64) -> Option<String> {
+        let mut names = Vec::new();
+        let mut node = self.nodes.get(&ino)?;
+        while node.ino != ROOT_INO {
+            names.push(node.name.as_str());
+            node = self.nodes.get(&node.parent)?;
+        }
+        names.reverse();
+        Some(names.join("/"))
+    }
+
     /// The staged files, with their names.
     pub fn files(&self) -> Vec<(String, u64, Arc<Object>)> {
         let mut out = Vec::new();

@@ -1,9 +1,11 @@
 //! The fuser adapter: translates FUSE requests into calls on the filesystem core and the
 //! core's results into replies. Nothing else happens here.
 //!
-//! Every op opens an [`Op`] (ENTER) that ends when its reply is sent (EXIT). For reads the
-//! `Op` travels inside the parked reply, so a read answered later by the data path ends
-//! its op exactly then. No callback here waits: the core never blocks (see `fs`).
+//! Every op opens an [`Op`] (ENTER) that ends as its reply is sent (EXIT): ended just
+//! before the reply is written, so an op's span always lies within the syscall that caused
+//! it. For reads the `Op` travels inside the parked reply, so a read answered later by the
+//! data path ends its op exactly then. No callback here waits: the core never blocks (see
+//! `fs`).
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use fuser::{
 
 use crate::FsError;
 use crate::fs::{Attr, Fs, KernelCache, Kind, Unlinked};
-use crate::ops::Op;
+use crate::ops::{Op, OpKind};
 use crate::store::DataReply;
 
 /// How long the kernel may cache attributes and entries. Short, because entries come and
@@ -39,8 +41,17 @@ impl FuseAdapter {
     }
 }
 
-fn errno(error: &FsError) -> Errno {
-    Errno::from_i32(error.errno())
+/// The errno for `error` (mapped in one place, `FsError::errno`), recorded on `op`, which
+/// ends: call it as the reply's argument, so EXIT precedes the reply.
+fn failed(op: Op, error: &FsError) -> Errno {
+    fail(op, Errno::from_i32(error.errno()))
+}
+
+/// `errno`, recorded on `op` (metrics and the op's span), which ends.
+fn fail(op: Op, errno: Errno) -> Errno {
+    op.failed(errno.code());
+    op.answered();
+    errno
 }
 
 fn file_attr(attr: &Attr) -> FileAttr {
@@ -66,14 +77,25 @@ fn file_attr(attr: &Attr) -> FileAttr {
     }
 }
 
-/// Opens the op for request `req`: `op!(req, "fuse.lookup", ino = .., name = ..)`.
+/// Opens the op for request `req` about inode `ino` (0 if none):
+/// `op!(req, Lookup, parent.0, name = ..)`. Its span is a debug span: exported when span
+/// export is on, free otherwise.
 macro_rules! op {
-    ($req:expr, $name:literal $(, $($field:tt)*)?) => {
+    ($req:expr, $kind:ident, $ino:expr $(, $($field:tt)*)?) => {
         Op::enter(
-            $name,
+            OpKind::$kind,
             $req.unique().0,
             $req.pid(),
-            tracing::trace_span!($name, pid = $req.pid() $(, $($field)*)?),
+            $ino,
+            tracing::debug_span!(
+                OpKind::$kind.span_name(),
+                op = OpKind::$kind.label(),
+                pid = $req.pid(),
+                unique = $req.unique().0,
+                ino = $ino,
+                errno = tracing::field::Empty
+                $(, $($field)*)?
+            ),
         )
     };
 }
@@ -109,21 +131,27 @@ impl DataReply for FuseReadReply {
         self.op.waiting_for(what);
     }
 
+    fn span(&self) -> tracing::Span {
+        self.op.span().clone()
+    }
+
     fn data(self: Box<Self>, data: &[u8]) {
-        self.reply.data(data);
-        drop(self.op);
+        let FuseReadReply { reply, op } = *self;
+        op.replied_bytes(data.len());
+        op.answered();
+        reply.data(data);
     }
 
     fn error(self: Box<Self>, error: FsError) {
-        tracing::debug!(parent: self.op.span(), %error, "read failed");
-        self.reply.error(errno(&error));
-        drop(self.op);
+        let FuseReadReply { reply, op } = *self;
+        tracing::debug!(parent: op.span(), %error, "read failed");
+        reply.error(failed(op, &error));
     }
 }
 
 impl fuser::Filesystem for FuseAdapter {
     fn init(&mut self, req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _op = op!(req, "fuse.init");
+        let _op = op!(req, Init, 0);
         // Let the kernel read ahead as far as it allows; our own read-ahead goes further.
         if let Err(max) = config.set_max_readahead(u32::MAX) {
             let _ = config.set_max_readahead(max);
@@ -139,56 +167,72 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn destroy(&mut self) {
         // No request to take an id from: the kernel sends DESTROY once, at unmount.
-        let _op = Op::enter("fuse.destroy", 0, 0, tracing::trace_span!("fuse.destroy"));
+        let _op = Op::enter(
+            OpKind::Destroy,
+            0,
+            0,
+            0,
+            tracing::debug_span!("fuse.destroy", op = "destroy"),
+        );
         tracing::info!("FUSE session destroyed");
     }
 
     fn interrupt(&self, req: &Request, unique: RequestId) -> Result<(), Errno> {
-        let _op = op!(req, "fuse.interrupt", interrupted = unique.0);
+        let op = op!(req, Interrupt, 0, interrupted = unique.0);
         if self.fs.interrupt(unique.0) {
             Ok(())
         } else {
             // Not parked: answered already (the kernel drops this), or still queued in
             // another thread (the kernel sends the interrupt again).
-            Err(Errno::EAGAIN)
+            Err(fail(op, Errno::EAGAIN))
         }
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _op = op!(req, "fuse.lookup", ino = parent.0, name = ?name);
+        let op = op!(req, Lookup, parent.0, name = ?name);
         let Some(name) = name.to_str() else {
-            return reply.error(Errno::ENOENT);
+            return reply.error(fail(op, Errno::ENOENT));
         };
         match self.fs.lookup(parent.0, name) {
-            Ok(attr) => reply.entry(&ATTR_TTL, &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
+            Ok(attr) => {
+                op.answered();
+                reply.entry(&ATTR_TTL, &file_attr(&attr), Generation(0))
+            }
+            Err(e) => reply.error(failed(op, &e)),
         }
     }
 
     fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
-        let _op = op!(req, "fuse.forget", ino = ino.0, nlookup);
+        let _op = op!(req, Forget, ino.0, nlookup);
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _op = op!(req, "fuse.getattr", ino = ino.0);
+        let op = op!(req, Getattr, ino.0);
         match self.fs.getattr(ino.0) {
-            Ok(attr) => reply.attr(&ATTR_TTL, &file_attr(&attr)),
-            Err(e) => reply.error(errno(&e)),
+            Ok(attr) => {
+                op.answered();
+                reply.attr(&ATTR_TTL, &file_attr(&attr))
+            }
+            Err(e) => reply.error(failed(op, &e)),
         }
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        let _op = op!(req, "fuse.access", ino = ino.0, mask = mask.bits());
+        let op = op!(req, Access, ino.0, mask = mask.bits());
         match self.fs.access(ino.0, mask.contains(AccessFlags::W_OK)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            Ok(()) => {
+                op.answered();
+                reply.ok()
+            }
+            Err(e) => reply.error(failed(op, &e)),
         }
     }
 
-    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _op = op!(req, "fuse.statfs");
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let op = op!(req, Statfs, ino.0);
         let s = self.fs.statfs();
+        op.answered();
         reply.statfs(
             s.blocks,
             0,
@@ -202,12 +246,15 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _op = op!(req, "fuse.open", ino = ino.0, flags = flags.0);
+        let op = op!(req, Open, ino.0, flags = flags.0);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         match self.fs.open(ino.0, write) {
             // Objects are immutable while staged: let the kernel keep cached pages.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(errno(&e)),
+            Ok(fh) => {
+                op.answered();
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+            }
+            Err(e) => reply.error(failed(op, &e)),
         }
     }
 
@@ -222,7 +269,15 @@ impl fuser::Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let op = op!(req, "fuse.read", ino = ino.0, fh = fh.0, offset, size);
+        let op = op!(
+            req,
+            Read,
+            ino.0,
+            fh = fh.0,
+            offset,
+            size,
+            bytes = tracing::field::Empty
+        );
         op.describe(format!(
             "ino {} fh {} bytes {offset}..{}",
             ino.0,
@@ -243,8 +298,9 @@ impl fuser::Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _op = op!(req, "fuse.release", ino = ino.0, fh = fh.0);
+        let op = op!(req, Release, ino.0, fh = fh.0);
         self.fs.release(fh.0);
+        op.answered();
         reply.ok();
     }
 
@@ -256,24 +312,30 @@ impl fuser::Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _op = op!(req, "fuse.flush", ino = ino.0, fh = fh.0);
+        op!(req, Flush, ino.0, fh = fh.0).answered();
         reply.ok(); // read-only: nothing to flush
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, _size: u32, reply: ReplyXattr) {
-        let _op = op!(req, "fuse.getxattr", ino = ino.0, name = ?name);
+        let op = op!(req, Getxattr, ino.0, name = ?name);
         match self.fs.getattr(ino.0) {
-            Ok(_) => reply.error(Errno::from_i32(libc::ENODATA)), // no extended attributes
-            Err(e) => reply.error(errno(&e)),
+            Ok(_) => reply.error(fail(op, Errno::from_i32(libc::ENODATA))), // no extended attributes
+            Err(e) => reply.error(failed(op, &e)),
         }
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _op = op!(req, "fuse.listxattr", ino = ino.0);
+        let op = op!(req, Listxattr, ino.0);
         match self.fs.getattr(ino.0) {
-            Ok(_) if size == 0 => reply.size(0),
-            Ok(_) => reply.data(&[]),
-            Err(e) => reply.error(errno(&e)),
+            Ok(_) => {
+                op.answered();
+                if size == 0 {
+                    reply.size(0)
+                } else {
+                    reply.data(&[])
+                }
+            }
+            Err(e) => reply.error(failed(op, &e)),
         }
     }
 
@@ -288,16 +350,19 @@ impl fuser::Filesystem for FuseAdapter {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        let _op = op!(req, "fuse.ioctl", ino = ino.0, fh = fh.0, cmd);
+        let op = op!(req, Ioctl, ino.0, fh = fh.0, cmd);
         // Not a terminal or a device: what tools like dd probe for (TCGETS) is not here.
-        reply.error(Errno::from_i32(libc::ENOTTY));
+        reply.error(fail(op, Errno::from_i32(libc::ENOTTY)));
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _op = op!(req, "fuse.opendir", ino = ino.0);
+        let op = op!(req, Opendir, ino.0);
         match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno(&e)),
+            Ok(fh) => {
+                op.answered();
+                reply.opened(FileHandle(fh), FopenFlags::empty())
+            }
+            Err(e) => reply.error(failed(op, &e)),
         }
     }
 
@@ -309,10 +374,10 @@ impl fuser::Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _op = op!(req, "fuse.readdir", ino = ino.0, fh = fh.0, offset);
+        let op = op!(req, Readdir, ino.0, fh = fh.0, offset);
         let entries = match self.fs.readdir(fh.0) {
             Ok(entries) => entries,
-            Err(e) => return reply.error(errno(&e)),
+            Err(e) => return reply.error(failed(op, &e)),
         };
         for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
             let kind = match entry.kind {
@@ -324,6 +389,7 @@ impl fuser::Filesystem for FuseAdapter {
                 break;
             }
         }
+        op.answered();
         reply.ok();
     }
 
@@ -335,8 +401,9 @@ impl fuser::Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let _op = op!(req, "fuse.releasedir", ino = ino.0, fh = fh.0);
+        let op = op!(req, Releasedir, ino.0, fh = fh.0);
         self.fs.releasedir(fh.0);
+        op.answered();
         reply.ok();
     }
 }

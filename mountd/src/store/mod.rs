@@ -40,6 +40,10 @@ pub trait DataReply: Send {
     fn error(self: Box<Self>, error: FsError);
     /// The reply is parked, waiting for `what` (for the in-flight listing).
     fn waiting(&self, _what: String) {}
+    /// The span of the op this reply answers: fetches it starts are traced as its children.
+    fn span(&self) -> tracing::Span {
+        tracing::Span::none()
+    }
 }
 
 /// A half-open range of chunk indices, `first..end`.
