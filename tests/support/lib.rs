@@ -8,6 +8,7 @@
 
 pub mod faulty;
 pub mod nginx;
+pub mod otlp;
 pub mod swift;
 
 use std::ffi::OsStr;
@@ -47,7 +48,17 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `command` and waits for its READY=1 notification.
-    pub fn start(name: &'static str, mut command: Command, dir: &Path) -> Daemon {
+    pub fn start(name: &'static str, command: Command, dir: &Path) -> Daemon {
+        Daemon::start_with_env(name, command, dir, &[])
+    }
+
+    /// [`Daemon::start`], with `env` set last (so it overrides the harness's log filter).
+    pub fn start_with_env(
+        name: &'static str,
+        mut command: Command,
+        dir: &Path,
+        env: &[(String, String)],
+    ) -> Daemon {
         let notify_path = dir.join(format!("{name}.notify"));
         let _ = std::fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
@@ -59,6 +70,7 @@ impl Daemon {
         let child = command
             .env("NOTIFY_SOCKET", &notify_path)
             .env("FUSESTREAM_LOG", "info,fusestream_mountd=debug")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone log"))
             .stderr(log_file)
@@ -175,6 +187,11 @@ pub struct Options {
     pub control_env: Vec<(String, String)>,
     /// The mount daemon's `--allow-uid`s.
     pub allow_uids: Vec<u32>,
+    /// More arguments and environment for the mount daemon, and arguments for the
+    /// control plane's `serve` (after the harness's own).
+    pub mountd_args: Vec<String>,
+    pub mountd_env: Vec<(String, String)>,
+    pub control_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -188,6 +205,9 @@ impl Default for Options {
             config: None,
             control_env: Vec::new(),
             allow_uids: Vec::new(),
+            mountd_args: Vec::new(),
+            mountd_env: Vec::new(),
+            control_args: Vec::new(),
         }
     }
 }
@@ -296,6 +316,31 @@ impl FuseStream {
             .unwrap_or_else(|| panic!("no {field:?} in status:\n{status}"))
     }
 
+    /// The metrics endpoints `status` shows: (control plane's, mount daemon's).
+    pub fn metrics_addrs(&self) -> (Option<String>, Option<String>) {
+        let status = self.ctl_ok(["status"]);
+        let (control, mount) = status
+            .split_once("mount daemon: running")
+            .expect("status shows the mount daemon");
+        let addr = |section: &str| {
+            section.lines().find_map(|l| {
+                let url = l.trim().strip_prefix("metrics:")?.trim();
+                Some(
+                    url.strip_prefix("http://")?
+                        .strip_suffix("/metrics")?
+                        .to_string(),
+                )
+            })
+        };
+        (addr(control), addr(mount))
+    }
+
+    /// The mount daemon's metrics, scraped now (it must run with `--metrics-listen`).
+    pub fn mountd_metrics(&self) -> String {
+        let addr = self.metrics_addrs().1.expect("mountd serves metrics");
+        http_get(&addr, "/metrics")
+    }
+
     /// Waits (bounded) until `condition` holds, checking it every 50 ms.
     pub fn wait_until(&self, what: &str, condition: impl Fn(&FuseStream) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -387,7 +432,8 @@ fn start_mountd(dir: &Path, mountpoint: &Path, socket: &Path, options: &Options)
     for uid in &options.allow_uids {
         command.arg("--allow-uid").arg(uid.to_string());
     }
-    Daemon::start("mountd", command, dir)
+    command.args(&options.mountd_args);
+    Daemon::start_with_env("mountd", command, dir, &options.mountd_env)
 }
 
 fn start_control(dir: &Path, socket: &Path, mountd_socket: &Path, options: &Options) -> Daemon {
@@ -406,8 +452,8 @@ fn start_control(dir: &Path, socket: &Path, mountd_socket: &Path, options: &Opti
     if let Some(config) = &options.config {
         serve.arg("--config").arg(config);
     }
-    serve.envs(options.control_env.iter().map(|(k, v)| (k, v)));
-    Daemon::start("control", serve, dir)
+    serve.args(&options.control_args);
+    Daemon::start_with_env("control", serve, dir, &options.control_env)
 }
 
 /// Passes `flag value`, unless `value` is 0 (meaning: the daemon's default).
@@ -428,6 +474,43 @@ fn force_unmount(path: &Path) {
     let c = std::ffi::CString::new(path.to_string_lossy().as_bytes()).expect("path");
     // SAFETY: valid NUL-terminated path.
     unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+}
+
+/// `GET path` from the HTTP server at `addr`: the status and the body.
+pub fn try_http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
+    Ok((status, body.to_string()))
+}
+
+/// The body of `GET path` from the HTTP server at `addr`, asserting a 200.
+pub fn http_get(addr: &str, path: &str) -> String {
+    match try_http_get(addr, path) {
+        Ok((200, body)) => body,
+        Ok((status, body)) => panic!("GET http://{addr}{path}: {status}: {body}"),
+        Err(e) => panic!("GET http://{addr}{path}: {e}"),
+    }
+}
+
+/// The value of the sample `series` (e.g. `x_total{op="read"}`) in a Prometheus text
+/// exposition, if present.
+pub fn metric(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
 }
 
 /// `size` random bytes.
