@@ -44,6 +44,8 @@ TARGETS = {
     "rss_peak": ("value", "<=", 64.0),
     "stalled_meta_p99": ("value", "<=", 5.0),
 }
+# Sequential throughput with span export on may cost at most this fraction.
+OTLP_MAX_OVERHEAD = 0.05
 
 
 def log(msg):
@@ -368,7 +370,8 @@ http {{
                              f"{p.stderr.strip()}")
         return p
 
-    def start_fusestream(self):
+    def start_fusestream(self, extra_env=None):
+        env = dict(self.env, **(extra_env or {}))
         for b in ("fusestream-mountd", "fusestreamctl"):
             if not os.access(BIN / b, os.X_OK):
                 raise BenchError(f"{BIN / b} missing: run `cargo build --release --bins` in the repo")
@@ -379,7 +382,7 @@ http {{
         self.mountd = spawn(
             [BIN / "fusestream-mountd", "--mountpoint", self.fs_mnt,
              "--socket", self.tmp / "mountd.sock", "--cache-dir", cache,
-             "--log-file", mountd_log], self.tmp / "mountd.stderr", self.env)
+             "--log-file", mountd_log], self.tmp / "mountd.stderr", env)
         # LIFO: the mount is checked/unmounted after the daemon has been stopped.
         self.stack.callback(unmount, self.fs_mnt)
         self.stack.callback(stop_process, self.mountd, "fusestream-mountd")
@@ -393,7 +396,7 @@ http {{
         self.ctl = spawn(
             [BIN / "fusestreamctl", "serve", "--socket", self.tmp / "control.sock",
              "--mountd-socket", self.tmp / "mountd.sock", "--log-file", ctl_log],
-            self.tmp / "control.stderr", self.env)
+            self.tmp / "control.stderr", env)
         self.stack.callback(stop_process, self.ctl, "fusestreamctl serve")
 
         def ctl_alive():
@@ -424,6 +427,50 @@ http {{
         return None
 
     # ---- rclone
+    def cold_read(self):
+        """Re-stage the entry (new inode, empty store) and read it all once: MB/s."""
+        self.fs_stage()
+        time.sleep(SETTLE)
+        st = os.stat(self.fs_path)
+        if st.st_ino == self.fs_ino:
+            self.problem(f"{self.fs_path} is still the replaced inode {st.st_ino}: not cold")
+        self.fs_ino = st.st_ino
+        return self.dd(self.fs_path)
+
+    def otlp_runs(self):
+        """Cold sequential reads with span export on: both daemons restarted with the
+        standard OTEL_* variables pointing at a real OTLP receiver (gRPC), every FUSE op and
+        fetch a span. Returns the MB/s of each run and the spans the receiver got."""
+        sink_bin = BIN / "fusestream-otlp-sink"
+        if not os.access(sink_bin, os.X_OK):
+            raise BenchError(f"{sink_bin} missing: run `cargo build --release --bins` in the repo")
+        with open(self.tmp / "otlp-sink.stderr", "w") as err:
+            sink = subprocess.Popen([str(sink_bin)], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=err, text=True,
+                                    start_new_session=True)
+        self.stack.callback(stop_process, sink, "fusestream-otlp-sink")
+        endpoints = dict(sink.stdout.readline().split() for _ in range(2))
+        log(f"FuseStream with spans exported over OTLP to {endpoints['grpc']}")
+        self.shutdown_fusestream()
+        self.fs_ino = None
+        self.start_fusestream({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoints["grpc"],
+                               "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+        cold = []
+        for i in range(self.args.runs):
+            cold.append(self.cold_read())
+            log(f"FuseStream + OTLP run {i + 1}/{self.args.runs}: cold {cold[-1]:.0f} MB/s")
+        # Stopping the daemons flushes their last spans.
+        self.shutdown_fusestream()
+        sink.stdin.close()
+        sink.wait(timeout=15)
+        said = (self.tmp / "otlp-sink.stderr").read_text()
+        spans = int(said.rsplit("spans received:", 1)[1].split()[0]) if "spans received:" in said else 0
+        if spans == 0:
+            self.problem("the OTLP receiver got no spans while export was on")
+        self.fs_ino = None
+        self.start_fusestream()
+        return cold, spans
+
     def rclone_mount(self):
         """Fresh rclone mount with an empty VFS cache; the directory is listed before returning."""
         self.rclone_unmount()
@@ -631,6 +678,8 @@ http {{
         if self.sha_of(self.fs_path) != self.sha256:
             self.problem("sha256 of the file read through the FuseStream mount differs from the source")
         R["fusestream"].update(cold_seq=cold, warm_seq=warm, stage_ms=stage_ms)
+        if not a.no_otlp:
+            R["fusestream"]["cold_seq_otlp"], R["fusestream"]["otlp_spans"] = self.otlp_runs()
 
         if self.rclone_bin:
             cold, warm = [], []
@@ -869,6 +918,8 @@ def main():
     ap.add_argument("--size-mib", type=int, default=1024, help="size of the test file (default 1024)")
     ap.add_argument("--runs", type=int, default=5, help="repetitions per measurement (default 5)")
     ap.add_argument("--no-rclone", action="store_true", help="skip the rclone mount")
+    ap.add_argument("--no-otlp", action="store_true",
+                    help="skip the cold reads with span export on")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs) for debugging")
     ap.add_argument("--latency-samples", type=int, default=50,
@@ -935,6 +986,15 @@ def main():
     if x is not None:
         print(f"note: FuseStream open+first 4 KiB right after --replace of the fully read "
               f"{args.size_mib} MiB entry: {x:.3f} ms (one sample, not in the table)")
+    on = results["fusestream"].get("cold_seq_otlp")
+    off = results["fusestream"].get("cold_seq")
+    if on and off:
+        ratio = median(on) / median(off)
+        verdict = "PASS" if ratio >= 1 - OTLP_MAX_OVERHEAD else "FAIL"
+        print(f"span export: cold sequential with tracing + OTLP export on {median(on):.0f} MB/s, "
+              f"off {median(off):.0f} MB/s: on/off {ratio:.2f} (target >= "
+              f"{1 - OTLP_MAX_OVERHEAD:.2f}: {verdict}); "
+              f"{results['fusestream']['otlp_spans']} spans received")
     if bench.rclone_note:
         print(f"note: {bench.rclone_note}")
     for p in bench.problems:
