@@ -127,6 +127,11 @@ impl Fetcher {
         })
     }
 
+    /// The daemon's event channel (the core publishes handle events on it too).
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
     /// Starts fetching `chunks` of `object`. Never waits: safe in a FUSE callback.
     pub fn start(&self, object: Arc<Object>, chunks: ChunkRange) {
         let fetcher = self.clone();
