@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod power;
 mod serve;
 mod sources;
 
@@ -59,6 +60,12 @@ enum Command {
         /// (default: $XDG_STATE_HOME/fusestream, ~/.local/state/fusestream).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Seconds idle sleep stays inhibited after the last file of the mount is closed.
+        #[arg(long, default_value_t = 30)]
+        sleep_grace: u64,
+        /// Do not inhibit idle sleep while files of the mount are open.
+        #[arg(long)]
+        no_inhibit_sleep: bool,
     },
     /// Set the TempURL key of a Swift remote's account (random unless --key is given).
     SwiftSetTempUrlKey {
@@ -110,6 +117,8 @@ fn main() -> ExitCode {
             log_file,
             config,
             state_dir,
+            sleep_grace,
+            no_inhibit_sleep,
         } => {
             let target = log_file.map_or(LogTarget::Stderr, LogTarget::File);
             if let Err(e) = logging::init(target, "info") {
@@ -123,6 +132,9 @@ fn main() -> ExitCode {
                 renew_interval: Duration::from_secs(renew_interval.unwrap_or(url_lifetime / 4)),
                 config: config.or_else(|| config::default_path().filter(|p| p.exists())),
                 state_dir: state_dir.unwrap_or_else(paths::state_dir),
+                power: power::PowerConfig {
+                    grace: (!no_inhibit_sleep).then(|| Duration::from_secs(sleep_grace)),
+                },
             };
             let result = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

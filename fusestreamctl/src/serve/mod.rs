@@ -33,6 +33,8 @@ pub struct ServeConfig {
     pub config: Option<PathBuf>,
     /// Where the staged entries it renews are saved across restarts.
     pub state_dir: PathBuf,
+    /// Sleep inhibition while files are open (see `power`).
+    pub power: crate::power::PowerConfig,
 }
 
 pub async fn run(config: ServeConfig) -> Result<(), String> {
