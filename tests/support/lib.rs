@@ -175,6 +175,10 @@ pub struct Options {
     pub control_env: Vec<(String, String)>,
     /// The mount daemon's `--allow-uid`s.
     pub allow_uids: Vec<u32>,
+    /// Let the control plane inhibit sleep (off by default, so tests never touch the
+    /// machine's own logind), and more arguments for `fusestreamctl serve`.
+    pub inhibit_sleep: bool,
+    pub control_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -188,6 +192,8 @@ impl Default for Options {
             config: None,
             control_env: Vec::new(),
             allow_uids: Vec::new(),
+            inhibit_sleep: false,
+            control_args: Vec::new(),
         }
     }
 }
@@ -406,6 +412,10 @@ fn start_control(dir: &Path, socket: &Path, mountd_socket: &Path, options: &Opti
     if let Some(config) = &options.config {
         serve.arg("--config").arg(config);
     }
+    if !options.inhibit_sleep {
+        serve.arg("--no-inhibit-sleep");
+    }
+    serve.args(&options.control_args);
     serve.envs(options.control_env.iter().map(|(k, v)| (k, v)));
     Daemon::start("control", serve, dir)
 }
