@@ -420,6 +420,14 @@ mod tests {
         Duration::from_secs(n)
     }
 
+    /// A machine with one file open and the inhibitor granted at `t`.
+    fn inhibited_at(t: Instant) -> Machine {
+        let mut m = Machine::new(GRACE);
+        m.handles(1, t);
+        m.acquired(Ok(()), t);
+        m
+    }
+
     #[test]
     fn acquires_on_the_first_open_only() {
         let t = Instant::now();
@@ -437,9 +445,7 @@ mod tests {
     #[test]
     fn releases_after_the_grace() {
         let t = Instant::now();
-        let mut m = Machine::new(GRACE);
-        m.handles(1, t);
-        m.acquired(Ok(()), t);
+        let mut m = inhibited_at(t);
         assert_eq!(m.handles(0, t + secs(1)), Action::None);
         assert_eq!(
             m.state(),
@@ -459,9 +465,7 @@ mod tests {
     #[test]
     fn a_reopen_during_the_grace_keeps_the_inhibitor() {
         let t = Instant::now();
-        let mut m = Machine::new(GRACE);
-        m.handles(1, t);
-        m.acquired(Ok(()), t);
+        let mut m = inhibited_at(t);
         m.handles(0, t + secs(1));
         assert_eq!(m.handles(1, t + secs(2)), Action::None, "no second acquire");
         assert_eq!(m.state(), PowerState::Inhibited { open: 1 });
