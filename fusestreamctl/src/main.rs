@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod power;
 mod serve;
 mod sources;
 
@@ -62,6 +63,12 @@ enum Command {
         /// Serve Prometheus metrics on this loopback address (GET /metrics), e.g. 127.0.0.1:9465.
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<SocketAddr>,
+        /// Seconds idle sleep stays inhibited after the last file of the mount is closed.
+        #[arg(long, default_value_t = 30)]
+        sleep_grace: u64,
+        /// Do not inhibit idle sleep while files of the mount are open.
+        #[arg(long)]
+        no_inhibit_sleep: bool,
     },
     /// Set the TempURL key of a Swift remote's account (random unless --key is given).
     SwiftSetTempUrlKey {
@@ -114,6 +121,8 @@ fn main() -> ExitCode {
             config,
             state_dir,
             metrics_listen,
+            sleep_grace,
+            no_inhibit_sleep,
         } => {
             let target = log_file.map_or(LogTarget::Stderr, LogTarget::File);
             let telemetry = match telemetry::init("fusestream-control", target, "info") {
@@ -129,6 +138,9 @@ fn main() -> ExitCode {
                 config: config.or_else(|| config::default_path().filter(|p| p.exists())),
                 state_dir: state_dir.unwrap_or_else(paths::state_dir),
                 metrics_listen,
+                power: power::PowerConfig {
+                    grace: (!no_inhibit_sleep).then(|| Duration::from_secs(sleep_grace)),
+                },
             };
             let result = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

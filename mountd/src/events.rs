@@ -2,6 +2,13 @@
 //! `WatchEvents`: a broadcast channel with a fixed capacity. Publishing never waits; a
 //! subscriber that falls behind skips events and is told how many it missed, so a slow
 //! or absent subscriber can never slow the daemon down.
+//!
+//! Handle events (opened/closed) come from the FUSE open and release callbacks, so they
+//! must cost next to nothing: one small copy of the entry's name and a broadcast send, no
+//! lock held. They carry the mount's absolute handle count and a change number rather than
+//! a delta, because a subscriber that missed some (it lagged, or it reconnected) must be
+//! right again with the next one it gets; the change number lets it drop events that two
+//! FUSE threads published out of order.
 
 use fusestream_shared::api::{self, mount_event::Event};
 use tokio::sync::broadcast;
@@ -35,7 +42,72 @@ impl Events {
         }));
     }
 
+    /// A file handle of entry `name` was opened; `handles` is the mount's count after it.
+    pub fn handle_opened(&self, name: &str, handles: HandleCount) {
+        self.publish(Event::HandleOpened(handles.change_of(name)));
+    }
+
+    /// A file handle of entry `name` was closed; `handles` is the mount's count after it.
+    pub fn handle_closed(&self, name: &str, handles: HandleCount) {
+        self.publish(Event::HandleClosed(handles.change_of(name)));
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
+    }
+}
+
+/// The mount's open file handles and how many opens and closes led there (wrapping), taken
+/// together in one atomic step (see `fs::Fs`), so the pair is consistent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandleCount {
+    pub open: u32,
+    pub change: u32,
+}
+
+impl HandleCount {
+    /// Unpacks the `fs` core's counter: changes in the high 32 bits, open handles in the low.
+    pub fn unpack(packed: u64) -> HandleCount {
+        HandleCount {
+            open: packed as u32,
+            change: (packed >> 32) as u32,
+        }
+    }
+
+    fn change_of(self, name: &str) -> api::HandleChange {
+        api::HandleChange {
+            name: name.to_string(),
+            open_handles: self.open,
+            change: self.change,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handle_events_carry_the_absolute_count() {
+        let events = Events::default();
+        let mut rx = events.subscribe();
+        events.handle_opened("a", HandleCount::unpack((7 << 32) | 2));
+        events.handle_closed("a", HandleCount::unpack((8 << 32) | 1));
+        let Ok(Event::HandleOpened(opened)) = rx.try_recv() else {
+            panic!("expected an open event");
+        };
+        assert_eq!(
+            (opened.name.as_str(), opened.open_handles, opened.change),
+            ("a", 2, 7)
+        );
+        let Ok(Event::HandleClosed(closed)) = rx.try_recv() else {
+            panic!("expected a close event");
+        };
+        assert_eq!((closed.open_handles, closed.change), (1, 8));
+    }
+
+    #[test]
+    fn publishing_with_no_subscriber_does_not_fail() {
+        Events::default().handle_opened("a", HandleCount { open: 1, change: 1 });
     }
 }

@@ -191,6 +191,9 @@ pub struct Options {
     /// control plane's `serve` (after the harness's own).
     pub mountd_args: Vec<String>,
     pub mountd_env: Vec<(String, String)>,
+    /// Let the control plane inhibit sleep (off by default, so tests never touch the
+    /// machine's own logind).
+    pub inhibit_sleep: bool,
     pub control_args: Vec<String>,
 }
 
@@ -207,6 +210,7 @@ impl Default for Options {
             allow_uids: Vec::new(),
             mountd_args: Vec::new(),
             mountd_env: Vec::new(),
+            inhibit_sleep: false,
             control_args: Vec::new(),
         }
     }
@@ -451,6 +455,9 @@ fn start_control(dir: &Path, socket: &Path, mountd_socket: &Path, options: &Opti
     flag_unless_zero(&mut serve, "--renew-interval", options.renew_interval);
     if let Some(config) = &options.config {
         serve.arg("--config").arg(config);
+    }
+    if !options.inhibit_sleep {
+        serve.arg("--no-inhibit-sleep");
     }
     serve.args(&options.control_args);
     Daemon::start_with_env("control", serve, dir, &options.control_env)

@@ -257,6 +257,9 @@ impl Client {
                 println!("  remotes:       {}", c.remotes.join(", "));
             }
             println!("  mount daemon:  {}", c.mountd_socket);
+            if let Some(sleep) = &c.sleep {
+                println!("  sleep:         {}", describe_sleep(sleep));
+            }
         }
         match status.mount {
             Some(m) => {
@@ -288,6 +291,31 @@ impl Client {
                 status.mount_error
             ))),
         }
+    }
+}
+
+/// The sleep inhibitor in words, e.g. "inhibited (2 files open)".
+fn describe_sleep(sleep: &api::SleepInhibition) -> String {
+    use api::sleep_inhibition::State;
+    let files = |n: u32| format!("{n} file{} open", if n == 1 { "" } else { "s" });
+    match sleep.state() {
+        State::Unspecified => "unknown".to_string(),
+        State::Disabled => "not inhibited (--no-inhibit-sleep)".to_string(),
+        State::Released => "released".to_string(),
+        State::Acquiring => format!(
+            "inhibiting ({}; waiting for the system)",
+            files(sleep.open_files)
+        ),
+        State::Inhibited => format!("inhibited ({})", files(sleep.open_files)),
+        State::Grace => format!(
+            "in grace period, releasing in {} s",
+            sleep.release_in_ms.div_ceil(1000)
+        ),
+        State::Unavailable => format!(
+            "unavailable: {} ({})",
+            sleep.reason,
+            files(sleep.open_files)
+        ),
     }
 }
 

@@ -15,6 +15,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::ServeConfig;
 use super::state::{MountdIdentity, Saved, Saver, State};
+use crate::power::{PowerManager, PowerState};
 use crate::sources::http::HttpSource;
 use crate::sources::local::LocalSource;
 use crate::sources::{self, Remote, Remotes, Renewal, SourceKind};
@@ -49,10 +50,17 @@ pub struct ControlService {
     /// The mount daemon the entries are staged on (saved, to tell a restart apart).
     mountd_identity: Arc<Mutex<Option<MountdIdentity>>>,
     saver: Saver,
+    /// Sleep inhibition, fed from the mount daemon's handle events.
+    power: PowerManager,
     started: Instant,
 }
 
 impl ControlService {
+    /// The sleep inhibitor's state, as it changes (for metrics). Never waits.
+    pub fn power_state(&self) -> tokio::sync::watch::Receiver<PowerState> {
+        self.power.subscribe()
+    }
+
     pub fn new(
         config: ServeConfig,
         bound: Bound,
@@ -64,6 +72,7 @@ impl ControlService {
     ) -> ControlService {
         let renewals: Arc<Mutex<HashMap<String, Renewal>>> = Arc::default();
         let mountd_identity: Arc<Mutex<Option<MountdIdentity>>> = Arc::default();
+        let power = PowerManager::start(config.power);
         ControlService {
             config,
             bound,
@@ -88,6 +97,7 @@ impl ControlService {
             ),
             renewals,
             mountd_identity,
+            power,
             started: Instant::now(),
         }
     }
@@ -144,6 +154,9 @@ impl ControlService {
             return;
         };
         let status = status.into_inner();
+        // Taken after subscribing, so no handle event is lost between the two.
+        self.power
+            .resync(status.all_open_handles, status.handle_changes);
         let current = MountdIdentity {
             pid: status.pid,
             started_unix: unix_now() - status.uptime_seconds as i64,
@@ -293,7 +306,8 @@ impl ControlService {
 
     /// Follows the mount daemon's events while the control plane runs, reconnecting when
     /// the stream ends (e.g. the daemon restarted). A temp URL the remote refused is
-    /// renewed at once, so the fetch waiting for it resumes.
+    /// renewed at once, so the fetch waiting for it resumes; handle counts go to the power
+    /// manager. Having fallen behind, it catches up as after reconnecting.
     pub async fn follow_events(self: Arc<Self>) {
         loop {
             match self
@@ -309,19 +323,31 @@ impl ControlService {
                         if message.dropped_before > 0 {
                             tracing::warn!(
                                 missed = message.dropped_before,
-                                "fell behind the mount daemon's events"
+                                "fell behind the mount daemon's events; catching up"
                             );
+                            // What was missed may be refused URLs and handle changes:
+                            // catch up as on reconnecting (fresh URLs, the handle count).
+                            self.reconcile().await;
                         }
-                        if let Some(Event::UrlRejected(rejected)) = message.event
-                            && self.renew(&rejected.name).await
-                        {
-                            tracing::info!(
-                                name = rejected.name,
-                                http_status = rejected.http_status,
-                                "temp URL refused by the remote; issued a new one"
-                            );
+                        match message.event {
+                            // Only stored for the power task: never waits here.
+                            Some(Event::HandleOpened(c) | Event::HandleClosed(c)) => {
+                                self.power.observe(c.open_handles, c.change)
+                            }
+                            Some(Event::UrlRejected(rejected))
+                                if self.renew(&rejected.name).await =>
+                            {
+                                tracing::info!(
+                                    name = rejected.name,
+                                    http_status = rejected.http_status,
+                                    "temp URL refused by the remote; issued a new one"
+                                );
+                            }
+                            _ => {}
                         }
                     }
+                    // The daemon is gone (or unreachable): nothing of it is open now.
+                    self.power.mount_gone();
                 }
                 Err(status) => tracing::debug!("mount daemon events: {}", status.message()),
             }
@@ -471,6 +497,7 @@ impl Control for ControlService {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
             remotes: self.remotes.names().map(str::to_string).collect(),
+            sleep: Some(sleep_status(&self.power.state())),
         };
         let (mount, mount_error) = match self
             .mountd
@@ -520,5 +547,28 @@ impl Control for ControlService {
             .list_ops(request.into_inner())
             .await
             .map_err(|s| self.mountd_error(s))
+    }
+}
+
+/// The power manager's state as the API reports it.
+fn sleep_status(state: &PowerState) -> api::SleepInhibition {
+    use api::sleep_inhibition::State as S;
+    let (kind, open_files, release_in_ms, reason) = match state {
+        PowerState::Disabled => (S::Disabled, 0, 0, String::new()),
+        PowerState::Released => (S::Released, 0, 0, String::new()),
+        PowerState::Acquiring { open } => (S::Acquiring, *open, 0, String::new()),
+        PowerState::Inhibited { open } => (S::Inhibited, *open, 0, String::new()),
+        PowerState::Grace { until } => {
+            let left = until.saturating_duration_since(Instant::now());
+            (S::Grace, 0, left.as_millis() as u64, String::new())
+        }
+        PowerState::Unavailable { reason, open } => (S::Unavailable, *open, 0, reason.clone()),
+    };
+    api::SleepInhibition {
+        inhibited: state.inhibited(),
+        state: kind.into(),
+        open_files,
+        release_in_ms,
+        reason,
     }
 }

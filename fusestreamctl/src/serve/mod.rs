@@ -37,6 +37,8 @@ pub struct ServeConfig {
     pub state_dir: PathBuf,
     /// Where to serve Prometheus metrics, if anywhere (loopback only).
     pub metrics_listen: Option<SocketAddr>,
+    /// Sleep inhibition while files are open (see `power`).
+    pub power: crate::power::PowerConfig,
 }
 
 pub async fn run(config: ServeConfig, telemetry: &Telemetry) -> Result<(), String> {
@@ -92,6 +94,7 @@ pub async fn run(config: ServeConfig, telemetry: &Telemetry) -> Result<(), Strin
     if let Some(listener) = metrics_listener {
         let metrics = metrics::ControlMetrics {
             telemetry: telemetry.stats.clone(),
+            power: service.power_state(),
         };
         tokio::spawn(fusestream_shared::metrics::serve(
             listener,

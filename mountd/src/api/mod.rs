@@ -248,6 +248,7 @@ impl Mount for MountService {
         _request: Request<api::GetStatusRequest>,
     ) -> Result<Response<api::MountStatus>, Status> {
         let status = self.fs.status();
+        let handles = self.fs.handle_count();
         let config = self.fs.config();
         Ok(Response::new(api::MountStatus {
             mountpoint: config.mountpoint.to_string_lossy().into_owned(),
@@ -263,6 +264,8 @@ impl Mount for MountService {
             cache_max_bytes: self.fs.cache().max_bytes().unwrap_or(0),
             evictions: self.fs.cache().evictions(),
             metrics_addr: self.metrics_addr.clone(),
+            all_open_handles: handles.open,
+            handle_changes: handles.change,
         }))
     }
 }

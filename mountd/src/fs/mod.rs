@@ -25,6 +25,7 @@ pub use namespace::{NamespaceError, Unlinked};
 
 use crate::FsError;
 use crate::cache::Cache;
+use crate::events::HandleCount;
 use crate::fetch::Fetcher;
 use crate::object::{Object, Version};
 use crate::store::{BackingStore, DataReply, ReadPlan};
@@ -37,6 +38,10 @@ const MAX_READAHEAD: u64 = 64 << 20;
 /// Reads this close to where the last one ended still count as sequential (the kernel
 /// issues async reads slightly out of order).
 const SEQUENTIAL_SLACK: u64 = 1 << 20;
+/// Added to `Fs::handles` by an open (one more change, one more handle) and by a release
+/// (one more change, and, wrapping, one handle fewer).
+const HANDLE_OPENED: u64 = (1 << 32) + 1;
+const HANDLE_CLOSED: u64 = (1 << 32) - 1;
 
 #[derive(Debug, Clone)]
 pub struct FsConfig {
@@ -157,6 +162,10 @@ pub struct Fs {
     files: Mutex<HashMap<u64, Arc<FileHandle>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
+    /// Open file handles of the whole mount (low 32 bits) and opens plus closes so far (high
+    /// 32 bits, wrapping): one atomic, so each open and release gets its own consistent pair
+    /// for its event without a lock (see `events`).
+    handles: AtomicU64,
     cache: Arc<Cache>,
     fetcher: Fetcher,
     runtime: tokio::runtime::Handle,
@@ -182,6 +191,7 @@ impl Fs {
             files: Mutex::default(),
             dirs: Mutex::default(),
             next_fh: AtomicU64::new(1),
+            handles: AtomicU64::new(0),
             cache,
             fetcher,
             runtime,
@@ -269,6 +279,8 @@ impl Fs {
             None => return Err(FsError::NotFound),
         };
         object.opened();
+        let count = count_handle(&self.handles, HANDLE_OPENED);
+        self.fetcher.events().handle_opened(&object.name, count);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(FileHandle {
             object,
@@ -336,9 +348,21 @@ impl Fs {
     }
 
     pub fn release(&self, fh: u64) {
-        if let Some(handle) = lock(&self.files).remove(&fh) {
+        // A statement of its own, so the table lock is released before the event.
+        let handle = lock(&self.files).remove(&fh);
+        if let Some(handle) = handle {
             handle.object.closed();
+            let count = count_handle(&self.handles, HANDLE_CLOSED);
+            self.fetcher
+                .events()
+                .handle_closed(&handle.object.name, count);
         }
+    }
+
+    /// All open file handles of the mount (unstaged entries still open included), with the
+    /// change number of the last open or release, for a subscriber to start from.
+    pub fn handle_count(&self) -> HandleCount {
+        HandleCount::unpack(self.handles.load(Ordering::Relaxed))
     }
 
     /// Opens directory `ino`, taking a snapshot of its entries so that a listing in
@@ -478,6 +502,15 @@ impl Fs {
     }
 }
 
+/// Counts an open or a release (`delta`) in `handles` and returns the count after it.
+fn count_handle(handles: &AtomicU64, delta: u64) -> HandleCount {
+    HandleCount::unpack(
+        handles
+            .fetch_add(delta, Ordering::Relaxed)
+            .wrapping_add(delta),
+    )
+}
+
 fn attr_of(node: &namespace::Node) -> Attr {
     match &node.kind {
         NodeKind::File { object } => Attr {
@@ -502,5 +535,23 @@ fn attr_of(node: &namespace::Node) -> Attr {
             gid: 0,
             mtime: node.created,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_atomic_counts_handles_and_changes() {
+        let handles = AtomicU64::new(0);
+        let count = |delta| count_handle(&handles, delta);
+        assert_eq!(count(HANDLE_OPENED), HandleCount { open: 1, change: 1 });
+        assert_eq!(count(HANDLE_OPENED), HandleCount { open: 2, change: 2 });
+        assert_eq!(count(HANDLE_CLOSED), HandleCount { open: 1, change: 3 });
+        assert_eq!(count(HANDLE_CLOSED), HandleCount { open: 0, change: 4 });
+        // The change number wraps around without touching the count.
+        handles.store(u64::from(u32::MAX) << 32 | 5, Ordering::Relaxed);
+        assert_eq!(count(HANDLE_CLOSED), HandleCount { open: 4, change: 0 });
     }
 }
