@@ -393,3 +393,54 @@ fn telemetry_that_cannot_be_delivered_is_dropped_and_counted_never_waited_for() 
         "{control}"
     );
 }
+
+#[test]
+fn a_read_that_shares_another_reads_fetch_is_linked_to_it() {
+    let sink = OtlpSink::start();
+    let fs = FuseStream::start_with(exporting_to(&sink));
+    let data = random_bytes(4 * MIB);
+    // The first response stalls after 4 KiB: the fetch stays running while a second read
+    // of the same chunk arrives; then the server heals and the retried fetch completes.
+    let server = FaultyServer::start(data.clone(), Mode::Stall { after_bytes: 4096 });
+    fs.ctl_ok(["stage", "--name", "shared.bin", &server.url("shared.bin")]);
+    let path = fs.mountpoint.join("shared.bin");
+    let first = direct_reader(&path, 100);
+    fs.wait_until("the first read is parked", |fs| {
+        fs.status_number("reads waiting") >= 1
+    });
+    let second = direct_reader(&path, 101); // the same 128 KiB chunk
+    fs.wait_until("both reads are parked", |fs| {
+        fs.status_number("reads waiting") >= 2
+    });
+    server.set_mode(Mode::Healthy);
+    for mut reader in [first, second] {
+        let status = completes("a reader of the healed remote", 120, move || reader.wait());
+        assert!(status.expect("wait").success());
+    }
+
+    let spans = sink.wait_for("both reads and the fetch", |spans| {
+        let reads = spans
+            .iter()
+            .filter(|s| {
+                s.name == "fuse.read"
+                    && ["409600", "413696"].contains(&s.attr("offset").unwrap_or(""))
+            })
+            .count();
+        reads == 2 && spans.iter().any(|s| s.name == "fetch")
+    });
+    let read_at = |offset: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == "fuse.read" && s.attr("offset") == Some(offset))
+            .unwrap()
+    };
+    let (started, shared) = (read_at("409600"), read_at("413696"));
+    let fetch = spans
+        .iter()
+        .find(|s| s.name == "fetch" && s.parent_span_id == started.span_id)
+        .unwrap_or_else(|| panic!("no fetch child of the first read: {spans:#?}"));
+    assert!(
+        shared.links.contains(&fetch.span_id),
+        "the second read is not linked to the fetch it waited on: {shared:?} {fetch:?}"
+    );
+}

@@ -1,12 +1,13 @@
 //! A staged remote object: what it is (pinned version), where to fetch it (its temp URL,
 //! which the control plane renews) and its backing store.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Semaphore, watch};
 
-use crate::store::BackingStore;
+use crate::store::{BackingStore, ChunkRange};
 
 /// Fetches of one object that may run at once (the daemon-wide limit applies as well).
 const FETCHES_PER_OBJECT: usize = 4;
@@ -43,6 +44,9 @@ pub struct Object {
     pub fetch_permits: Semaphore,
     temp_url: watch::Sender<TempUrl>,
     open_handles: AtomicU32,
+    /// The spans of the fetches running, so a read that waits on a fetch another read
+    /// started is linked to it. Only filled while spans are exported; a leaf lock.
+    fetch_spans: Mutex<Vec<(ChunkRange, tracing::Span)>>,
 }
 
 impl Object {
@@ -69,7 +73,41 @@ impl Object {
                 generation: 0,
             }),
             open_handles: AtomicU32::new(0),
+            fetch_spans: Mutex::default(),
         }
+    }
+
+    /// Registers the span of a fetch of `chunks` that starts (if spans are exported).
+    pub fn fetch_started(&self, chunks: ChunkRange, span: &tracing::Span) {
+        if !span.is_disabled() {
+            self.fetch_spans().push((chunks, span.clone()));
+        }
+    }
+
+    /// Forgets the span of the fetch of `chunks`, which ended.
+    pub fn fetch_ended(&self, chunks: ChunkRange) {
+        self.fetch_spans().retain(|(c, _)| *c != chunks);
+    }
+
+    /// Links `read`, which needs chunks `needed`, to the fetches of them already running:
+    /// it shares them (or reads what they brought).
+    pub fn link_running_fetches(&self, read: &tracing::Span, needed: ChunkRange) {
+        if read.is_disabled() {
+            return;
+        }
+        let shared: Vec<tracing::Span> = self
+            .fetch_spans()
+            .iter()
+            .filter(|(c, _)| c.overlaps(&needed))
+            .map(|(_, span)| span.clone())
+            .collect();
+        for fetch in &shared {
+            read.follows_from(fetch);
+        }
+    }
+
+    fn fetch_spans(&self) -> std::sync::MutexGuard<'_, Vec<(ChunkRange, tracing::Span)>> {
+        self.fetch_spans.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn size(&self) -> u64 {

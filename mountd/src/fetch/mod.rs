@@ -12,8 +12,9 @@
 //! received. A temp URL refused with 401/403 is reported as an event; the fetch waits,
 //! asynchronously, for the control plane to install a new one, then resumes.
 //!
-//! Each fetch is a `fetch` span, traced as a child of the read that started it, and is
-//! counted in [`STATS`] for metrics.
+//! Each fetch is a `fetch` span, traced as a child of the read that started it (reads that
+//! share it link to it, see `Object::link_running_fetches`), and is counted in [`STATS`]
+//! for metrics.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use fusestream_shared::telemetry::TraceParent;
 use thiserror::Error;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -212,7 +214,7 @@ impl Fetcher {
 
     /// Starts fetching `chunks` of `object`. Never waits: safe in a FUSE callback. The
     /// fetch's span is traced as a child of `cause` (the read that needs the chunks).
-    pub fn start(&self, object: Arc<Object>, chunks: ChunkRange, cause: &tracing::Span) {
+    pub fn start(&self, object: Arc<Object>, chunks: ChunkRange, cause: &TraceParent) {
         let range = object.store.byte_range(chunks);
         let span = tracing::debug_span!(
             parent: None,
@@ -222,10 +224,14 @@ impl Fetcher {
             http.status_code = tracing::field::Empty,
             attempts = tracing::field::Empty,
         );
-        fusestream_shared::telemetry::child_of(&span, cause);
+        cause.adopt(&span);
+        object.fetch_started(chunks, &span);
         let fetcher = self.clone();
-        self.runtime
-            .spawn(async move { fetcher.run(object, chunks).await }.instrument(span));
+        let fetch = async move {
+            fetcher.run(object.clone(), chunks).await;
+            object.fetch_ended(chunks);
+        };
+        self.runtime.spawn(fetch.instrument(span));
     }
 
     async fn run(self, object: Arc<Object>, chunks: ChunkRange) {

@@ -28,7 +28,8 @@ use crate::cache::Cache;
 use crate::events::HandleCount;
 use crate::fetch::Fetcher;
 use crate::object::{Object, Version};
-use crate::store::{BackingStore, DataReply, ReadPlan};
+use crate::store::{BackingStore, DataReply, ReadPlan, chunks_of};
+use fusestream_shared::telemetry::TraceParent;
 
 /// Attribute block size and the unit `statfs` reports in.
 pub const BLOCK_SIZE: u32 = 4096;
@@ -304,16 +305,20 @@ impl Fs {
         }
         let len = u64::from(size).min(object.size() - offset) as u32;
         let readahead_end = lock(&handle.readahead).advance(offset, len);
-        let cause = reply.span();
+        // The read's span is let go of before the reply can be answered (a read ends with
+        // its reply); fetches are parented on its place in the trace, and fetches already
+        // running for these bytes (the read will share them) are linked now.
+        let read_span = reply.span();
+        let cause = TraceParent::of(&read_span);
+        object.link_running_fetches(&read_span, chunks_of(offset, len));
+        drop(read_span);
         let (plan, fetches) =
             object
                 .store
                 .read(unique, offset, len, readahead_end, &object.source, reply);
-        for chunks in fetches {
+        for &chunks in &fetches {
             self.fetcher.start(object.clone(), chunks, &cause);
         }
-        // Let go of the read's span before answering: the read ends with its reply.
-        drop(cause);
         match plan {
             ReadPlan::Ready(reply) => object.store.answer(offset, len, reply),
             ReadPlan::Parked(id) => self.arm_deadline(object, id),

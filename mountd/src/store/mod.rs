@@ -53,6 +53,12 @@ pub struct ChunkRange {
     pub end: u64,
 }
 
+impl ChunkRange {
+    pub fn overlaps(&self, other: &ChunkRange) -> bool {
+        self.first < other.end && other.first < self.end
+    }
+}
+
 /// A read waiting for chunks to arrive.
 pub struct ParkedRead {
     pub id: u64,
@@ -162,7 +168,8 @@ pub fn close_later(file: Arc<File>) {
     }
 }
 
-fn chunks_of(offset: u64, len: u32) -> ChunkRange {
+/// The chunks that bytes `offset..offset + len` touch.
+pub fn chunks_of(offset: u64, len: u32) -> ChunkRange {
     ChunkRange {
         first: offset / CHUNK_SIZE,
         end: (offset + u64::from(len)).div_ceil(CHUNK_SIZE),

@@ -126,13 +126,27 @@ pub fn init(
     })
 }
 
-/// Makes `span` a child of `cause` in the exported trace without `cause` having to outlive
-/// it (a tracing parent is kept open until its children close, which would move `cause`'s
-/// end). For work an op starts that may outlast the op, like a fetch started by a read.
-pub fn child_of(span: &tracing::Span, cause: &tracing::Span) {
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    if !span.is_disabled() && !cause.is_disabled() {
-        let _ = span.set_parent(cause.context());
+/// Where a span is in its trace, to parent other spans on without keeping it open (a
+/// tracing parent stays open until its children close, which would move its end). For
+/// work an op starts that may outlast the op, like a fetch started by a read.
+#[derive(Debug, Clone, Default)]
+pub struct TraceParent(Option<opentelemetry::Context>);
+
+impl TraceParent {
+    /// `span`'s place (nothing when spans are not exported).
+    pub fn of(span: &tracing::Span) -> TraceParent {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        TraceParent((!span.is_disabled()).then(|| span.context()))
+    }
+
+    /// Makes `child` a child of it in the exported trace.
+    pub fn adopt(&self, child: &tracing::Span) {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        if let Some(cx) = &self.0
+            && !child.is_disabled()
+        {
+            let _ = child.set_parent(cx.clone());
+        }
     }
 }
 
