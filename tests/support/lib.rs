@@ -349,7 +349,12 @@ impl FuseStream {
     pub fn wait_until(&self, what: &str, condition: impl Fn(&FuseStream) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !condition(self) {
-            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting until {what}\n--- mountd ---\n{}\n--- control ---\n{}",
+                self.mountd.logs(),
+                self.control.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

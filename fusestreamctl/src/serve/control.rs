@@ -190,6 +190,10 @@ impl ControlService {
         };
         let resolved = match &renewal {
             Renewal::Never => return,
+            Renewal::Url { url } => self.http.resolve(url).await.map(|mut r| {
+                r.renewal = renewal.clone();
+                r
+            }),
             Renewal::Local { path, .. } => self.local.register(path).await,
             Renewal::Remote { remote, path, .. } => {
                 remote.resolve(path, &self.http).await.map(|mut r| {
@@ -235,6 +239,7 @@ impl ControlService {
                         continue;
                     }
                 },
+                Saved::Url { url } => Renewal::Url { url },
                 Saved::Remote { remote, path } => match self.remotes.get(&remote) {
                     Ok(r) => Renewal::Remote {
                         remote: r,
@@ -361,7 +366,7 @@ impl ControlService {
             return false;
         };
         let signed = match &renewal {
-            Renewal::Never => return false,
+            Renewal::Never | Renewal::Url { .. } => return false,
             Renewal::Local { id, .. } => Ok(self.local.sign(*id)),
             Renewal::Remote { remote, path, .. } => remote.sign(path).await,
         };
@@ -411,7 +416,13 @@ impl Control for ControlService {
             .map_err(|e| Status::invalid_argument(format!("invalid name {name:?}: {e}")))?;
         let resolved = match kind {
             SourceKind::Local(path) => self.local.register(path).await?,
-            SourceKind::Url(url) => self.http.resolve(url).await?,
+            SourceKind::Url(url) => {
+                let mut resolved = self.http.resolve(url).await?;
+                resolved.renewal = Renewal::Url {
+                    url: url.to_string(),
+                };
+                resolved
+            }
             SourceKind::Remote {
                 remote: remote_name,
                 path,

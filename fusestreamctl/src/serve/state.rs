@@ -1,7 +1,9 @@
 //! The control plane's persisted state: the staged entries whose URLs it renews, so that
 //! after a restart (or a crash) it takes them up again and reads that failed meanwhile
 //! recover. Only what is needed to sign again is kept (a local path, or a remote's name and
-//! the object's path), never a URL, key or token.
+//! the object's path), never a key or token; a URL given as the source is kept only if it
+//! carries nothing secret (no signature, credential or token that `redact` would hide),
+//! else it lives in memory only and does not survive a restart of the control plane.
 //!
 //! Written atomically (temp file, fsync, rename) by one saver task, so saves never
 //! interleave and no lock is held across the write; `stage` and `unstage` wait for theirs.
@@ -21,12 +23,15 @@ use crate::sources::Renewal;
 pub enum Saved {
     Local { path: PathBuf },
     Remote { remote: String, path: String },
+    Url { url: String },
 }
 
 impl Saved {
     pub fn of(renewal: &Renewal) -> Option<Saved> {
         match renewal {
             Renewal::Never => None,
+            Renewal::Url { url } => (fusestream_shared::redact::url(url) == *url)
+                .then(|| Saved::Url { url: url.clone() }),
             Renewal::Local { path, .. } => Some(Saved::Local { path: path.clone() }),
             Renewal::Remote { name, path, .. } => Some(Saved::Remote {
                 remote: name.clone(),
@@ -169,5 +174,23 @@ mod tests {
         std::fs::write(&path, "{not json").unwrap();
         assert_eq!(load(&path), State::default());
         assert!(path.with_extension("bad").exists());
+    }
+
+    #[test]
+    fn source_urls_are_saved_only_when_nothing_in_them_is_secret() {
+        let url = |u: &str| Saved::of(&Renewal::Url { url: u.into() });
+        assert_eq!(
+            url("http://127.0.0.1:8080/a/b.bin"),
+            Some(Saved::Url {
+                url: "http://127.0.0.1:8080/a/b.bin".into()
+            })
+        );
+        for secret in [
+            "http://127.0.0.1/o?temp_url_sig=abc&temp_url_expires=1",
+            "https://b.s3.amazonaws.com/k?X-Amz-Signature=abc&X-Amz-Credential=x",
+            "http://user:pass@127.0.0.1/o",
+        ] {
+            assert_eq!(url(secret), None, "{secret}");
+        }
     }
 }

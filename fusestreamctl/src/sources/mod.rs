@@ -23,8 +23,11 @@ use crate::config::{Config, ConfigError, RemoteConfig};
 /// How a staged entry's URL is renewed.
 #[derive(Debug, Clone)]
 pub enum Renewal {
-    /// Plain URLs do not expire (as far as we know).
+    /// Nothing to renew (what a source resolves to before staging decides otherwise).
     Never,
+    /// A URL given as the source: it does not expire as far as we know, but is kept to
+    /// stage the entry again on a restarted mount daemon.
+    Url { url: String },
     /// A local file, registered with the local file server under `id`.
     Local { id: u64, path: std::path::PathBuf },
     /// An object of the configured remote named `name`.
