@@ -140,6 +140,18 @@ fn check_url(url: &str) -> Result<(), Status> {
     }
 }
 
+/// Sizes a file can have (`off_t` is signed); larger ones are a caller's mistake, not a
+/// resource the daemon lacks.
+fn check_size(size: u64) -> Result<(), Status> {
+    match i64::try_from(size) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "entry.version.size {size} is larger than a file can be ({} bytes)",
+            i64::MAX
+        ))),
+    }
+}
+
 fn to_api(info: EntryInfo) -> api::EntryInfo {
     api::EntryInfo {
         name: info.name,
@@ -194,12 +206,14 @@ impl Mount for MountService {
         let spec = request
             .entry
             .ok_or_else(|| Status::invalid_argument("entry is required"))?;
-        names::validate(&spec.name)
-            .map_err(|e| Status::invalid_argument(format!("invalid name {:?}: {e}", spec.name)))?;
+        names::validate(&spec.name).map_err(|e| {
+            Status::invalid_argument(format!("invalid name {}: {e}", names::shown(&spec.name)))
+        })?;
         check_url(&spec.url)?;
         let version = spec
             .version
             .ok_or_else(|| Status::invalid_argument("entry.version is required"))?;
+        check_size(version.size)?;
         let dir = self.fs.cache().dir().clone();
         let size = version.size;
         let store = tokio::task::spawn_blocking(move || BackingStore::create(&dir, size))
@@ -347,6 +361,17 @@ mod tests {
         assert!(!t.admits(3000, 3000, Vec::new));
         // Without --allow-gid, groups are never looked at.
         assert!(!trusted(&[], &[]).admits(3000, 3000, || panic!("groups read needlessly")));
+    }
+
+    #[test]
+    fn sizes_beyond_off_t_are_invalid_arguments() {
+        assert!(check_size(0).is_ok());
+        assert!(check_size(i64::MAX as u64).is_ok());
+        for size in [i64::MAX as u64 + 1, u64::MAX] {
+            let status = check_size(size).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().contains(&size.to_string()), "{status:?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!   and an oversized one with OUT_OF_RANGE. Those are the caller's errors, so they are
 //!   rewritten here to INVALID_ARGUMENT and RESOURCE_EXHAUSTED: INTERNAL stays reserved
 //!   for the daemons' own faults.
+//! - Status messages longer than [`MAX_MESSAGE`] are cut, so an error quoting huge input
+//!   still reaches the caller as its status.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -48,13 +50,45 @@ pub fn client_error(status: &Status) -> Option<Status> {
     }
 }
 
-/// Rewrites a trailers-only response (how tonic answers a request it could not decode)
-/// whose status is a framework refusal.
+/// Longest status message sent (bytes). Messages may quote input; a huge one would not fit
+/// the client's HTTP/2 header limit, and the call would fail with a connection error
+/// instead of its status.
+pub const MAX_MESSAGE: usize = 1024;
+
+/// `status` with its message cut to [`MAX_MESSAGE`] bytes, if longer.
+fn bounded(status: Status) -> Status {
+    if status.message().len() <= MAX_MESSAGE {
+        return status;
+    }
+    let message = status.message();
+    let cut = (0..=MAX_MESSAGE)
+        .rev()
+        .find(|&i| message.is_char_boundary(i))
+        .unwrap_or(0);
+    Status::new(
+        status.code(),
+        format!(
+            "{}... (message cut, {} bytes)",
+            &message[..cut],
+            message.len()
+        ),
+    )
+}
+
+/// Rewrites a trailers-only response (how tonic answers a request with an error, its own
+/// or the handler's): framework refusals get client-error status, and long messages are
+/// cut.
 fn rewrite(mut response: http::Response<Body>) -> http::Response<Body> {
-    if let Some(fixed) =
-        Status::from_header_map(response.headers()).and_then(|status| client_error(&status))
-        && fixed.add_header(response.headers_mut()).is_ok()
-    {
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    let long = status.message().len() > MAX_MESSAGE;
+    let fixed = match client_error(&status) {
+        Some(fixed) => bounded(fixed),
+        None if long => bounded(status),
+        None => return response,
+    };
+    if fixed.add_header(response.headers_mut()).is_ok() {
         response.extensions_mut().insert(fixed);
     }
     response
@@ -124,6 +158,24 @@ mod tests {
         assert!(client_error(&Status::internal("backing store: disk on fire")).is_none());
         assert!(client_error(&Status::out_of_range("offset past the end")).is_none());
         assert!(client_error(&Status::not_found("no entry x")).is_none());
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_char_boundary() {
+        let response = rewrite(Status::not_found("ü".repeat(40_000)).into_http());
+        let status = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(
+            status.message().len() < MAX_MESSAGE + 64,
+            "{}",
+            status.message().len()
+        );
+        assert!(status.message().ends_with("(message cut, 80000 bytes)"));
+        let short = rewrite(Status::not_found("no entry x").into_http());
+        assert_eq!(
+            Status::from_header_map(short.headers()).unwrap().message(),
+            "no entry x"
+        );
     }
 
     #[test]
