@@ -1,7 +1,8 @@
 //! Bad input at the boundary: a deterministic barrage of malformed, oversized and hostile
 //! requests against both gRPC services (the mount daemon's Mount, the control plane's
 //! Control, and health on both), with a real tonic client over their Unix sockets, plus
-//! raw HTTP/2 gRPC bodies that are not valid messages at all.
+//! raw HTTP/2 gRPC bodies that are not valid messages at all (to every method with a
+//! unary request; reflection, a client stream, answers those with OK, see `raw_barrage`).
 //!
 //! Every call must come back (a deadline bounds each one) with a documented status code
 //! and a message that leaks none of the secrets put into the input; afterwards both
@@ -549,6 +550,8 @@ async fn raw_barrage(mount: &Channel, control: &Channel) {
                 "/fusestream.v1.Mount/ListEntries",
                 "/fusestream.v1.Mount/WatchEvents",
                 "/grpc.health.v1.Health/Check",
+                "/grpc.health.v1.Health/Watch",
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
             ],
         ),
         (
@@ -559,6 +562,9 @@ async fn raw_barrage(mount: &Channel, control: &Channel) {
                 "/fusestream.v1.Control/SetTempUrlKey",
                 "/fusestream.v1.Control/Status",
                 "/grpc.health.v1.Health/Check",
+                "/grpc.health.v1.Health/Watch",
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
             ],
         ),
     ];
@@ -570,6 +576,10 @@ async fn raw_barrage(mount: &Channel, control: &Channel) {
                     .await
                     .unwrap_or_else(|_| panic!("{what}: no answer within {CALL_DEADLINE:?}"));
                 match outcome {
+                    // Reflection (tonic-reflection, a client stream) ends its answer
+                    // with OK at the first undecodable message instead of an error:
+                    // it answers, nothing else is checked there.
+                    Ok(()) if path.contains("Reflection") => {}
                     Ok(()) => panic!("{what}: accepted"),
                     Err(status) => {
                         check_refusal(&what, &status);
