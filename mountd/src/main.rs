@@ -48,6 +48,11 @@ struct Args {
     /// Repeatable. With any, the socket is world-connectable and checked by peer uid.
     #[arg(long = "allow-uid", value_name = "UID")]
     allow_uids: Vec<u32>,
+    /// Also accept API calls from callers whose primary or a supplementary group is this
+    /// gid. Repeatable. With exactly one (and no --allow-uid), the socket belongs to that
+    /// group with mode 0660; else it is world-connectable. Every call is checked.
+    #[arg(long = "allow-gid", value_name = "GID")]
+    allow_gids: Vec<u32>,
     /// Kernel read-ahead for the mount, in KiB (needs root; 0 keeps the kernel default).
     #[arg(long, default_value_t = 16384)]
     kernel_readahead_kib: u32,
@@ -125,14 +130,19 @@ async fn run(args: Args, telemetry: &Telemetry) -> Result<(), String> {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
-    let socket_mode = if args.allow_uids.is_empty() {
-        0o600
-    } else {
-        0o666
+    // Who may connect at all; every call is checked by `peer_check` regardless.
+    let (socket_mode, socket_group) = match (&args.allow_uids[..], &args.allow_gids[..]) {
+        ([], []) => (0o600, None),
+        ([], [gid]) => (0o660, Some(*gid)),
+        _ => (0o666, None),
     };
     let listener = grpc::bind_unix(&args.socket, socket_mode)
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(gid) = socket_group {
+        std::os::unix::fs::chown(&args.socket, None, Some(gid))
+            .map_err(|e| format!("socket {}: chown to gid {gid}: {e}", args.socket.display()))?;
+    }
 
     let runtime = tokio::runtime::Handle::current();
     let cache_max = (args.cache_max_mib > 0).then_some(args.cache_max_mib << 20);
@@ -208,19 +218,22 @@ async fn run(args: Args, telemetry: &Telemetry) -> Result<(), String> {
         ));
     }
 
-    let service = MountServer::with_interceptor(
-        MountService::new(fs.clone(), events, metrics_addr),
-        peer_check(args.allow_uids),
-    );
+    let service = MountServer::new(MountService::new(fs.clone(), events, metrics_addr));
     let mut routes = tonic::service::Routes::builder();
     routes.add_service(service);
     let routes = grpc::with_standard_services(routes, &["fusestream.v1.Mount"])
         .await
         .map_err(|e| e.to_string())?;
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(grpc::serve(routes, listener, None, async {
-        let _ = grpc_stopped.await;
-    }));
+    let server = tokio::spawn(grpc::serve(
+        routes,
+        listener,
+        None,
+        Some(peer_check(args.allow_uids, args.allow_gids)),
+        async {
+            let _ = grpc_stopped.await;
+        },
+    ));
 
     if let Err(e) = readiness::notify("READY=1") {
         tracing::warn!("readiness notification failed: {e}");

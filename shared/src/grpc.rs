@@ -2,7 +2,9 @@
 //! optionally on TCP loopback) with `grpc.health.v1` and server reflection added, and
 //! connecting a client over a Unix socket.
 //!
-//! Every request a server receives gets a span, child of the caller's trace context.
+//! Every request a server receives gets a span, child of the caller's trace context, and
+//! passes [`guard`]: an optional check of the caller, and client-error status for requests
+//! the framework cannot decode.
 //!
 //! Every daemon serves the same standard services so that `grpcurl list`, `describe` and
 //! health checks work the same against either, without .proto files.
@@ -23,6 +25,11 @@ use tonic::service::{Routes, RoutesBuilder};
 use tonic::transport::{Channel, Endpoint, Server, Uri};
 
 use crate::telemetry::propagation::{self, InjectContext};
+
+mod guard;
+
+use guard::Guard;
+pub use guard::{Admit, client_error};
 
 /// A client channel that carries the caller's trace context (see `telemetry::propagation`).
 pub type TracedChannel = InterceptedService<Channel, InjectContext>;
@@ -105,11 +112,13 @@ pub async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Tcp { addr, source })
 }
 
-/// Serves `routes` on `unix` and, if given, on `tcp`, until `shutdown` resolves.
+/// Serves `routes` on `unix` and, if given, on `tcp`, until `shutdown` resolves. Every
+/// request to any of them must pass `admit`, if given.
 pub async fn serve(
     routes: Routes,
     unix: UnixListener,
     tcp: Option<TcpListener>,
+    admit: Option<Admit>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -119,9 +128,11 @@ pub async fn serve(
     let tcp_task = tcp.map(|listener| {
         let routes = routes.clone();
         let rx = stop_rx.clone();
+        let admit = admit.clone();
         tokio::spawn(async move {
             Server::builder()
                 .trace_fn(propagation::server_span)
+                .layer(Guard::layer(admit))
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(rx))
                 .await
@@ -133,6 +144,7 @@ pub async fn serve(
     });
     let unix_result = Server::builder()
         .trace_fn(propagation::server_span)
+        .layer(Guard::layer(admit))
         .add_routes(routes)
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx))
         .await;

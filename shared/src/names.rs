@@ -4,7 +4,9 @@
 //!
 //! A name is a relative, `/`-separated path. Directories appear implicitly. Refused:
 //! empty names, empty components (leading, trailing or doubled `/`), `.` and `..`
-//! components, NUL bytes, components longer than NAME_MAX and names longer than PATH_MAX.
+//! components, NUL bytes and other control characters (C0, DEL, C1: a name shows up in
+//! listings and terminals, where `\n` or an escape sequence would forge output),
+//! components longer than NAME_MAX and names longer than PATH_MAX.
 
 use thiserror::Error;
 
@@ -19,6 +21,8 @@ pub enum NameError {
     Empty,
     #[error("name contains a NUL byte")]
     Nul,
+    #[error("name contains the control character {0:?}")]
+    Control(char),
     #[error("name is {0} bytes long; the limit is {PATH_MAX}")]
     TooLong(usize),
     #[error("name has an empty component (leading, trailing or doubled '/')")]
@@ -37,6 +41,9 @@ pub fn components(name: &str) -> Result<Vec<&str>, NameError> {
     if name.contains('\0') {
         return Err(NameError::Nul);
     }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(NameError::Control(c));
+    }
     if name.len() > PATH_MAX {
         return Err(NameError::TooLong(name.len()));
     }
@@ -54,6 +61,18 @@ pub fn components(name: &str) -> Result<Vec<&str>, NameError> {
         .collect()
 }
 
+/// Characters of a name an error message shows; the rest is cut (names come from callers
+/// and may be huge, and a message travels in one HTTP/2 header).
+pub const SHOWN_CHARS: usize = 64;
+
+/// `name` as error messages show it: quoted, cut after [`SHOWN_CHARS`] characters.
+pub fn shown(name: &str) -> String {
+    match name.char_indices().nth(SHOWN_CHARS) {
+        None => format!("{name:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &name[..cut], name.len()),
+    }
+}
+
 /// Checks `name` without keeping its components.
 pub fn validate(name: &str) -> Result<(), NameError> {
     components(name).map(|_| ())
@@ -68,12 +87,30 @@ mod tests {
         assert_eq!(components("video.mp4").unwrap(), ["video.mp4"]);
         assert_eq!(components("a/b/c.bin").unwrap(), ["a", "b", "c.bin"]);
         assert_eq!(components("..hidden/x..y").unwrap(), ["..hidden", "x..y"]);
+        assert_eq!(
+            components("ünï/файл 🦀.bin").unwrap(),
+            ["ünï", "файл 🦀.bin"]
+        );
+    }
+
+    #[test]
+    fn messages_show_names_quoted_and_bounded() {
+        assert_eq!(shown("a\nb"), r#""a\nb""#);
+        let long = "ü".repeat(70_000);
+        let cut = shown(&long);
+        assert!(cut.len() < 200, "{cut}");
+        assert!(cut.ends_with("... (140000 bytes)"), "{cut}");
+        assert_eq!(shown(&"x".repeat(SHOWN_CHARS)).len(), SHOWN_CHARS + 2);
     }
 
     #[test]
     fn refuses_bad_names_with_the_reason() {
         assert_eq!(validate(""), Err(NameError::Empty));
         assert_eq!(validate("a\0b"), Err(NameError::Nul));
+        assert_eq!(validate("a\nb"), Err(NameError::Control('\n')));
+        assert_eq!(validate("esc\x1b[31m"), Err(NameError::Control('\x1b')));
+        assert_eq!(validate("del\x7f"), Err(NameError::Control('\x7f')));
+        assert_eq!(validate("csi\u{9b}"), Err(NameError::Control('\u{9b}')));
         assert_eq!(validate("/abs"), Err(NameError::EmptyComponent));
         assert_eq!(validate("a//b"), Err(NameError::EmptyComponent));
         assert_eq!(validate("dir/"), Err(NameError::EmptyComponent));

@@ -354,7 +354,13 @@ fn absolute_source(source: &str) -> Result<String, Failure> {
 }
 
 fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
-    let mut widths = header.map(str::len);
+    print!("{}", table(header, rows));
+}
+
+/// `rows` under `header`, in columns padded to the widest cell. Padded by hand: cells come
+/// from the daemons and may be wider than `format!` widths go (u16::MAX).
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(|h| h.chars().count());
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -369,14 +375,39 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
                 if i + 1 == N {
                     c.to_string()
                 } else {
-                    format!("{c:<w$}")
+                    format!("{c}{}", " ".repeat(w - c.chars().count()))
                 }
             })
             .collect();
-        println!("{}", padded.join("  "));
+        padded.join("  ") + "\n"
     };
-    line(header.to_vec());
+    let mut out = line(header.to_vec());
     for row in rows {
-        line(row.iter().map(String::as_str).collect());
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table;
+
+    #[test]
+    fn tables_pad_columns_by_characters() {
+        let rows = [["ü.bin".to_string(), "1".to_string()]];
+        assert_eq!(table(["NAME", "SIZE"], &rows), "NAME   SIZE\nü.bin  1\n");
+    }
+
+    #[test]
+    fn cells_wider_than_format_widths_do_not_panic() {
+        let wide = "s".repeat(70_000);
+        let rows = [
+            [wide.clone(), "x".to_string()],
+            ["a".to_string(), "y".to_string()],
+        ];
+        let out = table(["SOURCE", "STATE"], &rows);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[2].len(), 70_000 + 2 + 1);
+        assert!(lines[2].starts_with("a ") && lines[2].ends_with(" y"));
     }
 }

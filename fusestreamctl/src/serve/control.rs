@@ -412,8 +412,9 @@ impl Control for ControlService {
         } else {
             request.name
         };
-        names::validate(&name)
-            .map_err(|e| Status::invalid_argument(format!("invalid name {name:?}: {e}")))?;
+        names::validate(&name).map_err(|e| {
+            Status::invalid_argument(format!("invalid name {}: {e}", names::shown(&name)))
+        })?;
         let resolved = match kind {
             SourceKind::Local(path) => self.local.register(path).await?,
             SourceKind::Url(url) => {

@@ -130,7 +130,7 @@ pub async fn run(config: ServeConfig, telemetry: &Telemetry) -> Result<(), Strin
         }
         tracing::info!("shutting down");
     };
-    let result = grpc::serve(routes, unix, tcp, shutdown).await;
+    let result = grpc::serve(routes, unix, tcp, None, shutdown).await;
     renewal.abort();
     events.abort();
     let _ = std::fs::remove_file(&config.socket);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fusestream_shared::api::{self, mount_server::Mount};
-use fusestream_shared::{http, names};
+use fusestream_shared::{grpc, http, names};
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
@@ -37,26 +37,73 @@ impl MountService {
 type EventStream =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<api::MountEvent, Status>> + Send>>;
 
-/// Who may call the Mount service: root, the daemon's own user and `allowed` uids.
-pub fn peer_check(
-    allowed: Vec<u32>,
-) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+/// Who may call the mount daemon (any of its services): root, the daemon's own user,
+/// `uids`, and callers whose primary group (from the peer credentials) or any
+/// supplementary group is in `gids`.
+///
+/// The peer credentials (SO_PEERCRED) are the kernel's, taken at connect; they carry no
+/// supplementary groups, so those are read from `/proc/PID/status` of the peer's pid, only
+/// when the uid and primary gid did not already decide. That read is racy: a peer that
+/// exits at once and whose pid is reused may be judged by the new process's groups, and
+/// one that changed its groups since connecting is judged by the new ones. Callers that
+/// must not depend on that get their gid as primary group (`sg`, `newgrp`, `setpriv
+/// --regid`) or a uid of their own.
+pub fn peer_check(uids: Vec<u32>, gids: Vec<u32>) -> grpc::Admit {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
-    move |request: Request<()>| {
-        let uid = request
-            .extensions()
+    let trusted = Trusted { me, uids, gids };
+    Arc::new(move |extensions: &tonic::codegen::http::Extensions| {
+        let cred = extensions
             .get::<UdsConnectInfo>()
             .and_then(|info| info.peer_cred)
-            .map(|cred| cred.uid());
-        match uid {
-            Some(uid) if uid == 0 || uid == me || allowed.contains(&uid) => Ok(request),
-            Some(uid) => Err(Status::permission_denied(format!(
-                "uid {uid} may not use the mount daemon (see --allow-uid)"
-            ))),
-            None => Err(Status::permission_denied("peer credentials unavailable")),
+            .ok_or_else(|| Status::permission_denied("peer credentials unavailable"))?;
+        let groups = || {
+            cred.pid()
+                .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+                .map(|status| supplementary_groups(&status))
+                .unwrap_or_default()
+        };
+        if trusted.admits(cred.uid(), cred.gid(), groups) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "uid {} may not use the mount daemon (see --allow-uid, --allow-gid)",
+                cred.uid()
+            )))
         }
+    })
+}
+
+/// The callers `peer_check` lets in.
+struct Trusted {
+    me: u32,
+    uids: Vec<u32>,
+    gids: Vec<u32>,
+}
+
+impl Trusted {
+    /// `groups` (the supplementary groups) is asked only if uid and gid do not decide.
+    fn admits(&self, uid: u32, gid: u32, groups: impl FnOnce() -> Vec<u32>) -> bool {
+        uid == 0
+            || uid == self.me
+            || self.uids.contains(&uid)
+            || self.gids.contains(&gid)
+            || (!self.gids.is_empty() && groups().iter().any(|g| self.gids.contains(g)))
     }
+}
+
+/// The `Groups:` of a `/proc/PID/status` text (none if the line is missing).
+fn supplementary_groups(status: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Groups:"))
+        .map(|groups| {
+            groups
+                .split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn peer_owner<T>(request: &Request<T>) -> (u32, u32) {
@@ -90,6 +137,18 @@ fn check_url(url: &str) -> Result<(), Status> {
         Err(Status::invalid_argument(
             "url must be an http:// or https:// URL",
         ))
+    }
+}
+
+/// Sizes a file can have (`off_t` is signed); larger ones are a caller's mistake, not a
+/// resource the daemon lacks.
+fn check_size(size: u64) -> Result<(), Status> {
+    match i64::try_from(size) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "entry.version.size {size} is larger than a file can be ({} bytes)",
+            i64::MAX
+        ))),
     }
 }
 
@@ -147,12 +206,14 @@ impl Mount for MountService {
         let spec = request
             .entry
             .ok_or_else(|| Status::invalid_argument("entry is required"))?;
-        names::validate(&spec.name)
-            .map_err(|e| Status::invalid_argument(format!("invalid name {:?}: {e}", spec.name)))?;
+        names::validate(&spec.name).map_err(|e| {
+            Status::invalid_argument(format!("invalid name {}: {e}", names::shown(&spec.name)))
+        })?;
         check_url(&spec.url)?;
         let version = spec
             .version
             .ok_or_else(|| Status::invalid_argument("entry.version is required"))?;
+        check_size(version.size)?;
         let dir = self.fs.cache().dir().clone();
         let size = version.size;
         let store = tokio::task::spawn_blocking(move || BackingStore::create(&dir, size))
@@ -267,5 +328,58 @@ impl Mount for MountService {
             all_open_handles: handles.open,
             handle_changes: handles.change,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trusted(uids: &[u32], gids: &[u32]) -> Trusted {
+        Trusted {
+            me: 1000,
+            uids: uids.to_vec(),
+            gids: gids.to_vec(),
+        }
+    }
+
+    #[test]
+    fn root_self_and_listed_uids_are_admitted_without_reading_groups() {
+        let t = trusted(&[2000], &[50]);
+        let no_groups = || -> Vec<u32> { panic!("groups read needlessly") };
+        assert!(t.admits(0, 0, no_groups));
+        assert!(t.admits(1000, 1000, no_groups));
+        assert!(t.admits(2000, 2000, no_groups));
+        assert!(t.admits(3000, 50, no_groups));
+    }
+
+    #[test]
+    fn supplementary_groups_admit_only_listed_gids() {
+        let t = trusted(&[], &[50, 60]);
+        assert!(t.admits(3000, 3000, || vec![7, 60]));
+        assert!(!t.admits(3000, 3000, || vec![7, 8]));
+        assert!(!t.admits(3000, 3000, Vec::new));
+        // Without --allow-gid, groups are never looked at.
+        assert!(!trusted(&[], &[]).admits(3000, 3000, || panic!("groups read needlessly")));
+    }
+
+    #[test]
+    fn sizes_beyond_off_t_are_invalid_arguments() {
+        assert!(check_size(0).is_ok());
+        assert!(check_size(i64::MAX as u64).is_ok());
+        for size in [i64::MAX as u64 + 1, u64::MAX] {
+            let status = check_size(size).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().contains(&size.to_string()), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn groups_are_read_from_proc_status() {
+        let status =
+            "Name:\tgrpcurl\nUid:\t65534\t65534\t65534\t65534\nGroups:\t27 100 65533 \nNSpid:\t1\n";
+        assert_eq!(supplementary_groups(status), [27, 100, 65533]);
+        assert_eq!(supplementary_groups("Groups:\n"), Vec::<u32>::new());
+        assert_eq!(supplementary_groups("Name:\tx\n"), Vec::<u32>::new());
     }
 }

@@ -21,17 +21,21 @@ pub const ROOT_INO: u64 = 1;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum NamespaceError {
-    #[error("invalid name {name:?}: {reason}")]
+    #[error("invalid name {}: {reason}", names::shown(name))]
     InvalidName { name: String, reason: NameError },
-    #[error("{0:?} is already staged")]
+    #[error("{} is already staged", names::shown(.0))]
     AlreadyExists(String),
-    #[error("{name:?} conflicts with {existing:?}, which is {what}")]
+    #[error(
+        "{} conflicts with {}, which is {what}",
+        names::shown(name),
+        names::shown(existing)
+    )]
     Conflict {
         name: String,
         existing: String,
         what: &'static str,
     },
-    #[error("{0:?} is not staged")]
+    #[error("{} is not staged", names::shown(.0))]
     NotFound(String),
 }
 
