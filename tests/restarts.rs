@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
-use std::sync::mpsc::RecvTimeoutError;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use fusestream_tests::faulty::{FaultyServer, Mode};
@@ -75,6 +75,25 @@ fn killing_either_daemon_mid_read_loses_no_entry_and_no_byte() {
     }
 }
 
+/// Waits (bounded) until a line of `lines` matches `wanted`, doing `poke` between tries.
+fn wait_for_line(
+    lines: &Receiver<String>,
+    what: &str,
+    wanted: impl Fn(&str) -> bool,
+    poke: impl Fn(),
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        poke();
+        match lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) if wanted(&line) => return,
+            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => panic!("grpcurl ended before {what}"),
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+    }
+}
+
 /// The subscriber, killed (and reaped) however the test ends, even while stopped.
 struct Watcher(std::process::Child);
 
@@ -117,16 +136,9 @@ fn a_subscriber_that_stops_reading_events_slows_nothing_and_is_told_what_it_miss
     });
     let is_event = |l: &str| l.contains("handleOpened") || l.contains("handleClosed");
     // Subscribed once it prints an event: open the file until it does.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    wait_for_line(&lines, "grpcurl prints an event", is_event, || {
         std::fs::File::open(&path).unwrap();
-        match lines.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) if is_event(&line) => break,
-            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => panic!("grpcurl ended"),
-        }
-        assert!(Instant::now() < deadline, "grpcurl never saw an event");
-    }
+    });
     // SAFETY: signalling our own child.
     unsafe { libc::kill(watcher.0.id() as i32, libc::SIGSTOP) };
 
@@ -147,17 +159,12 @@ fn a_subscriber_that_stops_reading_events_slows_nothing_and_is_told_what_it_miss
     // Woken up, it is told it fell behind and how far.
     // SAFETY: as above.
     unsafe { libc::kill(watcher.0.id() as i32, libc::SIGCONT) };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match lines.recv_timeout(Duration::from_secs(1)) {
-            Ok(line) if line.contains("droppedBefore") => break,
-            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                panic!("grpcurl's stream ended without saying what it missed")
-            }
-        }
-        assert!(Instant::now() < deadline, "never told what it missed");
-    }
+    wait_for_line(
+        &lines,
+        "grpcurl is told what it missed",
+        |l| l.contains("droppedBefore"),
+        || {},
+    );
 
     // Gone for good: the daemon carries on.
     drop(watcher);

@@ -163,6 +163,7 @@ async fn run(args: Args, telemetry: &Telemetry) -> Result<(), String> {
         },
         cache,
         fetcher,
+        events.clone(),
         runtime,
     ));
 

@@ -207,11 +207,6 @@ impl Fetcher {
         })
     }
 
-    /// The daemon's event channel (the core publishes handle events on it too).
-    pub fn events(&self) -> &Events {
-        &self.events
-    }
-
     /// Starts fetching `chunks` of `object`. Never waits: safe in a FUSE callback. The
     /// fetch's span is traced as a child of `cause` (the read that needs the chunks).
     pub fn start(&self, object: Arc<Object>, chunks: ChunkRange, cause: &TraceParent) {

@@ -5,9 +5,10 @@
 //! Locks (none is ever held across I/O, and none is held while calling out of this crate):
 //! - `namespace`: tree bookkeeping; `files` and `dirs`: handle tables. Each is taken
 //!   alone, never two at once.
-//! - a handle's `readahead`, then a store's state lock (see `store`), which is innermost:
-//!   nothing is called while holding it. Metadata ops never take a store lock (the
-//!   fetched-byte count they report is an atomic).
+//! - a handle's `readahead`, then a store's state lock (see `store`), under which only the
+//!   op registry's shard lock (`ops`, a leaf) is taken. Metadata ops never take a store lock
+//!   (the fetched-byte count they report is an atomic).
+//! - an object's `fetch_spans` (only while spans are exported) is a leaf, taken alone.
 //!
 //! Every operation here returns promptly: metadata is in memory, present data is a pread
 //! of the page cache, and missing data parks the reply (see `store`) with a deadline.
@@ -25,7 +26,7 @@ pub use namespace::{NamespaceError, Unlinked};
 
 use crate::FsError;
 use crate::cache::Cache;
-use crate::events::HandleCount;
+use crate::events::{Events, HandleCount};
 use crate::fetch::Fetcher;
 use crate::object::{Object, Version};
 use crate::store::{BackingStore, DataReply, ReadPlan, chunks_of};
@@ -169,6 +170,8 @@ pub struct Fs {
     handles: AtomicU64,
     cache: Arc<Cache>,
     fetcher: Fetcher,
+    /// Where handle events go (never waits).
+    events: Arc<Events>,
     runtime: tokio::runtime::Handle,
     kernel_cache: OnceLock<Arc<dyn KernelCache>>,
     started: Instant,
@@ -184,6 +187,7 @@ impl Fs {
         config: FsConfig,
         cache: Arc<Cache>,
         fetcher: Fetcher,
+        events: Arc<Events>,
         runtime: tokio::runtime::Handle,
     ) -> Fs {
         Fs {
@@ -195,6 +199,7 @@ impl Fs {
             handles: AtomicU64::new(0),
             cache,
             fetcher,
+            events,
             runtime,
             kernel_cache: OnceLock::new(),
             started: Instant::now(),
@@ -281,7 +286,7 @@ impl Fs {
         };
         object.opened();
         let count = count_handle(&self.handles, HANDLE_OPENED);
-        self.fetcher.events().handle_opened(&object.name, count);
+        self.events.handle_opened(&object.name, count);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(FileHandle {
             object,
@@ -358,9 +363,7 @@ impl Fs {
         if let Some(handle) = handle {
             handle.object.closed();
             let count = count_handle(&self.handles, HANDLE_CLOSED);
-            self.fetcher
-                .events()
-                .handle_closed(&handle.object.name, count);
+            self.events.handle_closed(&handle.object.name, count);
         }
     }
 

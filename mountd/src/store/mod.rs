@@ -3,7 +3,8 @@
 //!
 //! Design (the rules that keep FUSE callbacks from ever blocking):
 //! - The state lock guards only bitmaps and the parked list. It is never held across file
-//!   or network I/O, and no other lock is taken while holding it (it is innermost).
+//!   or network I/O, and the only lock taken while holding it is the op registry's
+//!   (`ops`, a leaf: a parked reply records what it waits for, `DataReply::waiting`).
 //! - A read whose chunks are all present is answered by its caller with a pread of the
 //!   temp file (page cache). A read with a missing chunk gives its reply to the store
 //!   ("parks" it) and the callback returns; whoever completes the chunk answers it.
