@@ -262,7 +262,13 @@ fn a_stalled_read_is_visible_while_it_is_stalled_and_gone_once_it_ends() {
         ) >= Some(1.0),
         "{metrics}"
     );
-    assert!(metric(&metrics, "fusestream_fuse_op_stalls_total{op=\"read\"}") >= Some(1.0));
+    // Counted by the watchdog at its next scan (the gauges read the registry directly).
+    fs.wait_until("the watchdog counted the stall", |fs| {
+        metric(
+            &fs.mountd_metrics(),
+            "fusestream_fuse_op_stalls_total{op=\"read\"}",
+        ) >= Some(1.0)
+    });
 
     // A trace backend sees it now too, though the read's own span has not ended.
     let spans = sink.wait_for("a fuse.stalled span for the read", |spans| {
