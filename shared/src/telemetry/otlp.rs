@@ -155,34 +155,27 @@ impl QueueingProcessor {
     fn flush(&self, timeout: Duration) -> OTelSdkResult {
         let (done_tx, done_rx) = sync_channel(1);
         let started = Instant::now();
-        self.tx
-            .send_timeout_compat(Message::Flush(done_tx), timeout)
-            .map_err(|()| OTelSdkError::Timeout(timeout))?;
+        if !send_within(&self.tx, Message::Flush(done_tx), timeout) {
+            return Err(OTelSdkError::Timeout(timeout));
+        }
         done_rx
             .recv_timeout(timeout.saturating_sub(started.elapsed()))
             .map_err(|_| OTelSdkError::Timeout(timeout))
     }
 }
 
-/// `SyncSender::send` with a deadline (std has none): retried `try_send`s. Only for
-/// flush and shutdown, which may wait; never on the span path.
-trait SendTimeout {
-    fn send_timeout_compat(&self, message: Message, timeout: Duration) -> Result<(), ()>;
-}
-
-impl SendTimeout for SyncSender<Message> {
-    fn send_timeout_compat(&self, mut message: Message, timeout: Duration) -> Result<(), ()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.try_send(message) {
-                Ok(()) => return Ok(()),
-                Err(TrySendError::Disconnected(_)) => return Err(()),
-                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
-                    message = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(TrySendError::Full(_)) => return Err(()),
+/// `tx.send(message)`, giving up at `timeout` (std's `SyncSender` has no such send):
+/// retried `try_send`s. Only for flush and shutdown, which may wait; never on the span path.
+fn send_within(tx: &SyncSender<Message>, mut message: Message, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match tx.try_send(message) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                message = back;
+                std::thread::sleep(Duration::from_millis(5));
             }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => return false,
         }
     }
 }
