@@ -41,6 +41,11 @@ struct Args {
     /// Seconds a read may wait for data before failing with ETIMEDOUT.
     #[arg(long, default_value_t = 30)]
     read_timeout: u64,
+    /// KiB at the start of each newly staged file fetched right away, so the first read of
+    /// a staged file (file type sniffing, a player's probe, an upload's first block) does not
+    /// wait for the network. Rounded up to whole 128 KiB chunks; 0 turns it off.
+    #[arg(long, default_value_t = 128)]
+    prefetch_head_kib: u64,
     /// Let users other than the mounting user access the mount (FUSE allow_other).
     #[arg(long)]
     allow_other: bool,
@@ -160,6 +165,7 @@ async fn run(args: Args, telemetry: &Telemetry) -> Result<(), String> {
         FsConfig {
             mountpoint: mountpoint.clone(),
             read_timeout: Duration::from_secs(args.read_timeout),
+            prefetch_head: args.prefetch_head_kib.saturating_mul(1024),
         },
         cache,
         fetcher,

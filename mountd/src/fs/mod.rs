@@ -50,6 +50,8 @@ pub struct FsConfig {
     pub mountpoint: PathBuf,
     /// How long a read may wait for data before it fails with ETIMEDOUT.
     pub read_timeout: Duration,
+    /// Bytes at the start of each newly staged file fetched at once (0: none).
+    pub prefetch_head: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -442,8 +444,23 @@ impl Fs {
         ));
         let (ino, replaced) = lock(&self.namespace).insert(&entry.name, object.clone(), replace)?;
         self.cache.register(&object);
+        self.prefetch_head(&object);
         self.forget_in_kernel(replaced.into_iter().collect()).await;
         Ok(self.info(entry.name, ino, &object))
+    }
+
+    /// Starts fetching the head of a newly staged `object` (see `FsConfig::prefetch_head`),
+    /// traced as part of the staging request. Never waits; a failure only means the first
+    /// read fetches the head itself.
+    fn prefetch_head(&self, object: &Arc<Object>) {
+        let head = self.config.prefetch_head.min(object.size());
+        if head == 0 {
+            return;
+        }
+        let cause = TraceParent::of(&tracing::Span::current());
+        for chunks in object.store.prefetch(chunks_of(0, head.min(u64::from(u32::MAX)) as u32)) {
+            self.fetcher.start(object.clone(), chunks, &cause);
+        }
     }
 
     /// Unstages `name`. Open handles keep reading; the store goes with the last of them.

@@ -301,6 +301,16 @@ impl BackingStore {
         (ReadPlan::Parked(id), fetches)
     }
 
+    /// Marks the chunks of `wanted` that are neither present nor being fetched in flight and
+    /// returns them, for the caller to fetch (no read waits for them yet).
+    pub fn prefetch(&self, wanted: ChunkRange) -> Vec<ChunkRange> {
+        let mut state = self.lock();
+        if state.poisoned.is_some() {
+            return Vec::new();
+        }
+        self.plan_fetches(&mut state, wanted, 0)
+    }
+
     /// Picks the missing chunks of `needed`, plus read-ahead up to `readahead_end` when the
     /// fetched frontier is less than half the read-ahead window ahead of the reader (so
     /// read-ahead goes out in large requests, not one chunk per read), and marks them in
@@ -551,6 +561,21 @@ pub mod tests {
             store.read(0, 0, 1, 0, "test", r).0,
             ReadPlan::Failed(_, FsError::Changed(_))
         ));
+    }
+
+    #[test]
+    fn a_prefetch_is_fetched_once_and_shared_by_the_reads_that_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BackingStore::create(dir.path(), 4 * CHUNK_SIZE).unwrap();
+        let head = ChunkRange { first: 0, end: 1 };
+        assert_eq!(store.prefetch(head), [head]);
+        assert!(store.prefetch(head).is_empty(), "already in flight");
+        let (r, rx) = reply();
+        let (plan, fetches) = store.read(0, 0, 10, 0, "test", r);
+        assert!(matches!(plan, ReadPlan::Parked(_)) && fetches.is_empty());
+        fill(&store, head, 9);
+        assert_eq!(rx.try_recv().unwrap().unwrap(), vec![9; 10]);
+        assert!(store.prefetch(head).is_empty(), "present");
     }
 
     #[test]
