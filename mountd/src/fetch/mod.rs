@@ -301,6 +301,11 @@ impl Fetcher {
         next: &mut u64,
         end: u64,
     ) -> Result<(), FetchError> {
+        // Again on a retry: cheap where already allocated, and space may have been freed.
+        object
+            .store
+            .allocate(*next..end)
+            .map_err(FetchError::Store)?;
         let temp_url = object.temp_url();
         let mut request = self.client.get(&temp_url.url).header(
             reqwest::header::RANGE,

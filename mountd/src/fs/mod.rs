@@ -458,7 +458,10 @@ impl Fs {
             return;
         }
         let cause = TraceParent::of(&tracing::Span::current());
-        for chunks in object.store.prefetch(chunks_of(0, head.min(u64::from(u32::MAX)) as u32)) {
+        for chunks in object
+            .store
+            .prefetch(chunks_of(0, head.min(u64::from(u32::MAX)) as u32))
+        {
             self.fetcher.start(object.clone(), chunks, &cause);
         }
     }
