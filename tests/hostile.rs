@@ -311,6 +311,7 @@ async fn mount_barrage(mount: &mut MountClient<Channel>, model: &mut Model, rng:
                     _ => "\"v1\"".into(),
                 };
                 let source = pick(rng, &urls).0.clone();
+                let last_modified_unix = *pick(rng, TIMES);
                 let request = api::AddEntryRequest {
                     entry: with_entry.then(|| api::EntrySpec {
                         name: name.clone(),
@@ -319,7 +320,7 @@ async fn mount_barrage(mount: &mut MountClient<Channel>, model: &mut Model, rng:
                         version: with_version.then(|| api::ObjectVersion {
                             size,
                             etag,
-                            last_modified_unix: *pick(rng, TIMES),
+                            last_modified_unix,
                             content_type: "\0".repeat(rng.below(2) as usize * KIB64),
                         }),
                         source,
@@ -335,15 +336,18 @@ async fn mount_barrage(mount: &mut MountClient<Channel>, model: &mut Model, rng:
                 // Sizes past off_t are invalid; ones the cache's file system cannot hold
                 // (but off_t can) are refused as RESOURCE_EXHAUSTED.
                 let size_ok = size <= 1 << 40;
+                // HTTP dates end with the year 9999.
+                let time_ok = last_modified_unix < 253_402_300_800;
                 if let Err(status) = &outcome
-                    && (!name_ok || (with_entry && with_version && size > i64::MAX as u64))
+                    && (!name_ok
+                        || (with_entry && with_version && (size > i64::MAX as u64 || !time_ok)))
                 {
                     assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
                 }
                 model.added(
                     &what,
                     &name,
-                    name_ok && url_ok && with_entry && with_version && size_ok,
+                    name_ok && url_ok && with_entry && with_version && size_ok && time_ok,
                     replace,
                     &outcome,
                 );

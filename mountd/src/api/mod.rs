@@ -126,8 +126,18 @@ fn status_of(error: NamespaceError) -> Status {
     }
 }
 
-fn unix_time(secs: i64) -> Option<SystemTime> {
-    (secs > 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64))
+/// The first second HTTP dates can not express (the year 10000).
+const HTTP_DATE_END_UNIX: i64 = 253_402_300_800;
+
+/// A version's modification time: none if not positive, refused past what HTTP dates
+/// express (fetches send it as If-Unmodified-Since).
+fn unix_time(secs: i64) -> Result<Option<SystemTime>, Status> {
+    if secs >= HTTP_DATE_END_UNIX {
+        return Err(Status::invalid_argument(format!(
+            "entry.version.last_modified_unix {secs} is past the year 9999"
+        )));
+    }
+    Ok((secs > 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)))
 }
 
 fn check_url(url: &str) -> Result<(), Status> {
@@ -214,6 +224,7 @@ impl Mount for MountService {
             .version
             .ok_or_else(|| Status::invalid_argument("entry.version is required"))?;
         check_size(version.size)?;
+        let last_modified = unix_time(version.last_modified_unix)?;
         let dir = self.fs.cache().dir().clone();
         let size = version.size;
         let store = tokio::task::spawn_blocking(move || BackingStore::create(&dir, size))
@@ -227,7 +238,7 @@ impl Mount for MountService {
             version: Version {
                 size,
                 etag: version.etag,
-                last_modified: unix_time(version.last_modified_unix),
+                last_modified,
             },
             source: fusestream_shared::redact::url(&spec.source),
             owner,

@@ -241,10 +241,16 @@ impl Fetcher {
         let mut next = range.start;
         let mut attempt = 1;
         let mut renewals = 0;
-        loop {
+        // Recorded once, at the end: the log layer would repeat a field recorded per attempt.
+        let record_attempts = |attempt: u32| {
             tracing::Span::current().record("attempts", attempt);
+        };
+        loop {
             let error = match self.attempt(&object, &mut next, range.end).await {
-                Ok(()) => return,
+                Ok(()) => {
+                    record_attempts(attempt);
+                    return;
+                }
                 Err(e) => e,
             };
             STATS.errors[error.reason()].fetch_add(1, Ordering::Relaxed);
@@ -277,6 +283,7 @@ impl Fetcher {
                 attempt += 1;
                 continue;
             }
+            record_attempts(attempt);
             tracing::warn!(%error, source = %object.source, "fetch failed");
             let rest = ChunkRange {
                 first: next / CHUNK_SIZE,
