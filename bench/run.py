@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / "target" / "release"
 FILE = "bench.bin"  # name of the file in nginx's root and in the FuseStream mount
 PAGE = 4096
+HEAD_PREFETCH = 128 * 1024  # what the mount daemon fetches of a file at staging (its default)
 SETTLE = 0.25  # seconds of pause between (re-)mounting/staging and a timed sequential read
 
 # Targets from the project's issue. kind: which column/ratio is checked, and how.
@@ -575,20 +576,20 @@ http {{
         if data != want:
             self.problem(f"{what}: wrong bytes at offset {off} (got {len(data)} bytes)")
 
-    def open_first4k(self, path):
-        """Times open + pread(4096, 0) + close; returns (ms, inode). The fstat that gets the
-        inode (to check it is the freshly staged one) is left out of the time."""
+    def open_first4k(self, path, offset=0):
+        """Times open + pread(4096, offset) + close; returns (ms, inode). The fstat that gets
+        the inode (to check it is the freshly staged one) is left out of the time."""
         t0 = time.perf_counter()
         fd = os.open(path, os.O_RDONLY)
         try:
-            data = os.pread(fd, PAGE, 0)
+            data = os.pread(fd, PAGE, offset)
             t1 = time.perf_counter()
             ino = os.fstat(fd).st_ino
             t2 = time.perf_counter()
         finally:
             os.close(fd)
         dt = (time.perf_counter() - t2 + t1 - t0) * 1e3
-        self.expect(0, data, f"open+first 4 KiB of {path}")
+        self.expect(offset, data, f"open+first 4 KiB at {offset} of {path}")
         return dt, ino
 
     def fs_fresh(self, ino):
@@ -612,6 +613,10 @@ http {{
                 return fd
             os.close(fd)
         raise BenchError("5 re-stagings in a row opened the replaced entry")
+
+    def mid_offset(self):
+        """A page in the middle of the file, far past the head fetched at staging."""
+        return self.size // 2 // PAGE * PAGE
 
     def random_preads(self, path, offsets, fd=None):
         lat, datas = [], []
@@ -669,8 +674,9 @@ http {{
                 self.problem(f"{SETTLE}s after re-staging, {self.fs_path} is still the replaced "
                              f"inode {st.st_ino}: run {i + 1} is not cold")
             self.fs_ino = st.st_ino
-            if fetched:
-                self.problem(f"freshly staged entry already has FETCHED={fetched}")
+            if fetched and fetched > HEAD_PREFETCH:
+                self.problem(f"freshly staged entry already has FETCHED={fetched}, more than "
+                             f"its head ({HEAD_PREFETCH})")
             if st.st_size != self.size:
                 raise BenchError(f"FuseStream reports size {st.st_size}, expected {self.size}")
             cold.append(self.dd(self.fs_path))
@@ -721,15 +727,28 @@ http {{
                 lat.append(dt)
         R["fusestream"]["open_first4k_after_full_replace"] = lat[0]
         R["fusestream"]["open_first4k"] = lat[1:]
+        # The same with the first read in the middle: staging fetched only the head, so this
+        # read waits for the network (what a first read costs without the head prefetch).
+        mid = self.mid_offset()
+        log(f"open+first 4 KiB at {mid}: curl and FuseStream x{n}")
+        R["curl"]["open_mid4k"] = [self.curl_ranges([mid])[0] for _ in range(n)]
+        lat = []
+        while len(lat) < n:
+            self.fs_stage()
+            dt, ino = self.open_first4k(self.fs_path, mid)
+            if self.fs_fresh(ino):
+                lat.append(dt)
+        R["fusestream"]["open_mid4k"] = lat
         if self.rclone_bin:
             n_rc = min(n, a.rclone_latency_samples)
-            log(f"open+first 4 KiB: rclone x{n_rc} fresh mounts")
-            lat = []
-            for _ in range(n_rc):
-                self.rclone_mount()
-                lat.append(self.open_first4k(self.rc_mnt / FILE)[0])
+            log(f"open+first 4 KiB (at 0 and at {mid}): rclone x{n_rc} fresh mounts each")
+            for key, off in (("open_first4k", 0), ("open_mid4k", mid)):
+                lat = []
+                for _ in range(n_rc):
+                    self.rclone_mount()
+                    lat.append(self.open_first4k(self.rc_mnt / FILE, off)[0])
+                R["rclone"][key] = lat
             self.rclone_unmount()
-            R["rclone"]["open_first4k"] = lat
 
         # 4 random 4 KiB preads on a cold file
         log(f"random 4 KiB preads: {a.random_reads} per run x{a.runs}")
@@ -830,8 +849,8 @@ def summarize(R, have_rclone):
         if key in ("cold_seq", "warm_seq"):
             v = d.get(key) if sysname != "curl" else d.get("seq")
             return median(v) if v else None
-        if key == "open_first4k":
-            return median(d["open_first4k"]) if d.get("open_first4k") else None
+        if key in ("open_first4k", "open_mid4k"):
+            return median(d[key]) if d.get(key) else None
         if key in ("rand4k_p50", "rand4k_p99"):
             runs = d.get("rand4k_runs")
             if not runs:
@@ -853,6 +872,7 @@ def summarize(R, have_rclone):
         ("warm_seq", "warm re-read, MB/s (higher better)"),
         ("open_first4k", "open+first 4 KiB p50, ms (lower better)"),
         ("open_first4k_p99", "open+first 4 KiB p99, ms (lower better)"),
+        ("open_mid4k", "open+4 KiB mid-file p50, ms (lower better)"),
         ("rand4k_p50", "random 4 KiB pread p50, ms (lower better)"),
         ("rand4k_p99", "random 4 KiB pread p99, ms (lower better)"),
         ("rss_peak", "peak RSS (VmHWM), MiB (lower better)"),
