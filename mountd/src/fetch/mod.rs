@@ -37,6 +37,8 @@ use crate::store::{CHUNK_SIZE, ChunkRange};
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// How long a fetch whose URL was rejected waits for a renewed one.
 const RENEWAL_WAIT: Duration = Duration::from_secs(30);
+/// Fetches at least this long allocate their blocks first (see `BackingStore::allocate`).
+const PREALLOCATE_MIN: u64 = 1 << 20;
 /// Renewals one fetch asks for before it gives up.
 const MAX_RENEWALS: u32 = 3;
 
@@ -308,11 +310,15 @@ impl Fetcher {
         next: &mut u64,
         end: u64,
     ) -> Result<(), FetchError> {
-        // Again on a retry: cheap where already allocated, and space may have been freed.
-        object
-            .store
-            .allocate(*next..end)
-            .map_err(FetchError::Store)?;
+        // Read-ahead sized fetches only: the saving is per byte, while the call can wait on
+        // the file system's journal, which a small (random) read would feel. Again on a
+        // retry: cheap where already allocated, and space may have been freed.
+        if end - *next >= PREALLOCATE_MIN {
+            object
+                .store
+                .allocate(*next..end)
+                .map_err(FetchError::Store)?;
+        }
         let temp_url = object.temp_url();
         let mut request = self.client.get(&temp_url.url).header(
             reqwest::header::RANGE,
@@ -382,7 +388,11 @@ impl Fetcher {
                     first: completed_up_to,
                     end: done,
                 });
-                if !ready.is_empty() {
+                if *next == end {
+                    // Nothing more to receive: answer here, saving the hand-off to another
+                    // thread (the larger part of a small random read's wait).
+                    object.store.answer_all(ready);
+                } else if !ready.is_empty() {
                     // Answering (a pread and a write to /dev/fuse per read) runs on the
                     // blocking pool, so this task goes on receiving meanwhile.
                     let object = object.clone();
