@@ -327,7 +327,14 @@ impl Fs {
             self.fetcher.start(object.clone(), chunks, &cause);
         }
         match plan {
-            ReadPlan::Ready(reply) => object.store.answer(offset, len, reply),
+            ReadPlan::Ready(reply) => {
+                if let Some(reply) = object.store.answer_if_cached(offset, len, reply) {
+                    // Not in the page cache: the disk read happens off this FUSE thread.
+                    let object = object.clone();
+                    self.runtime
+                        .spawn_blocking(move || object.store.answer(offset, len, reply));
+                }
+            }
             ReadPlan::Parked(id) => self.arm_deadline(object, id),
             ReadPlan::Failed(reply, error) => reply.error(error),
         }

@@ -6,7 +6,8 @@
 //!   or network I/O, and the only lock taken while holding it is the op registry's
 //!   (`ops`, a leaf: a parked reply records what it waits for, `DataReply::waiting`).
 //! - A read whose chunks are all present is answered by its caller with a pread of the
-//!   temp file (page cache). A read with a missing chunk gives its reply to the store
+//!   temp file if the page cache has the bytes (RWF_NOWAIT), else on a blocking thread:
+//!   a FUSE callback never waits for the disk. A read with a missing chunk gives its reply to the store
 //!   ("parks" it) and the callback returns; whoever completes the chunk answers it.
 //! - Deciding what to fetch happens under the same lock as parking, so a chunk is fetched
 //!   by exactly one fetch at a time and concurrent readers of a range share it.
@@ -183,6 +184,59 @@ fn lower_priority() {
     unsafe {
         libc::setpriority(libc::PRIO_PROCESS, 0, 19);
     }
+}
+
+/// Whether a read of the store may wait for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Yes,
+    No,
+}
+
+/// Fills `buf` from `file` at `offset`. With [`Wait::No`], reads only from the page cache
+/// (RWF_NOWAIT) and returns `Ok(false)` if that would need the disk. Where the kernel can
+/// not tell (not Linux, or a file system without RWF_NOWAIT), every read counts as one that
+/// would wait.
+fn read_at(file: &File, buf: &mut [u8], offset: u64, wait: Wait) -> io::Result<bool> {
+    if wait == Wait::Yes {
+        return file.read_exact_at(buf, offset).map(|()| true);
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::fd::AsRawFd;
+        let mut done = 0;
+        while done < buf.len() {
+            let iov = libc::iovec {
+                iov_base: buf[done..].as_mut_ptr().cast(),
+                iov_len: buf.len() - done,
+            };
+            // SAFETY: one iovec over the unfilled part of `buf`, which outlives the call.
+            let n = unsafe {
+                libc::preadv2(
+                    file.as_raw_fd(),
+                    &iov,
+                    1,
+                    (offset + done as u64) as libc::off_t,
+                    libc::RWF_NOWAIT,
+                )
+            };
+            match n {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n if n > 0 => done += n as usize,
+                _ => {
+                    let error = io::Error::last_os_error();
+                    match error.raw_os_error() {
+                        Some(libc::EAGAIN | libc::EOPNOTSUPP) => return Ok(false),
+                        Some(libc::EINTR) => continue,
+                        _ => return Err(error),
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    Ok(false)
 }
 
 /// The chunks that bytes `offset..offset + len` touch.
@@ -364,8 +418,33 @@ impl BackingStore {
         ranges
     }
 
-    /// Answers `reply` with `len` bytes at `offset`, which must be present.
+    /// Answers `reply` with `len` bytes at `offset`, which must be present. May wait for
+    /// the disk: off FUSE threads only (see [`BackingStore::answer_if_cached`]).
     pub fn answer(&self, offset: u64, len: u32, reply: Box<dyn DataReply>) {
+        let unanswered = self.answer_from(offset, len, reply, Wait::Yes);
+        debug_assert!(unanswered.is_none(), "a read that may wait always answers");
+    }
+
+    /// Answers `reply` now if the bytes (which must be present) are in the page cache, as
+    /// they nearly always are; else hands it back for the caller to answer off its thread
+    /// with [`BackingStore::answer`], since a FUSE callback must never wait for the disk.
+    #[must_use = "a reply handed back must be answered"]
+    pub fn answer_if_cached(
+        &self,
+        offset: u64,
+        len: u32,
+        reply: Box<dyn DataReply>,
+    ) -> Option<Box<dyn DataReply>> {
+        self.answer_from(offset, len, reply, Wait::No)
+    }
+
+    fn answer_from(
+        &self,
+        offset: u64,
+        len: u32,
+        reply: Box<dyn DataReply>,
+        wait: Wait,
+    ) -> Option<Box<dyn DataReply>> {
         // A buffer per thread, reused: a fresh MiB per read would be a new mapping,
         // page-faulted and zeroed every time.
         thread_local! {
@@ -377,11 +456,13 @@ impl BackingStore {
                 buf.resize(len as usize, 0);
             }
             let buf = &mut buf[..len as usize];
-            match file.read_exact_at(buf, offset) {
-                Ok(()) => reply.data(buf),
+            match read_at(&file, buf, offset, wait) {
+                Ok(true) => reply.data(buf),
+                Ok(false) => return Some(reply),
                 Err(e) => reply.error(FsError::Store(format!("read: {e}"))),
             }
-        });
+            None
+        })
     }
 
     /// Reserves disk blocks for `range` before its bytes arrive. The writes that follow then
@@ -618,6 +699,36 @@ pub mod tests {
         fill(&store, head, 9);
         assert_eq!(rx.try_recv().unwrap().unwrap(), vec![9; 10]);
         assert!(store.prefetch(head).is_empty(), "present");
+    }
+
+    #[test]
+    fn a_ready_read_is_answered_at_once_only_from_the_page_cache() {
+        use std::os::fd::AsRawFd;
+        // On disk: tmpfs would keep the pages whatever we advise.
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let store = BackingStore::create(dir.path(), CHUNK_SIZE).unwrap();
+        let all = ChunkRange { first: 0, end: 1 };
+        fill(&store, all, 4);
+        let (r, rx) = reply();
+        assert!(
+            store.answer_if_cached(0, 100, r).is_none(),
+            "just written: cached"
+        );
+        assert_eq!(rx.try_recv().unwrap().unwrap(), vec![4; 100]);
+
+        // Written back and dropped from the page cache: reading needs the disk.
+        let file = store.file();
+        file.sync_all().unwrap();
+        // SAFETY: advice on a descriptor we own.
+        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+        let (r, rx) = reply();
+        let r = store
+            .answer_if_cached(0, 100, r)
+            .expect("handed back: the bytes are on disk only");
+        assert!(rx.try_recv().is_err(), "not answered yet");
+        store.answer(0, 100, r);
+        assert_eq!(rx.try_recv().unwrap().unwrap(), vec![4; 100]);
     }
 
     #[test]
