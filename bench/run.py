@@ -549,6 +549,23 @@ http {{
             raise BenchError(f"curl failed ({p.returncode}): {p.stderr.strip()} {p.stdout}")
         return self.size / dt / 1e6
 
+    def curl_pipe_dd(self):
+        """curl piped into `dd bs=1M`: the cost of handing the bytes to a second process
+        (no store, no FUSE), a reference for what a mount's cold read can reach. MB/s."""
+        t0 = time.perf_counter()
+        curl = subprocess.Popen(["curl", "-s", "-S", "-f", self.url], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        dd = subprocess.run(["dd", "of=/dev/null", "bs=1M", "iflag=fullblock"], stdin=curl.stdout,
+                            capture_output=True, text=True, timeout=self.timeout)
+        curl.stdout.close()
+        rc = curl.wait(timeout=self.timeout)
+        dt = time.perf_counter() - t0
+        got = next((int(l.split()[0]) for l in dd.stderr.splitlines() if "copied" in l), None)
+        if rc != 0 or dd.returncode != 0 or got != self.size:
+            raise BenchError(f"curl | dd failed (curl {rc}, dd {dd.returncode}, {got} bytes): "
+                             f"{curl.stderr.read().decode(errors='replace').strip()}")
+        return self.size / dt / 1e6
+
     def curl_ranges(self, offsets):
         """One curl process, one request per range on a kept-alive connection; curl's own
         time_total per request (no process start-up) in ms."""
@@ -661,6 +678,8 @@ http {{
         # 1+2 sequential
         log(f"curl sequential x{a.runs}")
         R["curl"]["seq"] = [self.curl_seq() for _ in range(a.runs)]
+        log(f"curl | dd x{a.runs}")
+        R["curl"]["pipe_seq"] = [self.curl_pipe_dd() for _ in range(a.runs)]
 
         cold, warm, stage_ms = [], [], []
         for i in range(a.runs):
@@ -1012,6 +1031,11 @@ def main():
     if x is not None:
         print(f"note: FuseStream open+first 4 KiB right after --replace of the fully read "
               f"{args.size_mib} MiB entry: {x:.3f} ms (one sample, not in the table)")
+    pipe, seq = results["curl"].get("pipe_seq"), results["curl"].get("seq")
+    if pipe and seq:
+        print(f"reference: curl piped into dd bs=1M (no store, no FUSE: the bytes only handed "
+              f"to a second process): {median(pipe):.0f} MB/s, {median(pipe) / median(seq):.2f} "
+              f"of curl")
     on = results["fusestream"].get("cold_seq_otlp")
     off = results["fusestream"].get("cold_seq_otlp_off")
     if on and off:
