@@ -135,6 +135,39 @@ fn a_stalled_remote_blocks_nothing_else_and_killed_readers_are_released() {
 }
 
 #[test]
+fn staging_fetches_the_head_so_the_first_read_needs_no_network() {
+    let fs = FuseStream::start();
+    let original = data(4 * MIB, 4);
+    let server = FaultyServer::start(original.clone(), Mode::Healthy);
+    fs.ctl_ok(["stage", "--name", "obj.bin", &server.url("obj.bin")]);
+    let fetched = |fs: &FuseStream| -> u64 {
+        let ls = fs.ctl_ok(["ls"]);
+        let row = ls
+            .lines()
+            .find(|l| l.starts_with("obj.bin "))
+            .expect("listed");
+        row.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    fs.wait_until("the head is fetched", |fs| fetched(fs) > 0);
+    assert_eq!(
+        fetched(&fs),
+        128 << 10,
+        "the first 128 KiB and nothing more"
+    );
+
+    // The remote now hangs: the head is read from the store alone.
+    server.set_mode(Mode::Stall { after_bytes: 0 });
+    let path = fs.mountpoint.join("obj.bin");
+    let head = completes("a read of the head", 60, move || {
+        let file = std::fs::File::open(path).unwrap();
+        let mut buf = vec![0; 4096];
+        file.read_exact_at(&mut buf, 0).map(|()| buf)
+    })
+    .expect("read the head");
+    assert!(head == original[..4096]);
+}
+
+#[test]
 fn a_read_waiting_past_its_deadline_fails_with_etimedout() {
     let fs = FuseStream::start_with(Options {
         read_timeout: 2,
