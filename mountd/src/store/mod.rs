@@ -7,8 +7,9 @@
 //!   (`ops`, a leaf: a parked reply records what it waits for, `DataReply::waiting`).
 //! - A read whose chunks are all present is answered by its caller with a pread of the
 //!   temp file if the page cache has the bytes (RWF_NOWAIT), else on a blocking thread:
-//!   a FUSE callback never waits for the disk. A read with a missing chunk gives its reply to the store
-//!   ("parks" it) and the callback returns; whoever completes the chunk answers it.
+//!   a FUSE callback never waits for the disk. A read with a missing chunk gives its reply
+//!   to the store ("parks" it) and the callback returns; whoever completes the chunk
+//!   answers it.
 //! - Deciding what to fetch happens under the same lock as parking, so a chunk is fetched
 //!   by exactly one fetch at a time and concurrent readers of a range share it.
 //!
@@ -466,8 +467,8 @@ impl BackingStore {
     }
 
     /// Reserves disk blocks for `range` before its bytes arrive. The writes that follow then
-    /// find their blocks allocated (ext4 spends a third less CPU per written byte than on
-    /// a hole), and a full disk fails the fetch up front. Called by the fetcher, never
+    /// find their blocks allocated (ext4 then spends about a quarter less CPU per written byte
+    /// than on a hole), and a full disk fails the fetch up front. Called by the fetcher, never
     /// under the lock. Where the file system can not preallocate, this does nothing.
     pub fn allocate(&self, range: std::ops::Range<u64>) -> io::Result<()> {
         use std::os::fd::AsRawFd;
