@@ -168,6 +168,49 @@ fn staging_fetches_the_head_so_the_first_read_needs_no_network() {
 }
 
 #[test]
+fn prefetches_stuck_on_a_dead_remote_leave_reads_their_fetch_slots() {
+    // Reads may wait 5 s; the prefetches below hang for 10 s per attempt (the stall timeout)
+    // and retry. If they could take every fetch slot, the read below would time out.
+    let fs = FuseStream::start_with(Options {
+        read_timeout: 5,
+        ..Options::default()
+    });
+    let dead = FaultyServer::start(data(MIB, 5), Mode::Stall { after_bytes: 0 });
+    for i in 0..20 {
+        let name = format!("dead{i}.bin");
+        fs.ctl_ok(["stage", "--name", &name, &dead.url(&name)]);
+    }
+    let healthy = data(16 * MIB, 6);
+    let server = FaultyServer::start(healthy.clone(), Mode::Healthy);
+    fs.ctl_ok(["stage", "--name", "ok.bin", &server.url("ok.bin")]);
+    // O_DIRECT: one read, no kernel read-ahead or retry of a failed page.
+    let path = fs.mountpoint.join("ok.bin");
+    let out = completes("a direct read of a healthy file", 60, move || {
+        Command::new("dd")
+            .arg(format!("if={}", path.display()))
+            .args([
+                "of=/dev/stdout",
+                "bs=4096",
+                "count=1",
+                "skip=2048",
+                "iflag=direct",
+            ])
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run dd")
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout == healthy[8 * MIB..8 * MIB + 4096],
+        "exact bytes"
+    );
+}
+
+#[test]
 fn a_read_waiting_past_its_deadline_fails_with_etimedout() {
     let fs = FuseStream::start_with(Options {
         read_timeout: 2,

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use fusestream_shared::telemetry::TraceParent;
 use thiserror::Error;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::FsError;
@@ -46,6 +46,9 @@ const MAX_RENEWALS: u32 = 3;
 pub struct FetchConfig {
     /// Fetches running at once, over all objects.
     pub max_concurrent: usize,
+    /// How many of those may be prefetches (see [`Fetcher::try_prefetch`]), so that
+    /// prefetches of objects on a dead remote can never take the slots reads need.
+    pub max_prefetches: usize,
     /// A body that delivers no bytes for this long is abandoned and retried.
     pub stall_timeout: Duration,
     /// Attempts per range before reads fail.
@@ -56,6 +59,7 @@ impl Default for FetchConfig {
     fn default() -> Self {
         FetchConfig {
             max_concurrent: 16,
+            max_prefetches: 4,
             stall_timeout: Duration::from_secs(10),
             max_attempts: 4,
         }
@@ -179,10 +183,16 @@ impl FetchError {
     }
 }
 
+/// The daemon-wide fetch slots a running fetch holds (a prefetch: two, see
+/// [`Fetcher::try_prefetch`]).
+type Slots = Vec<OwnedSemaphorePermit>;
+
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     client: reqwest::Client,
     permits: Arc<Semaphore>,
+    /// Taken, with a daemon-wide permit, by prefetches only.
+    prefetch_permits: Arc<Semaphore>,
     runtime: tokio::runtime::Handle,
     config: FetchConfig,
     cache: Arc<Cache>,
@@ -202,6 +212,7 @@ impl Fetcher {
         Ok(Fetcher {
             client,
             permits: Arc::new(Semaphore::new(config.max_concurrent)),
+            prefetch_permits: Arc::new(Semaphore::new(config.max_prefetches)),
             runtime,
             config,
             cache,
@@ -212,6 +223,38 @@ impl Fetcher {
     /// Starts fetching `chunks` of `object`. Never waits: safe in a FUSE callback. The
     /// fetch's span is traced as a child of `cause` (the read that needs the chunks).
     pub fn start(&self, object: Arc<Object>, chunks: ChunkRange, cause: &TraceParent) {
+        self.spawn(object, chunks, cause, None);
+    }
+
+    /// Starts fetching the chunks `claim` marks in flight (at most one fetch's worth), if
+    /// a fetch slot is free now: a prefetch never queues, and holds at most
+    /// `max_prefetches` of the slots. Returns whether it started. Never waits.
+    pub fn try_prefetch(
+        &self,
+        object: Arc<Object>,
+        cause: &TraceParent,
+        claim: impl FnOnce() -> Option<ChunkRange>,
+    ) -> bool {
+        let Ok(prefetch) = self.prefetch_permits.clone().try_acquire_owned() else {
+            return false;
+        };
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            return false;
+        };
+        let Some(chunks) = claim() else {
+            return false;
+        };
+        self.spawn(object, chunks, cause, Some(vec![permit, prefetch]));
+        true
+    }
+
+    fn spawn(
+        &self,
+        object: Arc<Object>,
+        chunks: ChunkRange,
+        cause: &TraceParent,
+        held: Option<Slots>,
+    ) {
         let range = object.store.byte_range(chunks);
         let span = tracing::debug_span!(
             parent: None,
@@ -225,19 +268,26 @@ impl Fetcher {
         object.fetch_started(chunks, &span);
         let fetcher = self.clone();
         let fetch = async move {
-            fetcher.run(object.clone(), chunks).await;
+            fetcher.run(object.clone(), chunks, held).await;
             object.fetch_ended(chunks);
         };
         self.runtime.spawn(fetch.instrument(span));
     }
 
-    async fn run(self, object: Arc<Object>, chunks: ChunkRange) {
-        // Per object first, so one busy object can not hold the daemon-wide slots idle.
+    /// Fetches `chunks`; `held` are the daemon-wide (and prefetch) permits a prefetch took
+    /// when it started.
+    async fn run(self, object: Arc<Object>, chunks: ChunkRange, held: Option<Slots>) {
+        // Per object first, so one busy object can not hold the daemon-wide slots idle
+        // (a prefetch holds one already, but of a new object, whose slots are free).
         let Ok(_object_permit) = object.fetch_permits.acquire().await else {
             return;
         };
-        let Ok(_permit) = self.permits.acquire().await else {
-            return;
+        let _slots = match held {
+            Some(held) => held,
+            None => match self.permits.clone().acquire_owned().await {
+                Ok(permit) => vec![permit],
+                Err(_) => return,
+            },
         };
         let range = object.store.byte_range(chunks);
         let mut next = range.start;

@@ -29,7 +29,7 @@ use crate::cache::Cache;
 use crate::events::{Events, HandleCount};
 use crate::fetch::Fetcher;
 use crate::object::{Object, Version};
-use crate::store::{BackingStore, DataReply, ReadPlan, chunks_of};
+use crate::store::{BackingStore, CHUNK_SIZE, DataReply, MAX_FETCH_CHUNKS, ReadPlan, chunks_of};
 use fusestream_shared::telemetry::TraceParent;
 
 /// Attribute block size and the unit `statfs` reports in.
@@ -456,8 +456,9 @@ impl Fs {
         Ok(self.info(entry.name, ino, &object))
     }
 
-    /// Starts fetching the head of a newly staged `object` (see `FsConfig::prefetch_head`),
-    /// traced as part of the staging request. Never waits; a failure only means the first
+    /// Starts fetching the head of a newly staged `object` (see `FsConfig::prefetch_head`;
+    /// at most one fetch's worth), traced as part of the staging request, if a fetch slot
+    /// is free (see `Fetcher::try_prefetch`). Never waits; skipped or failed, the first
     /// read fetches the head itself.
     fn prefetch_head(&self, object: &Arc<Object>) {
         let head = self.config.prefetch_head.min(object.size());
@@ -465,11 +466,12 @@ impl Fs {
             return;
         }
         let cause = TraceParent::of(&tracing::Span::current());
-        for chunks in object
-            .store
-            .prefetch(chunks_of(0, head.min(u64::from(u32::MAX)) as u32))
-        {
-            self.fetcher.start(object.clone(), chunks, &cause);
+        let head = chunks_of(0, head.min(MAX_FETCH_CHUNKS * CHUNK_SIZE) as u32);
+        let started = self
+            .fetcher
+            .try_prefetch(object.clone(), &cause, || object.store.prefetch(head));
+        if !started {
+            tracing::debug!(name = object.name, "fetch slots busy; head not prefetched");
         }
     }
 

@@ -372,14 +372,24 @@ impl BackingStore {
         (ReadPlan::Parked(id), fetches)
     }
 
-    /// Marks the chunks of `wanted` that are neither present nor being fetched in flight and
-    /// returns them, for the caller to fetch (no read waits for them yet).
-    pub fn prefetch(&self, wanted: ChunkRange) -> Vec<ChunkRange> {
+    /// Marks the first run of chunks of `wanted` that are neither present nor being fetched
+    /// (at most one fetch's worth) in flight and returns it, for the caller to fetch; no
+    /// read waits for it yet.
+    pub fn prefetch(&self, wanted: ChunkRange) -> Option<ChunkRange> {
         let mut state = self.lock();
         if state.poisoned.is_some() {
-            return Vec::new();
+            return None;
         }
-        self.plan_fetches(&mut state, wanted, 0)
+        let missing = |s: &State, i: u64| !s.present.get(i) && !s.inflight.get(i);
+        let first = (wanted.first..wanted.end).find(|&i| missing(&state, i))?;
+        let limit = wanted.end.min(first + MAX_FETCH_CHUNKS);
+        let end = (first..limit)
+            .find(|&i| !missing(&state, i))
+            .unwrap_or(limit);
+        for i in first..end {
+            state.inflight.set(i, true);
+        }
+        Some(ChunkRange { first, end })
     }
 
     /// Picks the missing chunks of `needed`, plus read-ahead up to `readahead_end` when the
@@ -692,14 +702,25 @@ pub mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BackingStore::create(dir.path(), 4 * CHUNK_SIZE).unwrap();
         let head = ChunkRange { first: 0, end: 1 };
-        assert_eq!(store.prefetch(head), [head]);
-        assert!(store.prefetch(head).is_empty(), "already in flight");
+        assert_eq!(store.prefetch(head), Some(head));
+        assert_eq!(store.prefetch(head), None, "already in flight");
         let (r, rx) = reply();
         let (plan, fetches) = store.read(0, 0, 10, 0, "test", r);
         assert!(matches!(plan, ReadPlan::Parked(_)) && fetches.is_empty());
         fill(&store, head, 9);
         assert_eq!(rx.try_recv().unwrap().unwrap(), vec![9; 10]);
-        assert!(store.prefetch(head).is_empty(), "present");
+        assert_eq!(store.prefetch(head), None, "present");
+        // Only the missing part, and never more than one fetch's worth.
+        let big = BackingStore::create(dir.path(), 200 * CHUNK_SIZE).unwrap();
+        fill(&big, ChunkRange { first: 0, end: 2 }, 1);
+        let all = ChunkRange { first: 0, end: 200 };
+        assert_eq!(
+            big.prefetch(all),
+            Some(ChunkRange {
+                first: 2,
+                end: 2 + MAX_FETCH_CHUNKS
+            })
+        );
     }
 
     #[test]
