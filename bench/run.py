@@ -631,6 +631,20 @@ http {{
             os.close(fd)
         raise BenchError("5 re-stagings in a row opened the replaced entry")
 
+    def fs_first4k_samples(self, count, offset):
+        """`count` timings of open + 4 KiB at `offset` + close, each right after a re-stage;
+        samples whose open reached the replaced entry are redone (bounded)."""
+        lat, attempts = [], 0
+        while len(lat) < count:
+            attempts += 1
+            if attempts > 2 * count + 5:
+                raise BenchError("too many re-stagings opened the replaced entry")
+            self.fs_stage()
+            dt, ino = self.open_first4k(self.fs_path, offset)
+            if self.fs_fresh(ino):
+                lat.append(dt)
+        return lat
+
     def mid_offset(self):
         """A page in the middle of the file, far past the head fetched at staging."""
         return self.size // 2 // PAGE * PAGE
@@ -735,15 +749,7 @@ http {{
         # Reported on its own: the first re-stage replaces the fully read entry of the runs
         # above, and its teardown is paid by the next lookup. The samples that follow each
         # replace an entry with only its first few KiB fetched.
-        lat, attempts = [], 0
-        while len(lat) < n + 1:
-            attempts += 1
-            if attempts > 2 * n + 5:
-                raise BenchError("too many re-stagings opened the replaced entry")
-            self.fs_stage()
-            dt, ino = self.open_first4k(self.fs_path)
-            if self.fs_fresh(ino):
-                lat.append(dt)
+        lat = self.fs_first4k_samples(n + 1, 0)
         R["fusestream"]["open_first4k_after_full_replace"] = lat[0]
         R["fusestream"]["open_first4k"] = lat[1:]
         # The same with the first read in the middle: staging fetched only the head, so this
@@ -751,13 +757,7 @@ http {{
         mid = self.mid_offset()
         log(f"open+first 4 KiB at {mid}: curl and FuseStream x{n}")
         R["curl"]["open_mid4k"] = [self.curl_ranges([mid])[0] for _ in range(n)]
-        lat = []
-        while len(lat) < n:
-            self.fs_stage()
-            dt, ino = self.open_first4k(self.fs_path, mid)
-            if self.fs_fresh(ino):
-                lat.append(dt)
-        R["fusestream"]["open_mid4k"] = lat
+        R["fusestream"]["open_mid4k"] = self.fs_first4k_samples(n, mid)
         if self.rclone_bin:
             n_rc = min(n, a.rclone_latency_samples)
             log(f"open+first 4 KiB (at 0 and at {mid}): rclone x{n_rc} fresh mounts each")

@@ -118,6 +118,11 @@ struct State {
 }
 
 impl State {
+    /// Whether chunk `i` is neither present nor being fetched: a fetch may claim it.
+    fn missing(&self, i: u64) -> bool {
+        !self.present.get(i) && !self.inflight.get(i)
+    }
+
     /// Removes and returns the parked reads whose chunk range satisfies `pred`.
     fn take_parked_where(&mut self, pred: impl Fn(ChunkRange, &Bitmap) -> bool) -> Vec<ParkedRead> {
         let (taken, waiting) = std::mem::take(&mut self.parked)
@@ -380,12 +385,9 @@ impl BackingStore {
         if state.poisoned.is_some() {
             return None;
         }
-        let missing = |s: &State, i: u64| !s.present.get(i) && !s.inflight.get(i);
-        let first = (wanted.first..wanted.end).find(|&i| missing(&state, i))?;
+        let first = (wanted.first..wanted.end).find(|&i| state.missing(i))?;
         let limit = wanted.end.min(first + MAX_FETCH_CHUNKS);
-        let end = (first..limit)
-            .find(|&i| !missing(&state, i))
-            .unwrap_or(limit);
+        let end = (first..limit).find(|&i| !state.missing(i)).unwrap_or(limit);
         for i in first..end {
             state.inflight.set(i, true);
         }
@@ -402,17 +404,16 @@ impl BackingStore {
         needed: ChunkRange,
         readahead_end: u64,
     ) -> Vec<ChunkRange> {
-        let missing = |s: &State, i: u64| !s.present.get(i) && !s.inflight.get(i);
         let mut wanted: Vec<u64> = (needed.first..needed.end)
-            .filter(|&i| missing(state, i))
+            .filter(|&i| state.missing(i))
             .collect();
         let ra_end = readahead_end.min(self.size).div_ceil(CHUNK_SIZE);
         if ra_end > needed.end {
             let frontier = (needed.end..ra_end)
-                .find(|&i| missing(state, i))
+                .find(|&i| state.missing(i))
                 .unwrap_or(ra_end);
             if (frontier - needed.end) * 2 <= ra_end - needed.end {
-                wanted.extend((frontier..ra_end).filter(|&i| missing(state, i)));
+                wanted.extend((frontier..ra_end).filter(|&i| state.missing(i)));
             }
         }
         let mut ranges: Vec<ChunkRange> = Vec::new();
