@@ -4,7 +4,9 @@
 //! no open handle is simply dropped, and its unnamed temp file with it). When fetched
 //! bytes push the total over the budget, a background task evicts whole objects that no
 //! one has open, least recently read first, by swapping in an empty file (see
-//! `BackingStore::reset_if_idle`). Objects that are open are never evicted: a reader
+//! `BackingStore::reset_if_idle`, which asks again, under the store's lock, that nothing
+//! is open, parked or being fetched: a reader judged ready before the swap keeps the old
+//! file, so eviction never yields zeros). Objects that are open are never evicted: a reader
 //! would otherwise refetch what it is reading; if only open objects remain over budget,
 //! the budget is exceeded and a warning says why. Nothing here runs on a FUSE thread.
 
@@ -85,7 +87,7 @@ impl Cache {
         }
     }
 
-    async fn evict_to(&self, max: u64) {
+    pub(crate) async fn evict_to(&self, max: u64) {
         let mut objects = self.live();
         let mut used: u64 = objects.iter().map(|o| o.store.present_bytes()).sum();
         if used <= max {
@@ -110,7 +112,10 @@ impl Cache {
                     }
                     Err(_) => return,
                 };
-            if let Some(freed) = object.store.reset_if_idle(fresh) {
+            if let Some(freed) = object
+                .store
+                .reset_if_idle(fresh, || object.open_handles() == 0)
+            {
                 used -= freed.min(used);
                 self.evictions.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(source = %object.source, freed, "evicted");

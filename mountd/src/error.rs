@@ -20,6 +20,9 @@ pub enum FsError {
     Interrupted,
     #[error("fetch failed: {0}")]
     Fetch(String),
+    /// The entry's origin is down (its circuit breaker is open): failed without trying.
+    #[error("remote unavailable: {0}")]
+    Unavailable(String),
     #[error("remote object changed since it was staged: {0}")]
     Changed(String),
     #[error("backing store: {0}")]
@@ -37,7 +40,10 @@ impl FsError {
             FsError::ReadOnly => libc::EROFS,
             FsError::TimedOut(_) => libc::ETIMEDOUT,
             FsError::Interrupted => libc::EINTR,
-            FsError::Fetch(_) | FsError::Changed(_) | FsError::Store(_) => libc::EIO,
+            FsError::Fetch(_)
+            | FsError::Unavailable(_)
+            | FsError::Changed(_)
+            | FsError::Store(_) => libc::EIO,
         }
     }
 }

@@ -2,7 +2,10 @@
 //! backing stores, serves the `fusestream.v1.Mount` gRPC API, and only ever sees temp URLs.
 //!
 //! Layout: `fuse` (thin fuser adapter) → `fs` (filesystem core: namespace, handles, read
-//! path) → `store` (sparse backing store, parked reads) and `fetch` (HTTP range fetches);
+//! path) → `reads` (each read answered exactly once; interrupts), `store` (sparse backing
+//! store, parked reads) and `fetch` (range fetches from a `RangeSource`: retry policy,
+//! per-origin slots and circuit breakers); `timers` runs read deadlines and the watchdog on
+//! a runtime of their own; `sync` is where the model checker swaps in its primitives;
 //! `cache` keeps the stores within their disk budget; `events` tells subscribers;
 //! `api` is the gRPC service; `mount` mounts and unmounts; `ops` tracks each FUSE op from
 //! ENTER to EXIT; `watchdog` flags ops in flight too long; `metrics` is what the
@@ -19,7 +22,10 @@ pub mod metrics;
 pub mod mount;
 pub mod object;
 pub mod ops;
+pub mod reads;
 pub mod store;
+pub mod sync;
+pub mod timers;
 pub mod watchdog;
 
 pub use error::FsError;

@@ -16,6 +16,7 @@ use fusestream_mountd::fuse::{FuseAdapter, NotifierCache};
 use fusestream_mountd::metrics::MountMetrics;
 use fusestream_mountd::mount;
 use fusestream_mountd::ops::OpKind;
+use fusestream_mountd::timers::Timers;
 use fusestream_mountd::watchdog::{self, StallPolicy};
 use fusestream_shared::api::mount_server::MountServer;
 use fusestream_shared::telemetry::{self, LogTarget, Telemetry};
@@ -155,7 +156,8 @@ async fn run(args: Args, telemetry: &Telemetry) -> Result<(), String> {
     let cache = Arc::new(Cache::new(cache_dir, cache_max));
     tokio::spawn(cache.clone().run());
     let events = Arc::new(Events::default());
-    let fetcher = Fetcher::new(
+    let timers = Timers::start().map_err(|e| format!("starting the timer thread: {e}"))?;
+    let fetcher = Fetcher::http(
         runtime.clone(),
         FetchConfig::default(),
         cache.clone(),
@@ -172,6 +174,7 @@ async fn run(args: Args, telemetry: &Telemetry) -> Result<(), String> {
         fetcher,
         events.clone(),
         runtime,
+        timers.handle().clone(),
     ));
 
     let mut config = fuser::Config::default();
@@ -207,7 +210,7 @@ async fn run(args: Args, telemetry: &Telemetry) -> Result<(), String> {
         tracing::info!("kernel read-ahead left at its default: {e}");
     }
 
-    tokio::spawn(watchdog::run());
+    timers.handle().spawn(watchdog::run());
     let metrics_addr = metrics_listener
         .as_ref()
         .and_then(|l| l.local_addr().ok())
@@ -258,8 +261,12 @@ async fn run(args: Args, telemetry: &Telemetry) -> Result<(), String> {
         Ok(signal) => {
             tracing::info!(signal, "shutting down");
             let _ = readiness::notify("STOPPING=1");
-            if let Err(e) = mount::unmount(&mountpoint) {
-                tracing::error!("unmount: {e}");
+            // umount can wait on the kernel (a busy mount): not on a runtime worker.
+            let target = mountpoint.clone();
+            match tokio::task::spawn_blocking(move || mount::unmount(&target)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("unmount: {e}"),
+                Err(e) => tracing::error!("unmount: {e}"),
             }
         }
         Err(result) => tracing::warn!(?result, "FUSE session ended (unmounted from outside?)"),

@@ -2,7 +2,7 @@
 //!
 //! Everything is read from where it already lives: op latency, errors and stalls from
 //! `ops`, what is in flight and stalled now from the op registry, fetch counters from
-//! `fetch::STATS`, entries, handles and cache use from the filesystem core, dropped
+//! the fetcher's `FetchStats`, entries, handles and cache use from the filesystem core, dropped
 //! telemetry from the telemetry pipeline. Every op kind is listed, with zeros, so a
 //! dashboard has a series for each from the start.
 
@@ -12,7 +12,6 @@ use std::time::Duration;
 use fusestream_shared::metrics::{Exposition, Kind};
 use fusestream_shared::telemetry::TelemetryStats;
 
-use crate::fetch;
 use crate::fs::Fs;
 use crate::ops::{self, OpKind};
 
@@ -105,7 +104,7 @@ impl MountMetrics {
     }
 
     fn render_fetches(&self, out: &mut Exposition) {
-        let stats = &fetch::STATS;
+        let stats = self.fs.fetcher().stats();
         let name = "fusestream_fetch_requests_total";
         out.family(
             name,
@@ -126,6 +125,12 @@ impl MountMetrics {
             Kind::Counter,
             "Fetch attempts retried after a transient failure.",
             stats.retries() as f64,
+        );
+        out.single(
+            "fusestream_fetch_refused_total",
+            Kind::Counter,
+            "Fetches failed at once because their remote's circuit breaker was open.",
+            stats.refused() as f64,
         );
         let name = "fusestream_fetch_errors_total";
         out.family(name, Kind::Counter, "Failed fetch attempts, by reason.");

@@ -1,8 +1,8 @@
 //! A staged remote object: what it is (pinned version), where to fetch it (its temp URL,
 //! which the control plane renews) and its backing store.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Semaphore, watch};
@@ -41,7 +41,7 @@ pub struct Object {
     pub gid: u32,
     pub store: BackingStore,
     /// Fetch slots of this object.
-    pub fetch_permits: Semaphore,
+    pub fetch_permits: Arc<Semaphore>,
     temp_url: watch::Sender<TempUrl>,
     open_handles: AtomicU32,
     /// The spans of the fetches running, so a read that waits on a fetch another read
@@ -66,7 +66,7 @@ impl Object {
             uid: owner.0,
             gid: owner.1,
             store,
-            fetch_permits: Semaphore::new(FETCHES_PER_OBJECT),
+            fetch_permits: Arc::new(Semaphore::new(FETCHES_PER_OBJECT)),
             temp_url: watch::Sender::new(TempUrl {
                 url,
                 expires_unix: url_expires_unix,

@@ -13,9 +13,8 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::events::Events;
-use crate::fs::{EntryInfo, Fs, NamespaceError, NewEntry};
+use crate::fs::{EntryInfo, Fs, NamespaceError, NewEntry, StageError};
 use crate::object::Version;
-use crate::store::BackingStore;
 
 pub struct MountService {
     fs: Arc<Fs>,
@@ -225,12 +224,7 @@ impl Mount for MountService {
             .ok_or_else(|| Status::invalid_argument("entry.version is required"))?;
         check_size(version.size)?;
         let last_modified = unix_time(version.last_modified_unix)?;
-        let dir = self.fs.cache().dir().clone();
         let size = version.size;
-        let store = tokio::task::spawn_blocking(move || BackingStore::create(&dir, size))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::resource_exhausted(format!("creating the backing store: {e}")))?;
         let entry = NewEntry {
             name: spec.name,
             url: spec.url,
@@ -246,9 +240,14 @@ impl Mount for MountService {
         let name = entry.name.clone();
         let info = self
             .fs
-            .add(entry, store, request.replace)
+            .stage(entry, request.replace)
             .await
-            .map_err(status_of)?;
+            .map_err(|e| match e {
+                StageError::Namespace(e) => status_of(e),
+                StageError::Store(e) => {
+                    Status::resource_exhausted(format!("creating the backing store: {e}"))
+                }
+            })?;
         tracing::info!(name, size, "staged");
         Ok(Response::new(api::AddEntryResponse {
             entry: Some(to_api(info)),

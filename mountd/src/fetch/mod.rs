@@ -1,55 +1,73 @@
-//! The data path's network side: HTTP range fetches from an entry's temp URL into its
+//! The data path's network side: range fetches from an entry's temp URL into its
 //! backing store.
 //!
 //! FUSE callbacks hand work to the fetcher with [`Fetcher::start`], which only spawns a
 //! task on the runtime (no waiting). Each task fetches one chunk range with a single
-//! `GET` + `Range`, writes the body into the store as it streams, and marks chunks present
-//! as soon as each is complete, so parked reads are answered while the rest of the range
-//! is still arriving. Requests are pinned to the staged version (`If-Match`, or
-//! `If-Unmodified-Since` without an ETag): a changed object fails reads instead of mixing
-//! bytes. Transient failures (connect errors, resets, 5xx, 429, a body that stalls) are
-//! retried with backoff (or the server's Retry-After), resuming at the first byte not yet
-//! received. A temp URL refused with 401/403 is reported as an event; the fetch waits,
-//! asynchronously, for the control plane to install a new one, then resumes.
+//! ranged GET from a [`RangeSource`] (HTTP in the daemon, memory in tests), writes the
+//! body into the store as it streams, and marks chunks present as soon as each is
+//! complete, so parked reads are answered while the rest of the range is still arriving.
+//! Requests are pinned to the staged version (`If-Match`, or `If-Unmodified-Since` without
+//! an ETag): a changed object fails reads instead of mixing bytes.
+//!
+//! After a failed attempt, what to do is decided by `policy::next_step`, a pure function
+//! of the error and the counts: retry after a back-off (or the server's Retry-After),
+//! ask the control plane for a new temp URL (a 401/403 is reported as an event and the
+//! fetch waits, asynchronously, for the renewed one), or give up. No slot is held during
+//! any of those waits: an attempt takes its slots (the object's, then its origin's, see
+//! `origins`) when it starts and lets go when it ends. Each origin's circuit breaker
+//! fails fetches at once while the origin is down (see `policy`), with the reason in the
+//! reads' errors and in the entry's listing.
+//!
+//! A fetch task owes its chunks until it delivers them: if it ends any other way
+//! (returns early, panics, is cancelled with the runtime), its drop guard ([`Owed`])
+//! releases them and fails the reads parked on them, so nothing waits for a fetch that
+//! no longer exists.
 //!
 //! Each fetch is a `fetch` span, traced as a child of the read that started it (reads that
-//! share it link to it, see `Object::link_running_fetches`), and is counted in [`STATS`]
-//! for metrics.
+//! share it link to it, see `Object::link_running_fetches`), and is counted in
+//! [`FetchStats`] for metrics.
+
+mod origins;
+pub mod policy;
+pub mod source;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fusestream_shared::telemetry::TraceParent;
+use futures_util::StreamExt;
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
+
+pub use origins::origin_of;
+use origins::{Origin, Origins, Slot};
+use policy::{Admission, Next};
+use source::{HttpSource, RangeRequest, RangeResponse, RangeSource};
 
 use crate::FsError;
 use crate::cache::Cache;
 use crate::events::Events;
 use crate::object::Object;
-use crate::store::{CHUNK_SIZE, ChunkRange};
+use crate::store::{BackingStore, CHUNK_SIZE, ChunkRange};
 
-/// The longest Retry-After honoured; a server asking for more gets this.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// How long a fetch whose URL was rejected waits for a renewed one.
 const RENEWAL_WAIT: Duration = Duration::from_secs(30);
 /// Fetches at least this long allocate their blocks first (see `BackingStore::allocate`).
 const PREALLOCATE_MIN: u64 = 1 << 20;
-/// Renewals one fetch asks for before it gives up.
-const MAX_RENEWALS: u32 = 3;
 
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
-    /// Fetches running at once, over all objects.
+    /// Fetches running at once beyond each origin's reserved one, shared by all origins.
     pub max_concurrent: usize,
-    /// How many of those may be prefetches (see [`Fetcher::try_prefetch`]), so that
-    /// prefetches of objects on a dead remote can never take the slots reads need.
+    /// Fetches of one origin running at once.
+    pub per_origin: usize,
+    /// How many prefetches may run at once (see [`Fetcher::try_prefetch`]).
     pub max_prefetches: usize,
-    /// A body that delivers no bytes for this long is abandoned and retried.
+    /// A response or body that delivers nothing for this long is abandoned and retried.
     pub stall_timeout: Duration,
     /// Attempts per range before reads fail.
     pub max_attempts: u32,
@@ -59,6 +77,7 @@ impl Default for FetchConfig {
     fn default() -> Self {
         FetchConfig {
             max_concurrent: 16,
+            per_origin: 8,
             max_prefetches: 4,
             stall_timeout: Duration::from_secs(10),
             max_attempts: 4,
@@ -68,7 +87,7 @@ impl Default for FetchConfig {
 
 /// Why one attempt failed. Messages never contain the URL (it carries a signature).
 #[derive(Debug, Error)]
-enum FetchError {
+pub enum FetchError {
     #[error("{0}")]
     Network(String),
     #[error("no data for {0:?}")]
@@ -104,22 +123,16 @@ pub const ERROR_REASONS: [&str; 7] = [
     "disk",
 ];
 
-/// Fetch counters, process-wide (like the op registry), read by the metrics endpoint.
-#[derive(Debug)]
+/// Fetch counters of one fetcher, read by the metrics endpoint.
+#[derive(Debug, Default)]
 pub struct FetchStats {
     bytes: AtomicU64,
     retries: AtomicU64,
+    refused: AtomicU64,
     /// Responses by HTTP status, and requests that got none ("error").
     requests: Mutex<BTreeMap<String, u64>>,
     errors: [AtomicU64; ERROR_REASONS.len()],
 }
-
-pub static STATS: FetchStats = FetchStats {
-    bytes: AtomicU64::new(0),
-    retries: AtomicU64::new(0),
-    requests: Mutex::new(BTreeMap::new()),
-    errors: [const { AtomicU64::new(0) }; ERROR_REASONS.len()],
-};
 
 impl FetchStats {
     /// Bytes received from remotes.
@@ -129,6 +142,11 @@ impl FetchStats {
 
     pub fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Fetches failed at once because their origin's breaker was open.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Requests by outcome: the HTTP status, or "error" when no response came.
@@ -165,7 +183,14 @@ impl FetchError {
         }
     }
 
+    /// Whether another attempt may succeed.
     fn retryable(&self) -> bool {
+        self.origin_unwell()
+    }
+
+    /// Whether the failure says the origin itself is unwell (down, overloaded), rather
+    /// than something about this object or this daemon.
+    fn origin_unwell(&self) -> bool {
         match self {
             FetchError::Network(_) | FetchError::Stalled(_) => true,
             FetchError::Status { status, .. } => {
@@ -177,47 +202,111 @@ impl FetchError {
             | FetchError::Store(_) => false,
         }
     }
-
-    fn network(e: reqwest::Error) -> FetchError {
-        FetchError::Network(e.without_url().to_string())
-    }
 }
 
-/// The daemon-wide fetch slots a running fetch holds (a prefetch: two, see
-/// [`Fetcher::try_prefetch`]).
-type Slots = Vec<OwnedSemaphorePermit>;
+/// What a running attempt holds: a fetch slot of its object and one of its origin.
+struct Held {
+    _object: OwnedSemaphorePermit,
+    _origin: Slot,
+    /// A prefetch's first attempt also holds one of the prefetch permits.
+    _prefetch: Option<OwnedSemaphorePermit>,
+}
 
 #[derive(Debug, Clone)]
 pub struct Fetcher {
-    client: reqwest::Client,
-    permits: Arc<Semaphore>,
-    /// Taken, with a daemon-wide permit, by prefetches only.
+    source: Arc<dyn RangeSource>,
+    origins: Arc<Origins>,
+    /// Taken by prefetches only, for their first attempt.
     prefetch_permits: Arc<Semaphore>,
     runtime: tokio::runtime::Handle,
     config: FetchConfig,
     cache: Arc<Cache>,
     events: Arc<Events>,
+    stats: Arc<FetchStats>,
+}
+
+/// The chunks a fetch task still owes. If the task ends without delivering them (it
+/// returned early, panicked, or was cancelled), dropping this releases them and fails the
+/// reads parked on them: a later read fetches them again.
+struct Owed {
+    object: Arc<Object>,
+    chunks: ChunkRange,
+}
+
+impl Owed {
+    /// Everything from `byte` on is still owed.
+    fn delivered_up_to(&mut self, byte: u64) {
+        self.chunks.first = (byte / CHUNK_SIZE).max(self.chunks.first);
+    }
+
+    fn settled(&mut self) {
+        self.chunks.first = self.chunks.end;
+    }
+
+    /// Fails the rest with `error` (a changed object poisons the whole store).
+    fn fail(&mut self, error: FsError) {
+        match error {
+            FsError::Changed(_) => self.object.store.poison(error),
+            error => self.object.store.abandon(self.chunks, error),
+        }
+        self.settled();
+    }
+}
+
+impl Drop for Owed {
+    fn drop(&mut self) {
+        if self.chunks.first < self.chunks.end {
+            self.object.store.abandon(
+                self.chunks,
+                FsError::Fetch("the fetch ended before its bytes arrived".into()),
+            );
+        }
+    }
 }
 
 impl Fetcher {
+    /// A fetcher over `source`.
     pub fn new(
+        runtime: tokio::runtime::Handle,
+        config: FetchConfig,
+        cache: Arc<Cache>,
+        events: Arc<Events>,
+        source: Arc<dyn RangeSource>,
+    ) -> Fetcher {
+        Fetcher {
+            source,
+            origins: Arc::new(Origins::new(config.max_concurrent, config.per_origin)),
+            prefetch_permits: Arc::new(Semaphore::new(config.max_prefetches)),
+            runtime,
+            config,
+            cache,
+            events,
+            stats: Arc::default(),
+        }
+    }
+
+    /// The daemon's fetcher: HTTP(S), pooling as many connections per host as fetches
+    /// of one origin may run.
+    pub fn http(
         runtime: tokio::runtime::Handle,
         config: FetchConfig,
         cache: Arc<Cache>,
         events: Arc<Events>,
     ) -> reqwest::Result<Fetcher> {
         let client = fusestream_shared::http::client_builder()
-            .pool_max_idle_per_host(config.max_concurrent)
+            .pool_max_idle_per_host(config.per_origin)
             .build()?;
-        Ok(Fetcher {
-            client,
-            permits: Arc::new(Semaphore::new(config.max_concurrent)),
-            prefetch_permits: Arc::new(Semaphore::new(config.max_prefetches)),
-            runtime,
-            config,
-            cache,
-            events,
-        })
+        let source = Arc::new(HttpSource::new(client));
+        Ok(Fetcher::new(runtime, config, cache, events, source))
+    }
+
+    pub fn stats(&self) -> &FetchStats {
+        &self.stats
+    }
+
+    /// Why fetches from `url`'s origin fail at once now, if they do.
+    pub fn origin_trouble(&self, url: &str) -> Option<String> {
+        self.origins.get(url).trouble()
     }
 
     /// Starts fetching `chunks` of `object`. Never waits: safe in a FUSE callback. The
@@ -227,24 +316,38 @@ impl Fetcher {
     }
 
     /// Starts fetching the chunks `claim` marks in flight (at most one fetch's worth), if
-    /// a fetch slot is free now: a prefetch never queues, and holds at most
-    /// `max_prefetches` of the slots. Returns whether it started. Never waits.
+    /// slots are free now and the origin is not down: a prefetch never queues to start,
+    /// and at most `max_prefetches` run at once. Returns whether it started. Never waits.
+    /// Should its first attempt fail, it retries like any fetch (a read may share it by
+    /// then), queueing only behind fetches of its own origin.
     pub fn try_prefetch(
         &self,
         object: Arc<Object>,
         cause: &TraceParent,
         claim: impl FnOnce() -> Option<ChunkRange>,
     ) -> bool {
+        let origin = self.origins.get(&object.temp_url().url);
+        if !origin.breaker().is_closed() {
+            return false;
+        }
         let Ok(prefetch) = self.prefetch_permits.clone().try_acquire_owned() else {
             return false;
         };
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+        let Ok(object_permit) = object.fetch_permits.clone().try_acquire_owned() else {
+            return false;
+        };
+        let Some(slot) = self.origins.try_acquire(&origin) else {
             return false;
         };
         let Some(chunks) = claim() else {
             return false;
         };
-        self.spawn(object, chunks, cause, Some(vec![permit, prefetch]));
+        let held = Held {
+            _object: object_permit,
+            _origin: slot,
+            _prefetch: Some(prefetch),
+        };
+        self.spawn(object, chunks, cause, Some(held));
         true
     }
 
@@ -253,7 +356,7 @@ impl Fetcher {
         object: Arc<Object>,
         chunks: ChunkRange,
         cause: &TraceParent,
-        held: Option<Slots>,
+        held: Option<Held>,
     ) {
         let range = object.store.byte_range(chunks);
         let span = tracing::debug_span!(
@@ -268,28 +371,33 @@ impl Fetcher {
         object.fetch_started(chunks, &span);
         let fetcher = self.clone();
         let fetch = async move {
-            fetcher.run(object.clone(), chunks, held).await;
+            let owed = Owed {
+                object: object.clone(),
+                chunks,
+            };
+            fetcher.run(owed, held).await;
             object.fetch_ended(chunks);
         };
         self.runtime.spawn(fetch.instrument(span));
     }
 
-    /// Fetches `chunks`; `held` are the daemon-wide (and prefetch) permits a prefetch took
-    /// when it started.
-    async fn run(self, object: Arc<Object>, chunks: ChunkRange, held: Option<Slots>) {
-        // Per object first, so one busy object can not hold the daemon-wide slots idle
-        // (a prefetch holds one already, but of a new object, whose slots are free).
-        let Ok(_object_permit) = object.fetch_permits.acquire().await else {
-            return;
-        };
-        let _slots = match held {
-            Some(held) => held,
-            None => match self.permits.clone().acquire_owned().await {
-                Ok(permit) => vec![permit],
-                Err(_) => return,
-            },
-        };
-        let range = object.store.byte_range(chunks);
+    /// The slots for one attempt of a fetch of `object` from `origin`: the object's first
+    /// (so one busy object can not hold its origin's slots idle), then the origin's.
+    async fn acquire(&self, object: &Object, origin: &Origin) -> Option<Held> {
+        let object_permit = object.fetch_permits.clone().acquire_owned().await.ok()?;
+        let slot = self.origins.acquire(origin).await?;
+        Some(Held {
+            _object: object_permit,
+            _origin: slot,
+            _prefetch: None,
+        })
+    }
+
+    /// Fetches what `owed` names, attempt after attempt; `first` are the slots a prefetch
+    /// took when it started, for its first attempt.
+    async fn run(self, mut owed: Owed, mut first: Option<Held>) {
+        let object = owed.object.clone();
+        let range = object.store.byte_range(owed.chunks);
         let mut next = range.start;
         let mut attempt = 1;
         let mut renewals = 0;
@@ -298,68 +406,73 @@ impl Fetcher {
             tracing::Span::current().record("attempts", attempt);
         };
         loop {
-            let error = match self.attempt(&object, &mut next, range.end).await {
+            let origin = self.origins.get(&object.temp_url().url);
+            if let Admission::Refuse(why) = origin.breaker().admit(Instant::now()) {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                record_attempts(attempt - 1);
+                owed.fail(FsError::Unavailable(format!("{} {why}", origin.name)));
+                return;
+            }
+            let held = match first.take() {
+                Some(held) => held,
+                None => match self.acquire(&object, &origin).await {
+                    Some(held) => held,
+                    None => return, // shutting down; `owed` releases the chunks
+                },
+            };
+            let result = self.attempt(&mut owed, &mut next, range.end).await;
+            drop(held);
+            let error = match result {
                 Ok(()) => {
+                    origin.breaker().answered();
                     record_attempts(attempt);
                     return;
                 }
                 Err(e) => e,
             };
-            STATS.errors[error.reason()].fetch_add(1, Ordering::Relaxed);
-            let wait = match &error {
-                FetchError::Rejected { status, generation } if renewals < MAX_RENEWALS => {
-                    // Ask for a fresh URL and wait for it without holding anything.
+            origin.breaker().failed(Instant::now(), &error);
+            self.stats.errors[error.reason()].fetch_add(1, Ordering::Relaxed);
+            match policy::next_step(&error, attempt, renewals, self.config.max_attempts) {
+                Next::Renew => {
+                    let FetchError::Rejected { status, generation } = &error else {
+                        unreachable!("only a rejected URL is renewed")
+                    };
                     renewals += 1;
                     tracing::info!(name = object.name, %status, "temp URL rejected; asking for a new one");
                     self.events.url_rejected(&object.name, status.as_u16());
                     if object.url_renewed_after(*generation, RENEWAL_WAIT).await {
                         continue;
                     }
-                    None
+                    record_attempts(attempt);
+                    tracing::warn!(%error, source = %object.source, "fetch failed");
+                    owed.fail(FsError::Fetch(format!(
+                        "temp URL rejected (HTTP {status}) and not renewed"
+                    )));
+                    return;
                 }
-                FetchError::Status {
-                    retry_after: Some(asked),
-                    ..
-                } if attempt < self.config.max_attempts => {
-                    Some(asked.min(&MAX_RETRY_AFTER).to_owned())
+                Next::Retry(pause) => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%error, attempt, "fetch failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
                 }
-                e if e.retryable() && attempt < self.config.max_attempts => {
-                    Some(Duration::from_millis(100 << attempt))
+                Next::Fail => {
+                    record_attempts(attempt);
+                    tracing::warn!(%error, source = %object.source, "fetch failed");
+                    owed.fail(match error {
+                        FetchError::Changed(reason) => FsError::Changed(reason),
+                        e => FsError::Fetch(e.to_string()),
+                    });
+                    return;
                 }
-                _ => None,
-            };
-            if let Some(wait) = wait {
-                STATS.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%error, attempt, "fetch failed; retrying");
-                tokio::time::sleep(wait).await;
-                attempt += 1;
-                continue;
             }
-            record_attempts(attempt);
-            tracing::warn!(%error, source = %object.source, "fetch failed");
-            let rest = ChunkRange {
-                first: next / CHUNK_SIZE,
-                end: chunks.end,
-            };
-            match error {
-                FetchError::Changed(reason) => object.store.poison(FsError::Changed(reason)),
-                FetchError::Rejected { status, .. } => object.store.abandon(
-                    rest,
-                    FsError::Fetch(format!("temp URL rejected (HTTP {status}) and not renewed")),
-                ),
-                e => object.store.abandon(rest, FsError::Fetch(e.to_string())),
-            }
-            return;
         }
     }
 
-    /// One request for bytes `*next..end`; advances `*next` past every byte stored.
-    async fn attempt(
-        &self,
-        object: &Arc<Object>,
-        next: &mut u64,
-        end: u64,
-    ) -> Result<(), FetchError> {
+    /// One request for bytes `*next..end`; advances `*next` past every byte stored, and
+    /// `owed` past every chunk delivered.
+    async fn attempt(&self, owed: &mut Owed, next: &mut u64, end: u64) -> Result<(), FetchError> {
+        let object = owed.object.clone();
         // Read-ahead sized fetches only: the saving is per byte, while the call can wait on
         // the file system's journal, which a small (random) read would feel. Again on a
         // retry: cheap where already allocated, and space may have been freed.
@@ -370,34 +483,34 @@ impl Fetcher {
                 .map_err(FetchError::Store)?;
         }
         let temp_url = object.temp_url();
-        let mut request = self.client.get(&temp_url.url).header(
-            reqwest::header::RANGE,
-            format!("bytes={}-{}", *next, end - 1),
-        );
         let version = &object.version;
         // If-Match needs a strong ETag; a weak one falls back to the modification time.
-        if !version.etag.is_empty() && !version.etag.starts_with("W/") {
-            request = request.header(reqwest::header::IF_MATCH, &version.etag);
-        } else if let Some(modified) = version.last_modified {
-            request = request.header(
-                reqwest::header::IF_UNMODIFIED_SINCE,
-                httpdate::fmt_http_date(modified),
-            );
-        }
+        let strong_etag = !version.etag.is_empty() && !version.etag.starts_with("W/");
+        let request = RangeRequest {
+            url: temp_url.url.clone(),
+            start: *next,
+            end,
+            if_match: strong_etag.then(|| version.etag.clone()),
+            if_unmodified_since: if strong_etag {
+                None
+            } else {
+                version.last_modified
+            },
+        };
         let stall = self.config.stall_timeout;
-        let sent = tokio::time::timeout(stall, request.send())
+        let sent = tokio::time::timeout(stall, self.source.get(request))
             .await
             .map_err(|_| FetchError::Stalled(stall))
-            .and_then(|r| r.map_err(FetchError::network));
+            .and_then(|r| r.map_err(FetchError::Network));
         let mut response = match sent {
             Ok(response) => response,
             Err(e) => {
-                STATS.request("error".into());
+                self.stats.request("error".into());
                 return Err(e);
             }
         };
-        STATS.request(response.status().as_u16().to_string());
-        tracing::Span::current().record("http.status_code", response.status().as_u16());
+        self.stats.request(response.status.to_string());
+        tracing::Span::current().record("http.status_code", response.status);
         check_response(&response, *next, version.size).map_err(|e| match e {
             FetchError::Status { status, .. } if matches!(status.as_u16(), 401 | 403) => {
                 FetchError::Rejected {
@@ -411,10 +524,11 @@ impl Fetcher {
         // First chunk not yet complete (a resumed attempt may start inside it).
         let mut completed_up_to = *next / CHUNK_SIZE;
         while *next < end {
-            let body = tokio::time::timeout(stall, response.chunk())
+            let body = tokio::time::timeout(stall, response.body.next())
                 .await
                 .map_err(|_| FetchError::Stalled(stall))?
-                .map_err(FetchError::network)?;
+                .transpose()
+                .map_err(FetchError::Network)?;
             let Some(mut data) = body else {
                 return Err(FetchError::Network(format!(
                     "body ended at byte {} of range ending at {end}",
@@ -427,7 +541,9 @@ impl Fetcher {
                 .write(*next, &data)
                 .map_err(FetchError::Store)?;
             *next += data.len() as u64;
-            STATS.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            self.stats
+                .bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
             let done = if *next == object.size() {
                 next.div_ceil(CHUNK_SIZE)
             } else {
@@ -438,34 +554,32 @@ impl Fetcher {
                     first: completed_up_to,
                     end: done,
                 });
+                owed.delivered_up_to(done * CHUNK_SIZE);
                 if *next == end {
                     // Nothing more to receive: answer here, saving the hand-off to another
                     // thread (the larger part of a small random read's wait).
-                    object.store.answer_all(ready);
+                    BackingStore::answer_all(ready);
                 } else if !ready.is_empty() {
                     // Answering (a pread and a write to /dev/fuse per read) runs on the
                     // blocking pool, so this task goes on receiving meanwhile.
-                    let object = object.clone();
-                    tokio::task::spawn_blocking(move || object.store.answer_all(ready));
+                    tokio::task::spawn_blocking(move || BackingStore::answer_all(ready));
                 }
                 self.cache.grew();
                 completed_up_to = done;
             }
         }
+        owed.settled();
         Ok(())
     }
 }
 
 /// Checks that `response` carries the object's bytes from `start`.
-fn check_response(response: &reqwest::Response, start: u64, size: u64) -> Result<(), FetchError> {
-    let status = response.status();
-    match status.as_u16() {
+fn check_response(response: &RangeResponse, start: u64, size: u64) -> Result<(), FetchError> {
+    let status = reqwest::StatusCode::from_u16(response.status)
+        .map_err(|_| FetchError::Protocol(format!("HTTP status {}", response.status)))?;
+    match response.status {
         206 => {
-            let content_range = response
-                .headers()
-                .get(reqwest::header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
+            let content_range = response.content_range.as_deref().unwrap_or_default();
             let (got_start, total) = parse_content_range(content_range).ok_or_else(|| {
                 FetchError::Protocol(format!("bad Content-Range {content_range:?}"))
             })?;
@@ -494,11 +608,7 @@ fn check_response(response: &reqwest::Response, start: u64, size: u64) -> Result
         )),
         _ => Err(FetchError::Status {
             status,
-            retry_after: response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok()?.trim().parse().ok())
-                .map(Duration::from_secs),
+            retry_after: response.retry_after,
         }),
     }
 }

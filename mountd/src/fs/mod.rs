@@ -5,20 +5,33 @@
 //! Locks (none is ever held across I/O, and none is held while calling out of this crate):
 //! - `namespace`: tree bookkeeping; `files` and `dirs`: handle tables. Each is taken
 //!   alone, never two at once.
-//! - a handle's `readahead`, then a store's state lock (see `store`), under which only the
-//!   op registry's shard lock (`ops`, a leaf) is taken. Metadata ops never take a store lock
-//!   (the fetched-byte count they report is an atomic).
+//! - a handle's `readahead`, then a store's state lock (see `store`), under which only a
+//!   parked read's reply slot is looked at (`reads`, a leaf). Metadata ops never take a
+//!   store lock (the fetched-byte count they report is an atomic).
+//! - a shard of the read table and a read's reply slot (`reads`) are leaves, taken alone.
 //! - an object's `fetch_spans` (only while spans are exported) is a leaf, taken alone.
 //!
 //! Every operation here returns promptly: metadata is in memory, present data is a pread
-//! of the page cache, and missing data parks the reply (see `store`) with a deadline.
+//! of the page cache, and missing data parks the read (see `store`).
+//!
+//! Every read that reaches [`Fs::read`] ends exactly once: it is registered in the read
+//! table first (an interrupt that came before it answers it there), and every path that
+//! can answer it (page cache, blocking pool, the fetch that brings its bytes, a failed
+//! fetch, its deadline, an interrupt) takes its reply through its `PendingRead`. A read
+//! not answered at once gets a deadline timer on the timer runtime, a runtime of its own,
+//! so that worker threads busy with store writes can never delay it. Proven by the
+//! shuttle model in `reads`, the store's unit tests, and the reference test in `tests`
+//! (random stage, unstage, replace, open, read, interrupt, evict and release against a
+//! model, over a faulty in-memory source).
 
 mod namespace;
+#[cfg(all(test, not(feature = "shuttle")))]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use namespace::{Namespace, NodeKind};
@@ -29,7 +42,8 @@ use crate::cache::Cache;
 use crate::events::{Events, HandleCount};
 use crate::fetch::Fetcher;
 use crate::object::{Object, Version};
-use crate::store::{BackingStore, CHUNK_SIZE, DataReply, MAX_FETCH_CHUNKS, ReadPlan, chunks_of};
+use crate::reads::{DataReply, Interrupt, PendingRead, ReadTable};
+use crate::store::{BackingStore, CHUNK_SIZE, MAX_FETCH_CHUNKS, ReadPlan, chunks_of};
 use fusestream_shared::telemetry::TraceParent;
 
 /// Attribute block size and the unit `statfs` reports in.
@@ -126,6 +140,15 @@ pub struct Status {
     pub uptime: Duration,
 }
 
+/// Why an entry could not be staged.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
+    #[error("creating the backing store: {0}")]
+    Store(std::io::Error),
+}
+
 /// Tells the kernel to drop names it may have cached (entries are cached for a TTL).
 /// Implemented over FUSE notifications by the adapter; must not be called from a FUSE
 /// callback or with a core lock held (the kernel may wait on a request in that directory).
@@ -174,7 +197,11 @@ pub struct Fs {
     fetcher: Fetcher,
     /// Where handle events go (never waits).
     events: Arc<Events>,
+    /// Reads in flight, by FUSE request (interrupts find them here).
+    reads: Arc<ReadTable>,
     runtime: tokio::runtime::Handle,
+    /// Where read deadlines run: not `runtime`, whose workers write stores.
+    timers: tokio::runtime::Handle,
     kernel_cache: OnceLock<Arc<dyn KernelCache>>,
     started: Instant,
 }
@@ -191,6 +218,7 @@ impl Fs {
         fetcher: Fetcher,
         events: Arc<Events>,
         runtime: tokio::runtime::Handle,
+        timers: tokio::runtime::Handle,
     ) -> Fs {
         Fs {
             config,
@@ -202,7 +230,9 @@ impl Fs {
             cache,
             fetcher,
             events,
+            reads: Arc::default(),
             runtime,
+            timers,
             kernel_cache: OnceLock::new(),
             started: Instant::now(),
         }
@@ -237,6 +267,10 @@ impl Fs {
         &self.cache
     }
 
+    pub fn fetcher(&self) -> &Fetcher {
+        &self.fetcher
+    }
+
     // ----- FUSE operations -----
 
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
@@ -265,12 +299,11 @@ impl Fs {
     }
 
     pub fn statfs(&self) -> Statfs {
-        let ns = lock(&self.namespace);
-        let files = ns.files();
-        let bytes: u64 = files.iter().map(|(_, _, o)| o.size()).sum();
+        let totals = lock(&self.namespace).totals();
+        let blocks = totals.bytes.div_ceil(u128::from(BLOCK_SIZE));
         Statfs {
-            blocks: bytes.div_ceil(u64::from(BLOCK_SIZE)),
-            files: files.len() as u64,
+            blocks: u64::try_from(blocks).unwrap_or(u64::MAX),
+            files: totals.files,
             block_size: BLOCK_SIZE,
             name_max: fusestream_shared::names::NAME_MAX as u32,
         }
@@ -301,69 +334,76 @@ impl Fs {
     /// Reads `size` bytes at `offset` for FUSE request `unique`. Answers `reply` now if the
     /// data is present; otherwise parks it with the store, starts the fetches and returns.
     pub fn read(&self, unique: u64, fh: u64, offset: u64, size: u32, reply: Box<dyn DataReply>) {
+        let read = match self.reads.begin(unique, reply) {
+            Ok(read) => read,
+            Err(interrupted) => return interrupted.error(FsError::Interrupted),
+        };
         // A statement of its own, so the table lock is released before any reply.
         let handle = lock(&self.files).get(&fh).cloned();
         let Some(handle) = handle else {
-            return reply.error(FsError::BadHandle);
+            read.error(FsError::BadHandle);
+            return;
         };
         let object = &handle.object;
         if offset >= object.size() || size == 0 {
-            return reply.data(&[]);
+            read.data(&[]);
+            return;
         }
         let len = u64::from(size).min(object.size() - offset) as u32;
         let readahead_end = lock(&handle.readahead).advance(offset, len);
-        // The read's span is let go of before the reply can be answered (a read ends with
-        // its reply); fetches are parented on its place in the trace, and fetches already
-        // running for these bytes (the read will share them) are linked now.
-        let read_span = reply.span();
-        let cause = TraceParent::of(&read_span);
-        object.link_running_fetches(&read_span, chunks_of(offset, len));
-        drop(read_span);
-        let (plan, fetches) =
-            object
-                .store
-                .read(unique, offset, len, readahead_end, &object.source, reply);
+        // Fetches are parented on the read's place in the trace, and fetches already
+        // running for these bytes (the read will share them) are linked now. The span is
+        // let go of before the read can be answered (a read ends with its reply).
+        let cause = {
+            let read_span = read.span();
+            object.link_running_fetches(&read_span, chunks_of(offset, len));
+            TraceParent::of(&read_span)
+        };
+        let (plan, fetches) = object
+            .store
+            .read(offset, len, readahead_end, &object.source, &read);
         for &chunks in &fetches {
             self.fetcher.start(object.clone(), chunks, &cause);
         }
         match plan {
-            ReadPlan::Ready(reply) => {
-                if let Some(reply) = object.store.answer_if_cached(offset, len, reply) {
+            ReadPlan::Ready(file) => {
+                if !BackingStore::answer_if_cached(&file, offset, len, &read) {
                     // Not in the page cache: the disk read happens off this FUSE thread.
-                    let object = object.clone();
+                    self.arm_deadline(&read);
+                    let read = read.clone();
                     self.runtime
-                        .spawn_blocking(move || object.store.answer(offset, len, reply));
+                        .spawn_blocking(move || BackingStore::answer(&file, offset, len, &read));
                 }
             }
-            ReadPlan::Parked(id) => self.arm_deadline(object, id),
-            ReadPlan::Failed(reply, error) => reply.error(error),
+            ReadPlan::Parked { waiting_for } => {
+                read.waiting(waiting_for);
+                self.arm_deadline(&read);
+            }
+            ReadPlan::Failed(error) => {
+                read.error(error);
+            }
         }
     }
 
-    /// Fails parked read `id` if it is still waiting after the read timeout. The timer
-    /// holds the object weakly so it never delays removing an unstaged entry.
-    fn arm_deadline(&self, object: &Arc<Object>, id: u64) {
+    /// Fails `read` with ETIMEDOUT if it is still unanswered after the read timeout. The
+    /// timer runs on the timer runtime and ends as soon as the read is answered.
+    fn arm_deadline(&self, read: &Arc<PendingRead>) {
         let timeout = self.config.read_timeout;
-        let object: Weak<Object> = Arc::downgrade(object);
-        self.runtime.spawn(async move {
-            tokio::time::sleep(timeout).await;
-            if let Some(read) = object.upgrade().and_then(|o| o.store.take_parked(id)) {
-                read.fail(FsError::TimedOut(timeout));
+        let read = read.clone();
+        self.timers.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(timeout) => {
+                    read.error(FsError::TimedOut(timeout));
+                }
+                () = read.until_answered() => {}
             }
         });
     }
 
-    /// Answers the parked read of FUSE request `unique` with EINTR. False if no read of
-    /// that request is parked (already answered, or not seen yet).
-    pub fn interrupt(&self, unique: u64) -> bool {
-        let handles: Vec<Arc<FileHandle>> = lock(&self.files).values().cloned().collect();
-        for handle in handles {
-            if let Some(read) = handle.object.store.take_parked_request(unique) {
-                read.fail(FsError::Interrupted);
-                return true;
-            }
-        }
-        false
+    /// FUSE_INTERRUPT of request `unique`: its read is answered with EINTR, now or, if it
+    /// has not arrived yet, when it does. Never fails.
+    pub fn interrupt(&self, unique: u64) -> Interrupt {
+        self.reads.interrupt(unique)
     }
 
     pub fn release(&self, fh: u64) {
@@ -433,13 +473,15 @@ impl Fs {
 
     // ----- management (gRPC) -----
 
-    /// Stages `entry` with its already-created `store`.
-    pub async fn add(
-        &self,
-        entry: NewEntry,
-        store: BackingStore,
-        replace: bool,
-    ) -> Result<EntryInfo, NamespaceError> {
+    /// Stages `entry`: creates its backing store (off the runtime's workers), puts it in
+    /// the tree, registers it with the cache and starts fetching its head. Once this
+    /// returns, no process can still open an entry it replaced through a cached name.
+    pub async fn stage(&self, entry: NewEntry, replace: bool) -> Result<EntryInfo, StageError> {
+        let (dir, size) = (self.cache.dir().clone(), entry.version.size);
+        let store = tokio::task::spawn_blocking(move || BackingStore::create(&dir, size))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+            .map_err(StageError::Store)?;
         let object = Arc::new(Object::new(
             entry.name.clone(),
             entry.version,
@@ -515,10 +557,7 @@ impl Fs {
             entries: files.len() as u32,
             open_handles: files.iter().map(|(_, _, o)| o.open_handles()).sum(),
             bytes_fetched: files.iter().map(|(_, _, o)| o.store.present_bytes()).sum(),
-            reads_waiting: files
-                .iter()
-                .map(|(_, _, o)| o.store.parked_reads() as u32)
-                .sum(),
+            reads_waiting: self.reads.in_flight() as u32,
             uptime: self.started.elapsed(),
         }
     }
@@ -534,7 +573,10 @@ impl Fs {
             source: object.source.clone(),
             etag: object.version.etag.clone(),
             url_expires_unix: object.url_expires_unix(),
-            error: object.store.failure(),
+            error: object.store.failure().or_else(|| {
+                let url = object.temp_url().url;
+                self.fetcher.origin_trouble(&url).map(FsError::Unavailable)
+            }),
         }
     }
 }
@@ -572,23 +614,5 @@ fn attr_of(node: &namespace::Node) -> Attr {
             gid: 0,
             mtime: node.created,
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_atomic_counts_handles_and_changes() {
-        let handles = AtomicU64::new(0);
-        let count = |delta| count_handle(&handles, delta);
-        assert_eq!(count(HANDLE_OPENED), HandleCount { open: 1, change: 1 });
-        assert_eq!(count(HANDLE_OPENED), HandleCount { open: 2, change: 2 });
-        assert_eq!(count(HANDLE_CLOSED), HandleCount { open: 1, change: 3 });
-        assert_eq!(count(HANDLE_CLOSED), HandleCount { open: 0, change: 4 });
-        // The change number wraps around without touching the count.
-        handles.store(u64::from(u32::MAX) << 32 | 5, Ordering::Relaxed);
-        assert_eq!(count(HANDLE_CLOSED), HandleCount { open: 4, change: 0 });
     }
 }

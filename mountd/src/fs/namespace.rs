@@ -77,6 +77,16 @@ impl Node {
 pub struct Namespace {
     nodes: HashMap<u64, Node>,
     next_ino: u64,
+    /// Staged files and their bytes, kept as they change so that `statfs` is O(1).
+    totals: Totals,
+}
+
+/// How many files are staged, and their declared sizes added up.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub files: u64,
+    /// Wide enough that no number of files can overflow it.
+    pub bytes: u128,
 }
 
 impl Default for Namespace {
@@ -95,6 +105,7 @@ impl Default for Namespace {
         Namespace {
             nodes: HashMap::from([(ROOT_INO, root)]),
             next_ino: ROOT_INO + 1,
+            totals: Totals::default(),
         }
     }
 }
@@ -102,6 +113,11 @@ impl Default for Namespace {
 impl Namespace {
     pub fn get(&self, ino: u64) -> Option<&Node> {
         self.nodes.get(&ino)
+    }
+
+    /// What is staged, in O(1).
+    pub fn totals(&self) -> Totals {
+        self.totals
     }
 
     /// Finds `name` in directory `parent` and counts a kernel lookup on it.
@@ -280,6 +296,10 @@ impl Namespace {
     }
 
     fn add_node(&mut self, parent: u64, name: &str, kind: NodeKind) -> u64 {
+        if let NodeKind::File { object } = &kind {
+            self.totals.files += 1;
+            self.totals.bytes += u128::from(object.size());
+        }
         let ino = self.next_ino;
         self.next_ino += 1;
         self.nodes.insert(
@@ -304,6 +324,10 @@ impl Namespace {
     fn detach(&mut self, ino: u64) -> Unlinked {
         let node = self.nodes.get_mut(&ino).expect("detach of a live node");
         node.attached = false;
+        if let NodeKind::File { object } = &node.kind {
+            self.totals.files -= 1;
+            self.totals.bytes -= u128::from(object.size());
+        }
         let (parent, name, lookups) = (node.parent, node.name.clone(), node.lookups);
         if let Some(NodeKind::Dir { children }) = self.nodes.get_mut(&parent).map(|n| &mut n.kind) {
             children.remove(&name);

@@ -21,7 +21,7 @@ use fuser::{
 use crate::FsError;
 use crate::fs::{Attr, Fs, KernelCache, Kind, Unlinked};
 use crate::ops::{Op, OpKind};
-use crate::store::DataReply;
+use crate::reads::DataReply;
 
 /// How long the kernel may cache attributes and entries. Short, because entries come and
 /// go with stage/unstage; file contents are cached across opens regardless (keep_cache),
@@ -178,14 +178,20 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn interrupt(&self, req: &Request, unique: RequestId) -> Result<(), Errno> {
-        let op = op!(req, Interrupt, 0, interrupted = unique.0);
-        if self.fs.interrupt(unique.0) {
-            Ok(())
-        } else {
-            // Not parked: answered already (the kernel drops this), or still queued in
-            // another thread (the kernel sends the interrupt again).
-            Err(fail(op, Errno::EAGAIN))
-        }
+        let op = op!(
+            req,
+            Interrupt,
+            0,
+            interrupted = unique.0,
+            outcome = tracing::field::Empty
+        );
+        // Never EAGAIN: with a descriptor per thread it would reach the wrong one and be
+        // dropped, and with one thread it would make the kernel resend at once. A read not
+        // seen yet is answered with EINTR when it arrives (see `reads`).
+        let outcome = self.fs.interrupt(unique.0);
+        op.span().record("outcome", tracing::field::debug(outcome));
+        op.answered();
+        Ok(())
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

@@ -7,11 +7,18 @@
 //!   (`ops`, a leaf: a parked reply records what it waits for, `DataReply::waiting`).
 //! - A read whose chunks are all present is answered by its caller with a pread of the
 //!   temp file if the page cache has the bytes (RWF_NOWAIT), else on a blocking thread:
-//!   a FUSE callback never waits for the disk. A read with a missing chunk gives its reply
-//!   to the store ("parks" it) and the callback returns; whoever completes the chunk
-//!   answers it.
+//!   a FUSE callback never waits for the disk. A read with a missing chunk gives its
+//!   [`PendingRead`] to the store ("parks" it) and the callback returns; whoever completes
+//!   the chunk answers it (unless its deadline or an interrupt did first: see `reads`).
 //! - Deciding what to fetch happens under the same lock as parking, so a chunk is fetched
 //!   by exactly one fetch at a time and concurrent readers of a range share it.
+//! - Eviction swaps the whole file for an empty one. A read judged ready, or completed by
+//!   a fetch, carries the [`StoreFile`] it was judged against (taken under the same lock),
+//!   so it reads the bytes that were present, never the fresh file's zeros, however the
+//!   eviction interleaves. The last holder of a replaced file closes it on the closer
+//!   thread, never on a FUSE thread.
+//! - Which chunks are present or being fetched is a [`ChunkSet`] of runs: memory follows
+//!   what was fetched, never the size a remote declared.
 //!
 //! The temp file is created unnamed (O_TMPFILE where available) in the cache directory:
 //! it disappears with the last descriptor, even if the daemon is killed. Closing it can
@@ -19,36 +26,26 @@
 //! on the thread that lets go of it: [`close_later`] hands it to a background thread, which
 //! runs at the lowest priority so that freeing old stores never slows current reads.
 
-mod bitmap;
+mod chunks;
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 
-use bitmap::Bitmap;
+pub use chunks::ChunkSet;
 
 use crate::FsError;
+use crate::reads::PendingRead;
+use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{Arc, Mutex, MutexGuard, lock};
 
 /// Unit of presence tracking and fetching.
 pub const CHUNK_SIZE: u64 = 128 * 1024;
 /// Longest single fetch; a longer range is split so it can be fetched in parallel.
 pub const MAX_FETCH_CHUNKS: u64 = 64; // 8 MiB
-
-/// Where a read's answer goes: a FUSE reply in the daemon, a channel in tests.
-pub trait DataReply: Send {
-    fn data(self: Box<Self>, data: &[u8]);
-    fn error(self: Box<Self>, error: FsError);
-    /// The reply is parked, waiting for `what` (for the in-flight listing).
-    fn waiting(&self, _what: String) {}
-    /// The span of the op this reply answers: fetches it starts are traced as its children.
-    fn span(&self) -> tracing::Span {
-        tracing::Span::none()
-    }
-}
 
 /// A half-open range of chunk indices, `first..end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,55 +61,78 @@ impl ChunkRange {
 }
 
 /// A read waiting for chunks to arrive.
+#[derive(Debug)]
 pub struct ParkedRead {
-    pub id: u64,
-    /// The FUSE request it answers (for FUSE_INTERRUPT).
-    pub unique: u64,
     pub offset: u64,
     pub len: u32,
-    reply: Box<dyn DataReply>,
-}
-
-impl std::fmt::Debug for ParkedRead {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ParkedRead")
-            .field("id", &self.id)
-            .field("unique", &self.unique)
-            .field("offset", &self.offset)
-            .field("len", &self.len)
-            .finish()
-    }
+    pub read: Arc<PendingRead>,
 }
 
 impl ParkedRead {
     fn chunks(&self) -> ChunkRange {
         chunks_of(self.offset, self.len)
     }
+}
 
-    pub fn fail(self, error: FsError) {
-        self.reply.error(error);
+/// The store's file as a reader holds it. Eviction replaces the store's file; readers
+/// that hold the old one go on reading it, and whichever holder lets go last closes it
+/// on the closer thread (see [`close_later`]).
+#[derive(Debug, Clone)]
+pub struct StoreFile(Option<Arc<File>>);
+
+impl StoreFile {
+    fn new(file: File) -> StoreFile {
+        StoreFile(Some(Arc::new(file)))
+    }
+
+    fn get(&self) -> &File {
+        self.0.as_deref().expect("only taken on drop")
+    }
+}
+
+impl Drop for StoreFile {
+    fn drop(&mut self) {
+        // `into_inner` gives the file to exactly one of the holders dropping concurrently.
+        if let Some(file) = self.0.take().and_then(Arc::into_inner) {
+            close_later(file);
+        }
     }
 }
 
 /// What the caller of [`BackingStore::read`] does next.
+#[derive(Debug)]
 pub enum ReadPlan {
-    /// All data is present: read it with [`BackingStore::answer`].
-    Ready(Box<dyn DataReply>),
-    /// The reply is parked; it will be answered when the data arrives or the read fails.
-    Parked(u64),
+    /// All data is present in this file: read it with [`BackingStore::answer`].
+    Ready(StoreFile),
+    /// The read is parked; it will be answered when the data arrives or the read fails.
+    /// It waits for what `waiting_for` says (for the in-flight listing).
+    Parked { waiting_for: String },
     /// The store can not serve reads (e.g. the object changed).
-    Failed(Box<dyn DataReply>, FsError),
+    Failed(FsError),
+}
+
+/// Parked reads whose data is now present, and the file that holds it.
+#[derive(Debug)]
+#[must_use = "completed reads must be answered (BackingStore::answer_all)"]
+pub struct Completed {
+    reads: Vec<ParkedRead>,
+    file: StoreFile,
+}
+
+impl Completed {
+    pub fn is_empty(&self) -> bool {
+        self.reads.is_empty()
+    }
 }
 
 #[derive(Debug)]
 struct State {
     /// The sparse file. Replaced whole when the store is evicted (see `reset_if_idle`),
-    /// so a reader holding the old one still reads valid bytes. `None` only once dropped.
-    file: Option<Arc<File>>,
-    present: Bitmap,
-    inflight: Bitmap,
+    /// so a reader holding the old one still reads valid bytes.
+    file: StoreFile,
+    present: ChunkSet,
+    inflight: ChunkSet,
     parked: Vec<ParkedRead>,
-    next_parked_id: u64,
     /// Set once reads can never succeed again; every read fails with it.
     poisoned: Option<FsError>,
 }
@@ -120,13 +140,18 @@ struct State {
 impl State {
     /// Whether chunk `i` is neither present nor being fetched: a fetch may claim it.
     fn missing(&self, i: u64) -> bool {
-        !self.present.get(i) && !self.inflight.get(i)
+        !self.present.contains(i) && !self.inflight.contains(i)
     }
 
-    /// Removes and returns the parked reads whose chunk range satisfies `pred`.
-    fn take_parked_where(&mut self, pred: impl Fn(ChunkRange, &Bitmap) -> bool) -> Vec<ParkedRead> {
+    /// Removes and returns the parked reads whose chunk range satisfies `pred`. Reads
+    /// answered meanwhile by another path (deadline, interrupt) are dropped on the way.
+    fn take_parked_where(
+        &mut self,
+        pred: impl Fn(ChunkRange, &ChunkSet) -> bool,
+    ) -> Vec<ParkedRead> {
         let (taken, waiting) = std::mem::take(&mut self.parked)
             .into_iter()
+            .filter(|p| !p.read.is_answered())
             .partition(|p| pred(p.chunks(), &self.present));
         self.parked = waiting;
         taken
@@ -149,20 +174,11 @@ fn now_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-impl Drop for BackingStore {
-    fn drop(&mut self) {
-        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let Some(file) = state.file.take() {
-            close_later(file);
-        }
-    }
-}
-
-/// Closes `file` (drops this reference) on a background thread. Never waits.
-pub fn close_later(file: Arc<File>) {
-    static CLOSER: OnceLock<Option<std::sync::mpsc::Sender<Arc<File>>>> = OnceLock::new();
+/// Closes `file` on a background thread. Never waits.
+fn close_later(file: File) {
+    static CLOSER: OnceLock<Option<std::sync::mpsc::Sender<File>>> = OnceLock::new();
     let closer = CLOSER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<Arc<File>>();
+        let (tx, rx) = std::sync::mpsc::channel::<File>();
         let spawned = std::thread::Builder::new()
             .name("store-closer".into())
             .spawn(move || {
@@ -255,29 +271,30 @@ pub fn chunks_of(offset: u64, len: u32) -> ChunkRange {
 
 impl BackingStore {
     /// Creates an empty sparse store of `size` bytes in `dir`. Does disk I/O: call it
-    /// off the FUSE path (staging does).
+    /// off the FUSE path (staging does). Memory does not depend on `size`.
     pub fn create(dir: &Path, size: u64) -> io::Result<BackingStore> {
         let file = Self::empty_file(dir, size)?;
-        let chunks = size.div_ceil(CHUNK_SIZE);
         Ok(BackingStore {
             size,
             present_bytes: AtomicU64::new(0),
             last_read_ms: AtomicU64::new(now_ms()),
             state: Mutex::new(State {
-                file: Some(Arc::new(file)),
-                present: Bitmap::new(chunks),
-                inflight: Bitmap::new(chunks),
+                file: StoreFile::new(file),
+                present: ChunkSet::default(),
+                inflight: ChunkSet::default(),
                 parked: Vec::new(),
-                next_parked_id: 1,
                 poisoned: None,
             }),
         })
     }
 
-    /// An unnamed sparse file of `size` bytes in `dir`. Disk I/O: never on the FUSE path.
+    /// An unnamed sparse file of `size` bytes in `dir`, opened so that reading it never
+    /// updates its access time (on ext4 that is a journal write per read). Disk I/O: never
+    /// on the FUSE path.
     pub fn empty_file(dir: &Path, size: u64) -> io::Result<File> {
         let file = tempfile::tempfile_in(dir)?;
         file.set_len(size)?;
+        no_atime(&file);
         Ok(file)
     }
 
@@ -289,35 +306,31 @@ impl BackingStore {
         self.last_read_ms.load(Ordering::Relaxed)
     }
 
-    fn file(&self) -> Arc<File> {
-        self.lock()
-            .file
-            .clone()
-            .expect("the file is only taken on drop")
+    fn file(&self) -> StoreFile {
+        self.lock().file.clone()
     }
 
     /// Drops every present byte by swapping in `fresh` (an empty file of the same size),
-    /// if nothing is being fetched or waited for. Returns the bytes freed, or `None` if
-    /// the store is busy. The old file is closed once its last reader lets go.
-    pub fn reset_if_idle(&self, fresh: File) -> Option<u64> {
-        let (old, freed) = {
+    /// if nothing is being fetched or waited for and `idle` (asked under the store's lock)
+    /// agrees. Returns the bytes freed, or `None` if the store is busy. Readers holding
+    /// the old file keep reading it; the last of them closes it (see [`StoreFile`]).
+    pub fn reset_if_idle(&self, fresh: File, idle: impl FnOnce() -> bool) -> Option<u64> {
+        let old = {
             let mut state = self.lock();
-            if !state.parked.is_empty() || state.inflight.any() {
+            if state.parked.iter().any(|p| !p.read.is_answered()) || state.inflight.any() || !idle()
+            {
                 return None;
             }
-            state.present = Bitmap::new(self.size.div_ceil(CHUNK_SIZE));
-            let freed = self.present_bytes.swap(0, Ordering::Relaxed);
-            (state.file.replace(Arc::new(fresh)), freed)
+            state.parked.clear();
+            state.present = ChunkSet::default();
+            std::mem::replace(&mut state.file, StoreFile::new(fresh))
         };
-        if let Some(old) = old {
-            close_later(old);
-        }
-        Some(freed)
+        drop(old);
+        Some(self.present_bytes.swap(0, Ordering::Relaxed))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Every critical section leaves the state consistent before it can panic.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Bytes present in the store. Lock-free.
@@ -330,51 +343,43 @@ impl BackingStore {
         self.lock().poisoned.clone()
     }
 
-    pub fn parked_reads(&self) -> usize {
-        self.lock().parked.len()
-    }
-
-    /// Starts a read of `len` bytes at `offset` (already clamped to the object size) for
-    /// FUSE request `unique`. Chunks up to `readahead_end` (bytes) may be fetched ahead.
-    /// Returns what to do with the reply and the chunk ranges the caller must fetch (now
-    /// marked in flight). `label` names the object in what a parked read says it waits for.
+    /// Starts a read of `len` bytes at `offset` (already clamped to the object size).
+    /// Chunks up to `readahead_end` (bytes) may be fetched ahead. Returns what to do with
+    /// the read and the chunk ranges the caller must fetch (now marked in flight). `label`
+    /// names the object in what a parked read says it waits for.
     pub fn read(
         &self,
-        unique: u64,
         offset: u64,
         len: u32,
         readahead_end: u64,
         label: &str,
-        reply: Box<dyn DataReply>,
+        read: &Arc<PendingRead>,
     ) -> (ReadPlan, Vec<ChunkRange>) {
         let needed = chunks_of(offset, len);
         self.last_read_ms.store(now_ms(), Ordering::Relaxed);
         let mut state = self.lock();
         if let Some(error) = &state.poisoned {
-            return (ReadPlan::Failed(reply, error.clone()), Vec::new());
+            return (ReadPlan::Failed(error.clone()), Vec::new());
         }
         let fetches = self.plan_fetches(&mut state, needed, readahead_end);
-        if state.present.all(needed.first..needed.end) {
-            return (ReadPlan::Ready(reply), fetches);
+        let range = needed.first..needed.end;
+        if state.present.contains_all(range.clone()) {
+            return (ReadPlan::Ready(state.file.clone()), fetches);
         }
-        let missing = (needed.first..needed.end)
-            .filter(|&i| !state.present.get(i))
-            .count();
-        reply.waiting(format!(
+        let missing = (range.end - range.start) - state.present.count_in(range.clone());
+        let waiting_for = format!(
             "bytes {offset}..{} of {label} ({missing} of {} chunks being fetched)",
             offset + u64::from(len),
-            needed.end - needed.first
-        ));
-        let id = state.next_parked_id;
-        state.next_parked_id += 1;
+            range.end - range.start
+        );
+        // Reads answered by another path (deadline, interrupt) leave with the next park.
+        state.parked.retain(|p| !p.read.is_answered());
         state.parked.push(ParkedRead {
-            id,
-            unique,
             offset,
             len,
-            reply,
+            read: read.clone(),
         });
-        (ReadPlan::Parked(id), fetches)
+        (ReadPlan::Parked { waiting_for }, fetches)
     }
 
     /// Marks the first run of chunks of `wanted` that are neither present nor being fetched
@@ -388,16 +393,14 @@ impl BackingStore {
         let first = (wanted.first..wanted.end).find(|&i| state.missing(i))?;
         let limit = wanted.end.min(first + MAX_FETCH_CHUNKS);
         let end = (first..limit).find(|&i| !state.missing(i)).unwrap_or(limit);
-        for i in first..end {
-            state.inflight.set(i, true);
-        }
+        state.inflight.insert(first..end);
         Some(ChunkRange { first, end })
     }
 
     /// Picks the missing chunks of `needed`, plus read-ahead up to `readahead_end` when the
     /// fetched frontier is less than half the read-ahead window ahead of the reader (so
     /// read-ahead goes out in large requests, not one chunk per read), and marks them in
-    /// flight.
+    /// flight. The chunks looked at are bounded by the read and the read-ahead window.
     fn plan_fetches(
         &self,
         state: &mut State,
@@ -418,7 +421,6 @@ impl BackingStore {
         }
         let mut ranges: Vec<ChunkRange> = Vec::new();
         for i in wanted {
-            state.inflight.set(i, true);
             match ranges.last_mut() {
                 Some(r) if r.end == i && r.end - r.first < MAX_FETCH_CHUNKS => r.end += 1,
                 _ => ranges.push(ChunkRange {
@@ -427,85 +429,91 @@ impl BackingStore {
                 }),
             }
         }
+        for r in &ranges {
+            state.inflight.insert(r.first..r.end);
+        }
         ranges
     }
 
-    /// Answers `reply` with `len` bytes at `offset`, which must be present. May wait for
-    /// the disk: off FUSE threads only (see [`BackingStore::answer_if_cached`]).
-    pub fn answer(&self, offset: u64, len: u32, reply: Box<dyn DataReply>) {
-        let unanswered = self.answer_from(offset, len, reply, Wait::Yes);
-        debug_assert!(unanswered.is_none(), "a read that may wait always answers");
+    /// Answers `read` with `len` bytes at `offset` of `file`, where they are present. May
+    /// wait for the disk: off FUSE threads only (see [`BackingStore::answer_if_cached`]).
+    pub fn answer(file: &StoreFile, offset: u64, len: u32, read: &PendingRead) {
+        let answered = Self::answer_from(file, offset, len, read, Wait::Yes);
+        debug_assert!(answered, "a read that may wait always answers");
     }
 
-    /// Answers `reply` now if the bytes (which must be present) are in the page cache, as
-    /// they nearly always are; else hands it back for the caller to answer off its thread
-    /// with [`BackingStore::answer`], since a FUSE callback must never wait for the disk.
-    #[must_use = "a reply handed back must be answered"]
-    pub fn answer_if_cached(
-        &self,
-        offset: u64,
-        len: u32,
-        reply: Box<dyn DataReply>,
-    ) -> Option<Box<dyn DataReply>> {
-        self.answer_from(offset, len, reply, Wait::No)
+    /// Answers `read` now if the bytes (present in `file`) are in the page cache, as they
+    /// nearly always are, and returns true; false if reading them needs the disk, which a
+    /// FUSE callback must never wait for: the caller then answers it off its thread with
+    /// [`BackingStore::answer`]. A read answered already by another path is left alone.
+    #[must_use = "a read not answered here must be answered off this thread"]
+    pub fn answer_if_cached(file: &StoreFile, offset: u64, len: u32, read: &PendingRead) -> bool {
+        Self::answer_from(file, offset, len, read, Wait::No)
     }
 
     fn answer_from(
-        &self,
+        file: &StoreFile,
         offset: u64,
         len: u32,
-        reply: Box<dyn DataReply>,
+        read: &PendingRead,
         wait: Wait,
-    ) -> Option<Box<dyn DataReply>> {
+    ) -> bool {
         // A buffer per thread, reused: a fresh MiB per read would be a new mapping,
         // page-faulted and zeroed every time.
         thread_local! {
             static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let file = self.file();
+        if read.is_answered() {
+            return true;
+        }
         BUFFER.with_borrow_mut(|buf| {
             if buf.len() < len as usize {
                 buf.resize(len as usize, 0);
             }
             let buf = &mut buf[..len as usize];
-            match read_at(&file, buf, offset, wait) {
-                Ok(true) => reply.data(buf),
-                Ok(false) => return Some(reply),
-                Err(e) => reply.error(FsError::Store(format!("read: {e}"))),
-            }
-            None
+            match read_at(file.get(), buf, offset, wait) {
+                Ok(true) => read.data(buf),
+                Ok(false) => return false,
+                Err(e) => read.error(FsError::Store(format!("read: {e}"))),
+            };
+            true
         })
     }
 
     /// Reserves disk blocks for `range` before its bytes arrive. The writes that follow then
     /// find their blocks allocated (ext4 then spends about a quarter less CPU per written byte
     /// than on a hole), and a full disk fails the fetch up front. Called by the fetcher, never
-    /// under the lock. Where the file system can not preallocate, this does nothing.
+    /// under the lock. Where the file system or the system can not preallocate, this does
+    /// nothing.
     pub fn allocate(&self, range: std::ops::Range<u64>) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let file = self.file();
-        // SAFETY: fallocate on a descriptor we own; mode 0 only allocates (the size is set).
-        let rc = unsafe {
-            libc::fallocate(
-                file.as_raw_fd(),
-                0,
-                range.start as libc::off_t,
-                (range.end - range.start) as libc::off_t,
-            )
-        };
-        if rc == 0 {
-            return Ok(());
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let file = self.file();
+            // SAFETY: fallocate on a descriptor we own; mode 0 only allocates (the size is set).
+            let rc = unsafe {
+                libc::fallocate(
+                    file.get().as_raw_fd(),
+                    0,
+                    range.start as libc::off_t,
+                    (range.end - range.start) as libc::off_t,
+                )
+            };
+            if rc != 0 {
+                let error = io::Error::last_os_error();
+                if error.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                    return Err(error);
+                }
+            }
         }
-        let error = io::Error::last_os_error();
-        match error.raw_os_error() {
-            Some(libc::EOPNOTSUPP) => Ok(()),
-            _ => Err(error),
-        }
+        let _ = range;
+        Ok(())
     }
 
-    /// Writes fetched bytes at `offset`. Called by the fetcher, never under the lock.
+    /// Writes fetched bytes at `offset`. Called by the fetcher, never under the lock; the
+    /// chunks being written are in flight, so the file can not be swapped meanwhile.
     pub fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.file().write_all_at(data, offset)
+        self.file().get().write_all_at(data, offset)
     }
 
     /// Byte range covered by `chunks`.
@@ -514,33 +522,37 @@ impl BackingStore {
     }
 
     /// Marks `chunks` present (their bytes are written) and returns the parked reads that
-    /// are now complete, for the caller to answer (see [`BackingStore::answer_all`]).
-    #[must_use = "the returned reads must be answered"]
-    pub fn complete(&self, chunks: ChunkRange) -> Vec<ParkedRead> {
+    /// are now complete, with the file that holds their bytes, for the caller to answer
+    /// (see [`BackingStore::answer_all`]).
+    pub fn complete(&self, chunks: ChunkRange) -> Completed {
+        let mut state = self.lock();
+        let range = chunks.first..chunks.end;
+        let newly = (range.end - range.start) - state.present.count_in(range.clone());
+        let mut bytes = newly * CHUNK_SIZE;
+        // Every chunk holds CHUNK_SIZE bytes but the object's last, which may hold fewer.
+        let last = self.size.div_ceil(CHUNK_SIZE).saturating_sub(1);
+        if range.contains(&last)
+            && !state.present.contains(last)
+            && !self.size.is_multiple_of(CHUNK_SIZE)
         {
-            let mut state = self.lock();
-            for i in chunks.first..chunks.end {
-                if !state.present.get(i) {
-                    state.present.set(i, true);
-                    let r = self.byte_range(ChunkRange {
-                        first: i,
-                        end: i + 1,
-                    });
-                    self.present_bytes
-                        .fetch_add(r.end - r.start, Ordering::Relaxed);
-                }
-                state.inflight.set(i, false);
-            }
-            state.take_parked_where(|c, present| {
-                c.first < chunks.end && c.end > chunks.first && present.all(c.first..c.end)
-            })
+            bytes -= CHUNK_SIZE - self.size % CHUNK_SIZE;
+        }
+        self.present_bytes.fetch_add(bytes, Ordering::Relaxed);
+        state.present.insert(range.clone());
+        state.inflight.remove(range);
+        let reads = state.take_parked_where(|c, present| {
+            c.first < chunks.end && c.end > chunks.first && present.contains_all(c.first..c.end)
+        });
+        Completed {
+            reads,
+            file: state.file.clone(),
         }
     }
 
-    /// Answers completed parked reads from the store.
-    pub fn answer_all(&self, reads: Vec<ParkedRead>) {
-        for read in reads {
-            self.answer(read.offset, read.len, read.reply);
+    /// Answers completed parked reads from the file their bytes are in.
+    pub fn answer_all(completed: Completed) {
+        for parked in &completed.reads {
+            Self::answer(&completed.file, parked.offset, parked.len, &parked.read);
         }
     }
 
@@ -549,15 +561,14 @@ impl BackingStore {
     pub fn abandon(&self, chunks: ChunkRange, error: FsError) {
         let failed: Vec<ParkedRead> = {
             let mut state = self.lock();
-            for i in chunks.first..chunks.end {
-                state.inflight.set(i, false);
-            }
+            state.inflight.remove(chunks.first..chunks.end);
             state.take_parked_where(|c, present| {
-                (c.first.max(chunks.first)..c.end.min(chunks.end)).any(|i| !present.get(i))
+                let overlap = c.first.max(chunks.first)..c.end.min(chunks.end);
+                !present.contains_all(overlap)
             })
         };
-        for read in failed {
-            read.fail(error.clone());
+        for parked in failed {
+            parked.read.error(error.clone());
         }
     }
 
@@ -568,50 +579,40 @@ impl BackingStore {
             state.poisoned = Some(error.clone());
             std::mem::take(&mut state.parked)
         };
-        for read in failed {
-            read.fail(error.clone());
+        for parked in failed {
+            parked.read.error(error.clone());
         }
-    }
-
-    /// Removes parked read `id` (its deadline expired) so its caller can fail it.
-    /// `None` if it was already answered.
-    pub fn take_parked(&self, id: u64) -> Option<ParkedRead> {
-        self.take_first(|p| p.id == id)
-    }
-
-    /// Removes the parked read answering FUSE request `unique` (interrupted), if any.
-    pub fn take_parked_request(&self, unique: u64) -> Option<ParkedRead> {
-        self.take_first(|p| p.unique == unique)
-    }
-
-    fn take_first(&self, pred: impl Fn(&ParkedRead) -> bool) -> Option<ParkedRead> {
-        let mut state = self.lock();
-        let at = state.parked.iter().position(pred)?;
-        Some(state.parked.swap_remove(at))
     }
 }
 
-#[cfg(test)]
-pub mod tests {
-    use super::*;
-    use std::sync::mpsc;
-
-    type Answer = Result<Vec<u8>, FsError>;
-
-    /// A reply that sends its answer down a channel.
-    pub struct ChannelReply(pub mpsc::Sender<Answer>);
-    impl DataReply for ChannelReply {
-        fn data(self: Box<Self>, data: &[u8]) {
-            let _ = self.0.send(Ok(data.to_vec()));
-        }
-        fn error(self: Box<Self>, error: FsError) {
-            let _ = self.0.send(Err(error));
+/// Asks the kernel not to update the file's access time on reads (O_NOATIME; allowed to
+/// the file's owner, which the daemon is). Where it can not, reads update it as usual.
+fn no_atime(file: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        // SAFETY: F_GETFL/F_SETFL on a descriptor we own; only the status flags change.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NOATIME);
+            }
         }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+}
 
-    fn reply() -> (Box<dyn DataReply>, mpsc::Receiver<Answer>) {
-        let (tx, rx) = mpsc::channel();
-        (Box::new(ChannelReply(tx)), rx)
+#[cfg(all(test, not(feature = "shuttle")))]
+mod tests {
+    use super::*;
+    use crate::reads::tests::{Answer, reply};
+    use std::sync::mpsc;
+
+    fn pending() -> (Arc<PendingRead>, mpsc::Receiver<Answer>) {
+        let (r, rx) = reply();
+        (PendingRead::untracked(r), rx)
     }
 
     fn fill(store: &BackingStore, chunks: ChunkRange, byte: u8) {
@@ -619,21 +620,20 @@ pub mod tests {
         store
             .write(r.start, &vec![byte; (r.end - r.start) as usize])
             .unwrap();
-        let ready = store.complete(chunks);
-        store.answer_all(ready);
+        BackingStore::answer_all(store.complete(chunks));
     }
 
     #[test]
     fn parks_a_missing_read_and_answers_it_when_the_chunk_arrives() {
         let dir = tempfile::tempdir().unwrap();
         let store = BackingStore::create(dir.path(), 3 * CHUNK_SIZE + 10).unwrap();
-        let (r, rx) = reply();
-        let (plan, fetches) = store.read(0, CHUNK_SIZE - 2, 4, 0, "test", r);
-        assert!(matches!(plan, ReadPlan::Parked(_)));
+        let (r, rx) = pending();
+        let (plan, fetches) = store.read(CHUNK_SIZE - 2, 4, 0, "test", &r);
+        assert!(matches!(plan, ReadPlan::Parked { .. }));
         assert_eq!(fetches, [ChunkRange { first: 0, end: 2 }]);
         // A second reader of the same range shares the fetch.
-        let (r2, rx2) = reply();
-        let (_, fetches2) = store.read(0, CHUNK_SIZE, 1, 0, "test", r2);
+        let (r2, rx2) = pending();
+        let (_, fetches2) = store.read(CHUNK_SIZE, 1, 0, "test", &r2);
         assert!(fetches2.is_empty());
 
         fill(&store, ChunkRange { first: 1, end: 2 }, 7);
@@ -642,7 +642,7 @@ pub mod tests {
         fill(&store, ChunkRange { first: 0, end: 1 }, 5);
         assert_eq!(rx.try_recv().unwrap().unwrap(), vec![5, 5, 7, 7]);
         assert_eq!(store.present_bytes(), 2 * CHUNK_SIZE);
-        assert_eq!(store.parked_reads(), 0);
+        assert!(store.lock().parked.is_empty());
     }
 
     #[test]
@@ -651,17 +651,33 @@ pub mod tests {
         let store = BackingStore::create(dir.path(), CHUNK_SIZE + 10).unwrap();
         fill(&store, ChunkRange { first: 0, end: 2 }, 1);
         assert_eq!(store.present_bytes(), CHUNK_SIZE + 10);
-        let (r, _rx) = reply();
-        let (plan, fetches) = store.read(0, CHUNK_SIZE, 10, 0, "test", r);
+        fill(&store, ChunkRange { first: 1, end: 2 }, 1);
+        assert_eq!(store.present_bytes(), CHUNK_SIZE + 10, "counted once");
+        let (r, _rx) = pending();
+        let (plan, fetches) = store.read(CHUNK_SIZE, 10, 0, "test", &r);
         assert!(matches!(plan, ReadPlan::Ready(_)) && fetches.is_empty());
+    }
+
+    #[test]
+    fn an_absurd_declared_size_costs_no_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        // Sparse files this large are refused by some file systems; the point is memory.
+        let Ok(store) = BackingStore::create(dir.path(), i64::MAX as u64) else {
+            return;
+        };
+        let (r, _rx) = pending();
+        let (_, fetches) = store.read(i64::MAX as u64 - 10, 10, 0, "test", &r);
+        assert_eq!(fetches.len(), 1);
+        fill(&store, fetches[0], 1);
+        assert_eq!(store.present_bytes(), CHUNK_SIZE - 1);
     }
 
     #[test]
     fn readahead_goes_out_in_large_requests_split_at_the_fetch_limit() {
         let dir = tempfile::tempdir().unwrap();
         let store = BackingStore::create(dir.path(), 200 * CHUNK_SIZE).unwrap();
-        let (r, _rx) = reply();
-        let (_, fetches) = store.read(0, 0, 4096, 100 * CHUNK_SIZE, "test", r);
+        let (r, _rx) = pending();
+        let (_, fetches) = store.read(0, 4096, 100 * CHUNK_SIZE, "test", &r);
         assert_eq!(
             fetches,
             [
@@ -673,8 +689,8 @@ pub mod tests {
             ]
         );
         // The next read is well inside the fetched frontier: no new requests.
-        let (r, _rx) = reply();
-        let (_, fetches) = store.read(0, 4096, 4096, 4096 + 100 * CHUNK_SIZE, "test", r);
+        let (r, _rx) = pending();
+        let (_, fetches) = store.read(4096, 4096, 4096 + 100 * CHUNK_SIZE, "test", &r);
         assert!(fetches.is_empty());
     }
 
@@ -682,19 +698,19 @@ pub mod tests {
     fn abandon_fails_waiters_and_allows_a_refetch_and_poison_fails_everything() {
         let dir = tempfile::tempdir().unwrap();
         let store = BackingStore::create(dir.path(), 4 * CHUNK_SIZE).unwrap();
-        let (r, rx) = reply();
-        let (_, fetches) = store.read(0, 0, 10, 0, "test", r);
+        let (r, rx) = pending();
+        let (_, fetches) = store.read(0, 10, 0, "test", &r);
         store.abandon(fetches[0], FsError::Fetch("reset".into()));
         assert_eq!(rx.try_recv().unwrap(), Err(FsError::Fetch("reset".into())));
-        let (r, _rx) = reply();
-        let (_, again) = store.read(0, 0, 10, 0, "test", r);
+        let (r, _rx) = pending();
+        let (_, again) = store.read(0, 10, 0, "test", &r);
         assert_eq!(again, fetches, "abandoned chunks are fetched again");
 
         store.poison(FsError::Changed("etag".into()));
-        let (r, _rx) = reply();
+        let (r, _rx) = pending();
         assert!(matches!(
-            store.read(0, 0, 1, 0, "test", r).0,
-            ReadPlan::Failed(_, FsError::Changed(_))
+            store.read(0, 1, 0, "test", &r).0,
+            ReadPlan::Failed(FsError::Changed(_))
         ));
     }
 
@@ -705,9 +721,9 @@ pub mod tests {
         let head = ChunkRange { first: 0, end: 1 };
         assert_eq!(store.prefetch(head), Some(head));
         assert_eq!(store.prefetch(head), None, "already in flight");
-        let (r, rx) = reply();
-        let (plan, fetches) = store.read(0, 0, 10, 0, "test", r);
-        assert!(matches!(plan, ReadPlan::Parked(_)) && fetches.is_empty());
+        let (r, rx) = pending();
+        let (plan, fetches) = store.read(0, 10, 0, "test", &r);
+        assert!(matches!(plan, ReadPlan::Parked { .. }) && fetches.is_empty());
         fill(&store, head, 9);
         assert_eq!(rx.try_recv().unwrap().unwrap(), vec![9; 10]);
         assert_eq!(store.prefetch(head), None, "present");
@@ -732,40 +748,133 @@ pub mod tests {
         let store = BackingStore::create(dir.path(), CHUNK_SIZE).unwrap();
         let all = ChunkRange { first: 0, end: 1 };
         fill(&store, all, 4);
-        let (r, rx) = reply();
+        let file = store.file();
+        let (r, rx) = pending();
         assert!(
-            store.answer_if_cached(0, 100, r).is_none(),
+            BackingStore::answer_if_cached(&file, 0, 100, &r),
             "just written: cached"
         );
         assert_eq!(rx.try_recv().unwrap().unwrap(), vec![4; 100]);
 
         // Written back and dropped from the page cache: reading needs the disk.
-        let file = store.file();
-        file.sync_all().unwrap();
+        file.get().sync_all().unwrap();
         // SAFETY: advice on a descriptor we own.
-        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let rc =
+            unsafe { libc::posix_fadvise(file.get().as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         assert_eq!(rc, 0);
-        let (r, rx) = reply();
-        let r = store
-            .answer_if_cached(0, 100, r)
-            .expect("handed back: the bytes are on disk only");
+        let (r, rx) = pending();
+        assert!(
+            !BackingStore::answer_if_cached(&file, 0, 100, &r),
+            "handed back: the bytes are on disk only"
+        );
         assert!(rx.try_recv().is_err(), "not answered yet");
-        store.answer(0, 100, r);
+        BackingStore::answer(&file, 0, 100, &r);
         assert_eq!(rx.try_recv().unwrap().unwrap(), vec![4; 100]);
     }
 
     #[test]
-    fn a_taken_parked_read_is_not_answered_twice() {
+    fn a_read_answered_elsewhere_is_not_answered_again() {
         let dir = tempfile::tempdir().unwrap();
         let store = BackingStore::create(dir.path(), CHUNK_SIZE).unwrap();
-        let (r, rx) = reply();
-        let (ReadPlan::Parked(id), fetches) = store.read(0, 0, 1, 0, "test", r) else {
+        let (r, rx) = pending();
+        let (ReadPlan::Parked { .. }, fetches) = store.read(0, 1, 0, "test", &r) else {
             panic!()
         };
-        store.take_parked(id).unwrap().fail(FsError::Interrupted);
-        assert!(store.take_parked(id).is_none());
+        assert!(r.error(FsError::Interrupted));
         fill(&store, fetches[0], 3);
         assert_eq!(rx.try_recv().unwrap(), Err(FsError::Interrupted));
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn eviction_never_turns_a_ready_read_into_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BackingStore::create(dir.path(), CHUNK_SIZE).unwrap();
+        fill(&store, ChunkRange { first: 0, end: 1 }, 8);
+        let (r, rx) = pending();
+        let (ReadPlan::Ready(file), _) = store.read(0, 16, 0, "test", &r) else {
+            panic!("present")
+        };
+        // Evicted between the judgement and the answer.
+        let fresh = BackingStore::empty_file(dir.path(), CHUNK_SIZE).unwrap();
+        assert_eq!(store.reset_if_idle(fresh, || true), Some(CHUNK_SIZE));
+        BackingStore::answer(&file, 0, 16, &r);
+        assert_eq!(rx.try_recv().unwrap().unwrap(), vec![8; 16]);
+        // The next read finds nothing present and fetches again.
+        let (r, _rx) = pending();
+        assert!(matches!(
+            store.read(0, 16, 0, "test", &r).0,
+            ReadPlan::Parked { .. }
+        ));
+        // Busy (a fetch in flight, a read parked) or not idle by the caller's word: kept.
+        let fresh = BackingStore::empty_file(dir.path(), CHUNK_SIZE).unwrap();
+        assert_eq!(store.reset_if_idle(fresh, || true), None);
+        let idle = BackingStore::create(dir.path(), CHUNK_SIZE).unwrap();
+        let fresh = BackingStore::empty_file(dir.path(), CHUNK_SIZE).unwrap();
+        assert_eq!(idle.reset_if_idle(fresh, || false), None);
+    }
+}
+
+/// Model checks of the parked-read state machine: every interleaving of a read, the fetch
+/// that completes its chunk, an eviction and an interrupt answers the read exactly once,
+/// and never with bytes other than the fetched ones (an eviction between judging a read
+/// ready and reading it must not yield the fresh file's zeros).
+#[cfg(all(test, feature = "shuttle"))]
+mod shuttle_model {
+    use super::*;
+    use crate::reads::tests::{Answer, reply};
+    use shuttle::thread;
+
+    const SIZE: u64 = 16;
+
+    #[test]
+    fn shuttle_park_complete_evict_and_interrupt_answer_once_with_fetched_bytes() {
+        let mut config = shuttle::Config::default();
+        config.max_steps = shuttle::MaxSteps::FailAfter(100_000);
+        let scheduler = shuttle::scheduler::RandomScheduler::new_from_seed(11, 1_000);
+        shuttle::Runner::new(scheduler, config).run(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(BackingStore::create(dir.path(), SIZE).unwrap());
+            let fresh = BackingStore::empty_file(dir.path(), SIZE).unwrap();
+            let all = ChunkRange { first: 0, end: 1 };
+            assert_eq!(store.prefetch(all), Some(all), "the fetch owns the chunk");
+            let (r, rx) = reply();
+            let read = PendingRead::untracked(r);
+
+            let reader = {
+                let (store, read) = (store.clone(), read.clone());
+                thread::spawn(move || {
+                    // Parked, or a fresh fetch it would start: the interrupt answers it.
+                    if let (ReadPlan::Ready(file), _) = store.read(0, SIZE as u32, 0, "m", &read) {
+                        BackingStore::answer(&file, 0, SIZE as u32, &read);
+                    }
+                })
+            };
+            let fetcher = {
+                let store = store.clone();
+                thread::spawn(move || {
+                    store.write(0, &[0xab; SIZE as usize]).unwrap();
+                    BackingStore::answer_all(store.complete(all));
+                })
+            };
+            let evictor = {
+                let store = store.clone();
+                thread::spawn(move || store.reset_if_idle(fresh, || true))
+            };
+            let interrupter = {
+                let read = read.clone();
+                thread::spawn(move || read.error(FsError::Interrupted))
+            };
+            reader.join().unwrap();
+            fetcher.join().unwrap();
+            interrupter.join().unwrap();
+            evictor.join().unwrap();
+            let answers: Vec<Answer> = rx.try_iter().collect();
+            assert_eq!(answers.len(), 1, "answered exactly once: {answers:?}");
+            match &answers[0] {
+                Ok(bytes) => assert_eq!(bytes, &[0xab; SIZE as usize], "only fetched bytes"),
+                Err(e) => assert_eq!(e, &FsError::Interrupted),
+            }
+        });
     }
 }
