@@ -15,8 +15,9 @@
 //! fetch waits, asynchronously, for the renewed one), or give up. No slot is held during
 //! any of those waits: an attempt takes its slots (the object's, then its origin's, see
 //! `origins`) when it starts and lets go when it ends. Each origin's circuit breaker
-//! fails fetches at once while the origin is down (see `policy`), with the reason in the
-//! reads' errors and in the entry's listing.
+//! fails fetches at once while the origin is dead (no connection, or no answer within the
+//! stall timeout; see `policy`), with the reason in the reads' errors and in the entry's
+//! listing. An origin that answers, even with errors, is retried, never cut off.
 //!
 //! A fetch task owes its chunks until it delivers them: if it ends any other way
 //! (returns early, panics, is cancelled with the runtime), its drop guard ([`Owed`])
@@ -88,10 +89,15 @@ impl Default for FetchConfig {
 /// Why one attempt failed. Messages never contain the URL (it carries a signature).
 #[derive(Debug, Error)]
 pub enum FetchError {
+    /// No response: the connection failed before a response head arrived.
     #[error("{0}")]
     Network(String),
-    #[error("no data for {0:?}")]
+    /// No response head within the stall timeout.
+    #[error("no answer for {0:?}")]
     Stalled(Duration),
+    /// The response began, then its body failed: reset, cut short, or stalled.
+    #[error("{message}")]
+    Body { message: String, stalled: bool },
     #[error("HTTP {status}")]
     Status {
         status: reqwest::StatusCode,
@@ -173,8 +179,8 @@ impl FetchError {
     /// Its `reason` label (an entry of [`ERROR_REASONS`]).
     fn reason(&self) -> usize {
         match self {
-            FetchError::Network(_) => 0,
-            FetchError::Stalled(_) => 1,
+            FetchError::Network(_) | FetchError::Body { stalled: false, .. } => 0,
+            FetchError::Stalled(_) | FetchError::Body { stalled: true, .. } => 1,
             FetchError::Status { .. } => 2,
             FetchError::Rejected { .. } => 3,
             FetchError::Changed(_) => 4,
@@ -185,14 +191,8 @@ impl FetchError {
 
     /// Whether another attempt may succeed.
     fn retryable(&self) -> bool {
-        self.origin_unwell()
-    }
-
-    /// Whether the failure says the origin itself is unwell (down, overloaded), rather
-    /// than something about this object or this daemon.
-    fn origin_unwell(&self) -> bool {
         match self {
-            FetchError::Network(_) | FetchError::Stalled(_) => true,
+            FetchError::Network(_) | FetchError::Stalled(_) | FetchError::Body { .. } => true,
             FetchError::Status { status, .. } => {
                 status.is_server_error() || matches!(status.as_u16(), 408 | 429)
             }
@@ -201,6 +201,14 @@ impl FetchError {
             | FetchError::Protocol(_)
             | FetchError::Store(_) => false,
         }
+    }
+
+    /// Whether the failure says the origin is not answering at all (no connection, or no
+    /// response within the stall timeout). An origin that answers, even with 503 or a
+    /// body cut short, is alive: its answers are retried (Retry-After honoured) without
+    /// holding a slot, but never make its breaker fail other fetches.
+    fn origin_dead(&self) -> bool {
+        matches!(self, FetchError::Network(_) | FetchError::Stalled(_))
     }
 }
 
@@ -526,14 +534,20 @@ impl Fetcher {
         while *next < end {
             let body = tokio::time::timeout(stall, response.body.next())
                 .await
-                .map_err(|_| FetchError::Stalled(stall))?
+                .map_err(|_| FetchError::Body {
+                    message: format!("body stalled: no data for {stall:?}"),
+                    stalled: true,
+                })?
                 .transpose()
-                .map_err(FetchError::Network)?;
+                .map_err(|message| FetchError::Body {
+                    message,
+                    stalled: false,
+                })?;
             let Some(mut data) = body else {
-                return Err(FetchError::Network(format!(
-                    "body ended at byte {} of range ending at {end}",
-                    *next
-                )));
+                return Err(FetchError::Body {
+                    message: format!("body ended at byte {} of range ending at {end}", *next),
+                    stalled: false,
+                });
             };
             data.truncate((end - *next) as usize);
             object

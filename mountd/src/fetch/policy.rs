@@ -4,12 +4,14 @@
 //! (like `power::Machine` in the control plane).
 //!
 //! The circuit breaker is per origin (scheme://host:port). After [`FAILURES_TO_OPEN`]
-//! failures in a row that say the origin itself is unwell (no connection, no bytes
-//! within the stall timeout, 5xx, 429), it opens: fetches of that origin fail at once,
-//! with the reason, instead of each holding a slot through its own timeouts. When the
-//! open period ends (longer each time, and at least what a Retry-After asked), one fetch
-//! is let through as a probe; its success closes the breaker, its failure opens it again.
-//! A probe that never reports (its task died) is replaced after [`PROBE_TIMEOUT`].
+//! attempts in a row that say the origin is dead (no connection, or no response within
+//! the stall timeout), it opens: fetches of that origin fail at once, with the reason,
+//! instead of each holding a slot through its own timeouts. Any response counts as
+//! alive, even a 503 or a body cut short: those are retried per fetch (a Retry-After is
+//! honoured without holding a slot), so a flaky origin is slowed, never cut off. When the
+//! open period ends (longer each time), one fetch is let through as a probe; its success
+//! closes the breaker, its failure opens it again. A probe that never reports (its task
+//! died) is replaced after [`PROBE_TIMEOUT`].
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +21,7 @@ use super::FetchError;
 pub const FAILURES_TO_OPEN: u32 = 3;
 /// How long a breaker first stays open, and the longest it ever does.
 pub const FIRST_OPEN: Duration = Duration::from_secs(2);
-pub const LONGEST_OPEN: Duration = Duration::from_secs(60);
+pub const LONGEST_OPEN: Duration = Duration::from_secs(30);
 /// A probe that reported nothing for this long is taken as lost.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest Retry-After honoured; a server asking for more gets this.
@@ -129,26 +131,18 @@ impl Breaker {
         *self = Breaker::default();
     }
 
-    /// The origin failed an attempt with `error`. Only failures that say the origin is
-    /// unwell count; `retry_after` is the least time to stay open, if it asked for one.
+    /// An attempt failed with `error`. Only failures that say the origin is dead count;
+    /// any other means it answered.
     pub fn failed(&mut self, now: Instant, error: &FetchError) {
-        if !error.origin_unwell() {
+        if !error.origin_dead() {
             return self.answered();
         }
         self.failures += 1;
         self.reason = error.to_string();
-        let least = match error {
-            FetchError::Status {
-                retry_after: Some(asked),
-                ..
-            } => (*asked).min(MAX_RETRY_AFTER),
-            _ => Duration::ZERO,
-        };
         let reopen = matches!(self.state, State::Probing { .. });
         if reopen || (self.state == State::Closed && self.failures >= FAILURES_TO_OPEN) {
-            let open_for = self.open_for.max(least);
             self.state = State::Open {
-                until: now + open_for,
+                until: now + self.open_for,
             };
             self.open_for = (self.open_for * 2).min(LONGEST_OPEN);
         }
@@ -226,7 +220,7 @@ mod tests {
         let Admission::Refuse(why) = breaker.admit(t0) else {
             panic!("open")
         };
-        assert!(why.contains("no data for 10s"), "{why}");
+        assert!(why.contains("no answer for 10s"), "{why}");
         // After the open period: one probe, the others still refused.
         let later = t0 + FIRST_OPEN;
         assert_eq!(breaker.admit(later), Admission::Probe);
@@ -246,35 +240,53 @@ mod tests {
     }
 
     #[test]
-    fn only_failures_that_say_the_origin_is_unwell_count() {
+    fn only_an_origin_that_does_not_answer_counts_as_dead() {
         let t0 = Instant::now();
         let mut breaker = Breaker::default();
+        let answered = [
+            status(404, None),
+            status(503, Some(30)),
+            status(500, None),
+            FetchError::Changed("etag".into()),
+            FetchError::Body {
+                message: "body ended early".into(),
+                stalled: false,
+            },
+            FetchError::Body {
+                message: "body stalled".into(),
+                stalled: true,
+            },
+        ];
         for _ in 0..10 {
-            breaker.failed(t0, &status(404, None));
-            breaker.failed(t0, &FetchError::Changed("etag".into()));
+            for error in &answered {
+                breaker.failed(t0, error);
+            }
         }
-        assert!(breaker.is_closed());
+        assert!(
+            breaker.is_closed(),
+            "a flaky origin is retried, never cut off"
+        );
         // A failure streak is broken by an answer.
-        let reset = FetchError::Network("connection reset".into());
-        breaker.failed(t0, &reset);
-        breaker.failed(t0, &reset);
-        breaker.failed(t0, &status(416, None));
-        breaker.failed(t0, &reset);
+        let refused = FetchError::Network("connection refused".into());
+        breaker.failed(t0, &refused);
+        breaker.failed(t0, &refused);
+        breaker.failed(t0, &status(503, None));
+        breaker.failed(t0, &refused);
         assert!(breaker.is_closed());
+        breaker.failed(t0, &refused);
+        breaker.failed(t0, &refused);
+        assert!(!breaker.is_closed());
     }
 
     #[test]
-    fn a_retry_after_keeps_the_breaker_open_at_least_that_long_and_a_lost_probe_is_replaced() {
+    fn a_lost_probe_is_replaced() {
         let t0 = Instant::now();
         let mut breaker = Breaker::default();
+        let stalled = FetchError::Stalled(Duration::from_secs(10));
         for _ in 0..FAILURES_TO_OPEN {
-            breaker.failed(t0, &status(503, Some(20)));
+            breaker.failed(t0, &stalled);
         }
-        assert!(matches!(
-            breaker.admit(t0 + Duration::from_secs(19)),
-            Admission::Refuse(_)
-        ));
-        let probe_at = t0 + Duration::from_secs(20);
+        let probe_at = t0 + FIRST_OPEN;
         assert_eq!(breaker.admit(probe_at), Admission::Probe);
         assert!(matches!(
             breaker.admit(probe_at + Duration::from_secs(1)),
