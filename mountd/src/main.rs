@@ -15,9 +15,9 @@ use fusestream_mountd::fs::{Fs, FsConfig};
 use fusestream_mountd::fuse::{FuseAdapter, NotifierCache};
 use fusestream_mountd::metrics::MountMetrics;
 use fusestream_mountd::mount;
-use fusestream_mountd::ops::OpKind;
+use fusestream_mountd::ops::{OpKind, OpRegistry, StallPolicy};
 use fusestream_mountd::timers::Timers;
-use fusestream_mountd::watchdog::{self, StallPolicy};
+use fusestream_mountd::watchdog;
 use fusestream_shared::api::mount_server::MountServer;
 use fusestream_shared::telemetry::{self, LogTarget, Telemetry};
 use fusestream_shared::{grpc, metrics, paths, readiness};
@@ -96,10 +96,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    watchdog::set_stall_policy(StallPolicy {
-        default: Duration::from_millis(args.stall_threshold_ms),
-        per_kind: args.op_stall_thresholds.iter().copied().collect(),
-    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -192,7 +188,12 @@ async fn run(args: Args, telemetry: &Telemetry) -> Result<(), String> {
     }
     config.n_threads = Some(args.fuse_threads.max(1));
     config.clone_fd = true;
-    let session = fuser::Session::new(FuseAdapter::new(fs.clone()), &mountpoint, &config)
+    let ops = OpRegistry::new(StallPolicy {
+        default: Duration::from_millis(args.stall_threshold_ms),
+        per_kind: args.op_stall_thresholds.iter().copied().collect(),
+    });
+    let adapter = FuseAdapter::new(fs.clone(), ops.clone());
+    let session = fuser::Session::new(adapter, &mountpoint, &config)
         .map_err(|e| format!("mounting {}: {e}", mountpoint.display()))?;
     fs.set_kernel_cache(Arc::new(NotifierCache(session.notifier())));
     let (session_done_tx, session_done) = tokio::sync::oneshot::channel();
@@ -210,7 +211,7 @@ async fn run(args: Args, telemetry: &Telemetry) -> Result<(), String> {
         tracing::info!("kernel read-ahead left at its default: {e}");
     }
 
-    timers.handle().spawn(watchdog::run());
+    timers.handle().spawn(watchdog::run(ops.clone()));
     let metrics_addr = metrics_listener
         .as_ref()
         .and_then(|l| l.local_addr().ok())
@@ -219,6 +220,7 @@ async fn run(args: Args, telemetry: &Telemetry) -> Result<(), String> {
     if let Some(listener) = metrics_listener {
         let metrics = MountMetrics {
             fs: fs.clone(),
+            ops: ops.clone(),
             telemetry: telemetry.stats.clone(),
         };
         tracing::info!(addr = metrics_addr, "serving metrics");
@@ -229,7 +231,7 @@ async fn run(args: Args, telemetry: &Telemetry) -> Result<(), String> {
         ));
     }
 
-    let service = MountServer::new(MountService::new(fs.clone(), events, metrics_addr));
+    let service = MountServer::new(MountService::new(fs.clone(), ops, events, metrics_addr));
     let mut routes = tonic::service::Routes::builder();
     routes.add_service(service);
     let routes = grpc::with_standard_services(routes, &["fusestream.v1.Mount"])

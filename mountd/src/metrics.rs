@@ -1,7 +1,7 @@
 //! The mount daemon's Prometheus metrics, written when scraped (`--metrics-listen`).
 //!
 //! Everything is read from where it already lives: op latency, errors and stalls from
-//! `ops`, what is in flight and stalled now from the op registry, fetch counters from
+//! the op registry, what is in flight and stalled now from it too, fetch counters from
 //! the fetcher's `FetchStats`, entries, handles and cache use from the filesystem core, dropped
 //! telemetry from the telemetry pipeline. Every op kind is listed, with zeros, so a
 //! dashboard has a series for each from the start.
@@ -13,11 +13,12 @@ use fusestream_shared::metrics::{Exposition, Kind};
 use fusestream_shared::telemetry::TelemetryStats;
 
 use crate::fs::Fs;
-use crate::ops::{self, OpKind};
+use crate::ops::{self, OpKind, OpRegistry};
 
 #[derive(Clone)]
 pub struct MountMetrics {
     pub fs: Arc<Fs>,
+    pub ops: Arc<OpRegistry>,
     pub telemetry: TelemetryStats,
 }
 
@@ -41,7 +42,7 @@ impl MountMetrics {
 
     fn render_ops(&self, out: &mut Exposition) {
         let mut now = [Now::default(); OpKind::ALL.len()];
-        for op in ops::in_flight() {
+        for op in self.ops.in_flight() {
             let n = &mut now[op.kind as usize];
             n.in_flight += 1;
             n.stalled += u64::from(op.stalled);
@@ -54,7 +55,7 @@ impl MountMetrics {
             "Time from a FUSE request's arrival to its reply.",
         );
         for kind in OpKind::ALL {
-            out.histogram(name, &[("op", kind.label())], ops::latency(kind));
+            out.histogram(name, &[("op", kind.label())], self.ops.latency(kind));
         }
         let per_op = |out: &mut Exposition, name, kind, help, value: &dyn Fn(OpKind) -> f64| {
             out.family(name, kind, help);
@@ -89,11 +90,11 @@ impl MountMetrics {
             "fusestream_fuse_op_stalls_total",
             Kind::Counter,
             "FUSE ops that stayed in flight longer than their stall threshold.",
-            &|op| ops::stalls(op) as f64,
+            &|op| self.ops.stalls(op) as f64,
         );
         let name = "fusestream_fuse_op_errors_total";
         out.family(name, Kind::Counter, "FUSE ops answered with an error.");
-        for ((kind, errno), count) in ops::errors() {
+        for ((kind, errno), count) in self.ops.errors() {
             let errno = ops::errno_name(errno);
             out.sample(
                 name,

@@ -10,22 +10,24 @@
 //! same way.
 //!
 //! A span is exported only when it ends, so an op that never ends would never show in a
-//! trace backend. The other half is here: the registry knows every op in flight *now*;
-//! the watchdog (`watchdog.rs`) asks it for ops past their stall threshold
-//! ([`newly_stalled`]) and reports them, and metrics and `ListOps` read it when asked.
+//! trace backend. The other half is here: the [`OpRegistry`] knows every op in flight
+//! *now*, with its kind's stall threshold ([`StallPolicy`]); the watchdog (`watchdog.rs`)
+//! asks it for ops past their threshold ([`OpRegistry::newly_stalled`]) and reports them,
+//! and metrics and `ListOps` read it when asked. One registry per mount, owned: created at
+//! start and handed to the FUSE adapter, the API and metrics (no global state, so tests
+//! each have their own).
 //!
 //! The registry is sharded by request id, so ops on different threads rarely meet on a
 //! lock, and each shard lock is held only to insert, update or remove one entry (or to
-//! copy entries out). It is a leaf lock: nothing is called while holding it.
+//! copy entries out). It is a leaf lock: nothing is called while holding it (an op's span
+//! is kept behind an `Arc`, so even copying it out calls nothing of the tracing layers).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fusestream_shared::metrics::Histogram;
-
-use crate::watchdog::stall_policy;
 
 const SHARDS: usize = 16;
 
@@ -137,7 +139,7 @@ struct InFlight {
     waiting_for: String,
     /// Flagged by the watchdog already (each op is reported once).
     stalled: bool,
-    span: tracing::Span,
+    span: Arc<tracing::Span>,
 }
 
 /// An op in flight, as listed.
@@ -157,50 +159,187 @@ pub struct OpSnapshot {
     pub waiting_for: String,
 }
 
-static REGISTRY: LazyLock<[Mutex<HashMap<u64, InFlight>>; SHARDS]> =
-    LazyLock::new(|| std::array::from_fn(|_| Mutex::default()));
+/// How long an op may be in flight before it counts as stalled, per kind.
+#[derive(Debug, Clone)]
+pub struct StallPolicy {
+    pub default: Duration,
+    pub per_kind: HashMap<OpKind, Duration>,
+}
 
-fn shard(unique: u64) -> MutexGuard<'static, HashMap<u64, InFlight>> {
-    // Entries are replaced whole: a poisoned shard still holds valid data.
-    REGISTRY[(unique % SHARDS as u64) as usize]
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+impl Default for StallPolicy {
+    fn default() -> Self {
+        StallPolicy {
+            default: Duration::from_secs(1),
+            per_kind: HashMap::new(),
+        }
+    }
+}
+
+impl StallPolicy {
+    pub fn threshold(&self, kind: OpKind) -> Duration {
+        self.per_kind.get(&kind).copied().unwrap_or(self.default)
+    }
+
+    /// The shortest threshold of any kind.
+    pub fn shortest(&self) -> Duration {
+        self.per_kind
+            .values()
+            .copied()
+            .chain([self.default])
+            .min()
+            .unwrap_or(self.default)
+    }
 }
 
 /// Per-kind counters, indexed by `OpKind as usize`.
+#[derive(Debug)]
 struct KindStats {
     latency: Histogram,
     stalls: AtomicU64,
 }
 
-static KIND_STATS: [KindStats; OpKind::ALL.len()] = [const {
-    KindStats {
-        latency: Histogram::new(),
-        stalls: AtomicU64::new(0),
+type Shard = Mutex<HashMap<u64, InFlight>>;
+
+/// The ops in flight of one mount, and what ops have done so far.
+#[derive(Debug)]
+pub struct OpRegistry {
+    shards: [Shard; SHARDS],
+    kinds: [KindStats; OpKind::ALL.len()],
+    /// Error replies by kind and errno. Touched only when an op fails.
+    errors: Mutex<BTreeMap<(OpKind, i32), u64>>,
+    policy: StallPolicy,
+}
+
+impl OpRegistry {
+    pub fn new(policy: StallPolicy) -> Arc<OpRegistry> {
+        Arc::new(OpRegistry {
+            shards: std::array::from_fn(|_| Mutex::default()),
+            kinds: std::array::from_fn(|_| KindStats {
+                latency: Histogram::new(),
+                stalls: AtomicU64::new(0),
+            }),
+            errors: Mutex::default(),
+            policy,
+        })
     }
-}; OpKind::ALL.len()];
 
-/// Error replies by kind and errno. Touched only when an op fails.
-static ERRORS: Mutex<BTreeMap<(OpKind, i32), u64>> = Mutex::new(BTreeMap::new());
+    pub fn policy(&self) -> &StallPolicy {
+        &self.policy
+    }
 
-fn stats(kind: OpKind) -> &'static KindStats {
-    &KIND_STATS[kind as usize]
-}
+    fn shard(&self, unique: u64) -> MutexGuard<'_, HashMap<u64, InFlight>> {
+        // Entries are replaced whole: a poisoned shard still holds valid data.
+        self.shards[(unique % SHARDS as u64) as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
 
-/// The latency histogram of `kind` (time from request to reply).
-pub fn latency(kind: OpKind) -> &'static Histogram {
-    &stats(kind).latency
-}
+    fn stats(&self, kind: OpKind) -> &KindStats {
+        &self.kinds[kind as usize]
+    }
 
-/// Ops of `kind` that have crossed their stall threshold, ever.
-pub fn stalls(kind: OpKind) -> u64 {
-    stats(kind).stalls.load(Ordering::Relaxed)
-}
+    /// Records ENTER and registers the op of FUSE request `unique` from process `pid`
+    /// about inode `ino` (0 if none). `span` carries the op's fields.
+    pub fn enter(
+        self: &Arc<Self>,
+        kind: OpKind,
+        unique: u64,
+        pid: u32,
+        ino: u64,
+        span: tracing::Span,
+    ) -> Op {
+        tracing::trace!(parent: &span, unique, pid, "[FUSE] {} ENTER", kind.label());
+        let started = Instant::now();
+        let span = Arc::new(span);
+        let entry = InFlight {
+            kind,
+            pid,
+            ino,
+            started,
+            detail: String::new(),
+            waiting_for: String::new(),
+            stalled: false,
+            span: span.clone(),
+        };
+        self.shard(unique).insert(unique, entry);
+        Op {
+            registry: self.clone(),
+            kind,
+            unique,
+            started,
+            span,
+        }
+    }
 
-/// Error replies so far, by kind and errno.
-pub fn errors() -> Vec<((OpKind, i32), u64)> {
-    let errors = ERRORS.lock().unwrap_or_else(|e| e.into_inner());
-    errors.iter().map(|(k, v)| (*k, *v)).collect()
+    /// The latency histogram of `kind` (time from request to reply).
+    pub fn latency(&self, kind: OpKind) -> &Histogram {
+        &self.stats(kind).latency
+    }
+
+    /// Ops of `kind` that have crossed their stall threshold, ever.
+    pub fn stalls(&self, kind: OpKind) -> u64 {
+        self.stats(kind).stalls.load(Ordering::Relaxed)
+    }
+
+    /// Error replies so far, by kind and errno.
+    pub fn errors(&self) -> Vec<((OpKind, i32), u64)> {
+        let errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        errors.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    /// The ops in flight now, the oldest (the most likely stalled) first.
+    pub fn in_flight(&self) -> Vec<OpSnapshot> {
+        let now = Instant::now();
+        let mut ops: Vec<OpSnapshot> = (0..SHARDS as u64)
+            .flat_map(|i| {
+                self.shard(i)
+                    .iter()
+                    .map(|(unique, op)| {
+                        let age = now.saturating_duration_since(op.started);
+                        OpSnapshot {
+                            kind: op.kind,
+                            unique: *unique,
+                            pid: op.pid,
+                            ino: op.ino,
+                            age,
+                            stalled: age > self.policy.threshold(op.kind),
+                            detail: op.detail.clone(),
+                            waiting_for: op.waiting_for.clone(),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        ops.sort_by(|a, b| b.age.cmp(&a.age).then(a.unique.cmp(&b.unique)));
+        ops
+    }
+
+    /// The ops that crossed their stall threshold since the last call, each marked (so it
+    /// is returned once) and counted in [`OpRegistry::stalls`]. For the watchdog.
+    pub fn newly_stalled(&self) -> Vec<StalledOp> {
+        let now = Instant::now();
+        let mut flagged = Vec::new();
+        for i in 0..SHARDS as u64 {
+            for (unique, op) in self.shard(i).iter_mut() {
+                let age = now.saturating_duration_since(op.started);
+                if !op.stalled && age > self.policy.threshold(op.kind) {
+                    op.stalled = true;
+                    flagged.push(StalledOp {
+                        kind: op.kind,
+                        unique: *unique,
+                        pid: op.pid,
+                        age,
+                        waiting_for: op.waiting_for.clone(),
+                        span: op.span.clone(),
+                    });
+                }
+            }
+        }
+        for op in &flagged {
+            self.stats(op.kind).stalls.fetch_add(1, Ordering::Relaxed);
+        }
+        flagged
+    }
 }
 
 /// The symbolic name of the errnos FUSE replies carry (`EIO`, ...).
@@ -226,34 +365,6 @@ pub fn errno_name(errno: i32) -> String {
     name.to_string()
 }
 
-/// The ops in flight now, the oldest (the most likely stalled) first.
-pub fn in_flight() -> Vec<OpSnapshot> {
-    let now = Instant::now();
-    let policy = stall_policy();
-    let mut ops: Vec<OpSnapshot> = (0..SHARDS as u64)
-        .flat_map(|i| {
-            shard(i)
-                .iter()
-                .map(|(unique, op)| {
-                    let age = now.saturating_duration_since(op.started);
-                    OpSnapshot {
-                        kind: op.kind,
-                        unique: *unique,
-                        pid: op.pid,
-                        ino: op.ino,
-                        age,
-                        stalled: age > policy.threshold(op.kind),
-                        detail: op.detail.clone(),
-                        waiting_for: op.waiting_for.clone(),
-                    }
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    ops.sort_by(|a, b| b.age.cmp(&a.age).then(a.unique.cmp(&b.unique)));
-    ops
-}
-
 /// An op the watchdog flagged as stalled.
 #[derive(Debug)]
 pub struct StalledOp {
@@ -262,94 +373,43 @@ pub struct StalledOp {
     pub pid: u32,
     pub age: Duration,
     pub waiting_for: String,
-    pub span: tracing::Span,
+    pub span: Arc<tracing::Span>,
 }
 
-/// The ops that crossed their stall threshold since the last call, each marked (so it is
-/// returned once) and counted in [`stalls`]. For the watchdog, which reports them.
-pub fn newly_stalled() -> Vec<StalledOp> {
-    let now = Instant::now();
-    let policy = stall_policy();
-    let mut flagged = Vec::new();
-    for i in 0..SHARDS as u64 {
-        for (unique, op) in shard(i).iter_mut() {
-            let age = now.saturating_duration_since(op.started);
-            if !op.stalled && age > policy.threshold(op.kind) {
-                op.stalled = true;
-                flagged.push(StalledOp {
-                    kind: op.kind,
-                    unique: *unique,
-                    pid: op.pid,
-                    age,
-                    waiting_for: op.waiting_for.clone(),
-                    span: op.span.clone(),
-                });
-            }
-        }
-    }
-    for op in &flagged {
-        stats(op.kind).stalls.fetch_add(1, Ordering::Relaxed);
-    }
-    flagged
-}
-
-/// One FUSE request from arrival to reply.
+/// One FUSE request from arrival to reply (see [`OpRegistry::enter`]).
 #[derive(Debug)]
 pub struct Op {
+    registry: Arc<OpRegistry>,
     kind: OpKind,
     unique: u64,
     started: Instant,
-    span: tracing::Span,
+    span: Arc<tracing::Span>,
 }
 
 impl Op {
-    /// Records ENTER and registers the op of FUSE request `unique` from process `pid`
-    /// about inode `ino` (0 if none). `span` carries the op's fields.
-    pub fn enter(kind: OpKind, unique: u64, pid: u32, ino: u64, span: tracing::Span) -> Op {
-        tracing::trace!(parent: &span, unique, pid, "[FUSE] {} ENTER", kind.label());
-        let started = Instant::now();
-        shard(unique).insert(
-            unique,
-            InFlight {
-                kind,
-                pid,
-                ino,
-                started,
-                detail: String::new(),
-                waiting_for: String::new(),
-                stalled: false,
-                span: span.clone(),
-            },
-        );
-        Op {
-            kind,
-            unique,
-            started,
-            span,
-        }
-    }
-
     pub fn span(&self) -> &tracing::Span {
         &self.span
     }
 
     /// Says what the op is about, for the in-flight listing.
     pub fn describe(&self, detail: String) {
-        if let Some(op) = shard(self.unique).get_mut(&self.unique) {
+        if let Some(op) = self.registry.shard(self.unique).get_mut(&self.unique) {
             op.detail = detail;
         }
     }
 
     /// Says what the op is waiting for, for the in-flight listing.
     pub fn waiting_for(&self, what: String) {
-        if let Some(op) = shard(self.unique).get_mut(&self.unique) {
+        if let Some(op) = self.registry.shard(self.unique).get_mut(&self.unique) {
             op.waiting_for = what;
         }
     }
 
     /// Records that the op is answered with `errno`.
     pub fn failed(&self, errno: i32) {
-        *ERRORS
+        *self
+            .registry
+            .errors
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry((self.kind, errno))
@@ -369,10 +429,12 @@ impl Op {
 impl Drop for Op {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
-        shard(self.unique).remove(&self.unique);
-        stats(self.kind).latency.observe(elapsed);
+        // A statement of its own: the shard lock is let go before the span is touched.
+        let entry = self.registry.shard(self.unique).remove(&self.unique);
+        drop(entry);
+        self.registry.stats(self.kind).latency.observe(elapsed);
         tracing::trace!(
-            parent: &self.span,
+            parent: self.span.as_ref(),
             unique = self.unique,
             "[FUSE] {} EXIT dur={elapsed:?}",
             self.kind.label()
@@ -384,62 +446,67 @@ impl Drop for Op {
 mod tests {
     use super::*;
 
+    fn registry() -> Arc<OpRegistry> {
+        OpRegistry::new(StallPolicy::default())
+    }
+
     #[test]
     fn ops_are_listed_while_in_flight_with_what_they_wait_for() {
-        // Ids far from other tests' (the registry is process-wide).
-        let first = Op::enter(OpKind::Read, 1_000_001, 42, 0, tracing::Span::none());
+        let ops = registry();
+        let first = ops.enter(OpKind::Read, 1, 42, 0, tracing::Span::none());
         first.waiting_for("bytes 0..4096 of x".into());
-        let second = Op::enter(OpKind::Lookup, 1_000_002, 43, 0, tracing::Span::none());
-        let mine = |ops: Vec<OpSnapshot>| -> Vec<(u64, String)> {
-            ops.into_iter()
-                .filter(|o| (1_000_000..2_000_000).contains(&o.unique))
+        let second = ops.enter(OpKind::Lookup, 2, 43, 0, tracing::Span::none());
+        let listed = |ops: &OpRegistry| -> Vec<(u64, String)> {
+            ops.in_flight()
+                .into_iter()
                 .map(|o| (o.unique, o.waiting_for))
                 .collect()
         };
         assert_eq!(
-            mine(in_flight()),
-            [
-                (1_000_001, "bytes 0..4096 of x".into()),
-                (1_000_002, String::new())
-            ],
+            listed(&ops),
+            [(1, "bytes 0..4096 of x".into()), (2, String::new())],
             "oldest first"
         );
         drop(first);
-        assert_eq!(mine(in_flight()), [(1_000_002, String::new())]);
+        assert_eq!(listed(&ops), [(2, String::new())]);
         drop(second);
-        assert!(mine(in_flight()).is_empty());
+        assert!(listed(&ops).is_empty());
     }
 
     #[test]
     fn an_op_past_its_threshold_is_flagged_once_and_counted() {
-        // The default policy (1 s) applies in this process; backdate the op instead of
-        // waiting for it.
-        let before = stalls(OpKind::Readdir);
-        let op = Op::enter(OpKind::Readdir, 2_000_001, 7, 0, tracing::Span::none());
-        shard(2_000_001).get_mut(&2_000_001).unwrap().started -= Duration::from_secs(5);
-        let listed = |ops: Vec<OpSnapshot>| ops.into_iter().find(|o| o.unique == 2_000_001);
-        assert!(listed(in_flight()).unwrap().stalled);
-        let mine = |ops: Vec<StalledOp>| ops.into_iter().filter(|o| o.unique == 2_000_001).count();
-        assert_eq!(mine(newly_stalled()), 1);
-        assert_eq!(mine(newly_stalled()), 0, "flagged once");
-        assert_eq!(stalls(OpKind::Readdir), before + 1);
+        let ops = registry();
+        let op = ops.enter(OpKind::Readdir, 1, 7, 0, tracing::Span::none());
+        // Backdate the op instead of waiting for it.
+        ops.shard(1).get_mut(&1).unwrap().started -= Duration::from_secs(5);
+        assert!(ops.in_flight()[0].stalled);
+        assert_eq!(ops.newly_stalled().len(), 1);
+        assert_eq!(ops.newly_stalled().len(), 0, "flagged once");
+        assert_eq!(ops.stalls(OpKind::Readdir), 1);
         drop(op);
-        assert!(listed(in_flight()).is_none());
+        assert!(ops.in_flight().is_empty());
     }
 
     #[test]
     fn failures_are_counted_by_kind_and_errno_and_latency_recorded() {
-        let before = latency(OpKind::Ioctl).count();
-        let op = Op::enter(OpKind::Ioctl, 3_000_001, 7, 0, tracing::Span::none());
+        let ops = registry();
+        let op = ops.enter(OpKind::Ioctl, 1, 7, 0, tracing::Span::none());
         op.failed(libc::ENOTTY);
         drop(op);
-        assert_eq!(latency(OpKind::Ioctl).count(), before + 1);
-        let count = errors()
-            .into_iter()
-            .find(|(key, _)| *key == (OpKind::Ioctl, libc::ENOTTY))
-            .map(|(_, n)| n);
-        assert!(count >= Some(1));
+        assert_eq!(ops.latency(OpKind::Ioctl).count(), 1);
+        assert_eq!(ops.errors(), [((OpKind::Ioctl, libc::ENOTTY), 1)]);
         assert_eq!(errno_name(libc::ETIMEDOUT), "ETIMEDOUT");
         assert_eq!(OpKind::from_label("read"), Some(OpKind::Read));
+    }
+
+    #[test]
+    fn per_kind_thresholds_apply() {
+        let policy = StallPolicy {
+            default: Duration::from_secs(1),
+            per_kind: HashMap::from([(OpKind::Read, Duration::from_secs(8))]),
+        };
+        assert_eq!(policy.threshold(OpKind::Read), Duration::from_secs(8));
+        assert_eq!(policy.threshold(OpKind::Lookup), Duration::from_secs(1));
+        assert_eq!(policy.shortest(), Duration::from_secs(1));
     }
 }

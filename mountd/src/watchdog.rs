@@ -9,44 +9,14 @@
 //! the op's span, which is exported at once. What is stalled *now* (the
 //! `fusestream_fuse_ops_stalled` gauge, `ListOps`) is read from the registry when asked.
 
-use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::ops::{self, OpKind, StalledOp};
+use crate::ops::{OpKind, OpRegistry, StalledOp};
 
-/// How long an op may be in flight before it counts as stalled, per kind.
-#[derive(Debug, Clone)]
-pub struct StallPolicy {
-    pub default: Duration,
-    pub per_kind: HashMap<OpKind, Duration>,
-}
-
-impl Default for StallPolicy {
-    fn default() -> Self {
-        StallPolicy {
-            default: Duration::from_secs(1),
-            per_kind: HashMap::new(),
-        }
-    }
-}
-
-impl StallPolicy {
-    pub fn threshold(&self, kind: OpKind) -> Duration {
-        self.per_kind.get(&kind).copied().unwrap_or(self.default)
-    }
-
-    /// How often to scan: a quarter of the shortest threshold, within 50 ms..1 s.
-    fn tick(&self) -> Duration {
-        let shortest = self
-            .per_kind
-            .values()
-            .copied()
-            .chain([self.default])
-            .min()
-            .unwrap_or(self.default);
-        (shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
-    }
+/// How often to scan: a quarter of the shortest threshold, within 50 ms..1 s.
+fn tick(shortest: Duration) -> Duration {
+    (shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
 /// Parses `KIND=MS` (e.g. `read=5000`), the form of `--op-stall-threshold-ms`.
@@ -65,24 +35,14 @@ pub fn parse_kind_threshold(value: &str) -> Result<(OpKind, Duration), String> {
     Ok((kind, Duration::from_millis(ms)))
 }
 
-static STALL_POLICY: OnceLock<StallPolicy> = OnceLock::new();
-
-/// Sets the stall thresholds, once, at start (the default applies until then).
-pub fn set_stall_policy(policy: StallPolicy) {
-    let _ = STALL_POLICY.set(policy);
-}
-
-pub fn stall_policy() -> &'static StallPolicy {
-    STALL_POLICY.get_or_init(StallPolicy::default)
-}
-
-/// Scans for stalled ops until the runtime shuts down.
-pub async fn run() {
-    let mut interval = tokio::time::interval(stall_policy().tick());
+/// Scans `ops` for stalled ops until its runtime shuts down. Runs on the timer runtime
+/// (see `timers`), so a busy worker pool never delays a report.
+pub async fn run(ops: Arc<OpRegistry>) {
+    let mut interval = tokio::time::interval(tick(ops.policy().shortest()));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         interval.tick().await;
-        ops::newly_stalled().iter().for_each(report);
+        ops.newly_stalled().iter().for_each(report);
     }
 }
 
@@ -90,7 +50,7 @@ fn report(op: &StalledOp) {
     let age_ms = op.age.as_millis() as u64;
     let kind = op.kind.label();
     tracing::warn!(
-        parent: &op.span,
+        parent: op.span.as_ref(),
         op = kind,
         unique = op.unique,
         pid = op.pid,
@@ -108,7 +68,7 @@ fn report(op: &StalledOp) {
         age_ms,
         waiting_for = op.waiting_for,
     );
-    stalled.follows_from(&op.span);
+    stalled.follows_from(op.span.as_ref());
 }
 
 #[cfg(test)]
@@ -128,12 +88,7 @@ mod tests {
         );
         assert!(parse_kind_threshold("read").is_err());
         assert!(parse_kind_threshold("read=soon").is_err());
-        let policy = StallPolicy {
-            default: Duration::from_secs(1),
-            per_kind: HashMap::from([(OpKind::Read, Duration::from_secs(8))]),
-        };
-        assert_eq!(policy.threshold(OpKind::Read), Duration::from_secs(8));
-        assert_eq!(policy.threshold(OpKind::Lookup), Duration::from_secs(1));
-        assert_eq!(policy.tick(), Duration::from_millis(250));
+        assert_eq!(tick(Duration::from_secs(1)), Duration::from_millis(250));
+        assert_eq!(tick(Duration::from_millis(10)), Duration::from_millis(50));
     }
 }

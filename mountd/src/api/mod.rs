@@ -15,18 +15,26 @@ use tonic::{Request, Response, Status};
 use crate::events::Events;
 use crate::fs::{EntryInfo, Fs, NamespaceError, NewEntry, StageError};
 use crate::object::Version;
+use crate::ops::OpRegistry;
 
 pub struct MountService {
     fs: Arc<Fs>,
+    ops: Arc<OpRegistry>,
     events: Arc<Events>,
     /// Where metrics are served, for status ("" if nowhere).
     metrics_addr: String,
 }
 
 impl MountService {
-    pub fn new(fs: Arc<Fs>, events: Arc<Events>, metrics_addr: String) -> MountService {
+    pub fn new(
+        fs: Arc<Fs>,
+        ops: Arc<OpRegistry>,
+        events: Arc<Events>,
+        metrics_addr: String,
+    ) -> MountService {
         MountService {
             fs,
+            ops,
             events,
             metrics_addr,
         }
@@ -288,7 +296,9 @@ impl Mount for MountService {
         &self,
         _request: Request<api::ListOpsRequest>,
     ) -> Result<Response<api::ListOpsResponse>, Status> {
-        let ops = crate::ops::in_flight()
+        let ops = self
+            .ops
+            .in_flight()
             .into_iter()
             .map(|op| api::InFlightOp {
                 op: op.kind.span_name().to_string(),

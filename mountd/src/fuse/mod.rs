@@ -20,7 +20,7 @@ use fuser::{
 
 use crate::FsError;
 use crate::fs::{Attr, Fs, KernelCache, Kind, Unlinked};
-use crate::ops::{Op, OpKind};
+use crate::ops::{Op, OpKind, OpRegistry};
 use crate::reads::DataReply;
 
 /// How long the kernel may cache attributes and entries. Short, because entries come and
@@ -33,11 +33,13 @@ const MAX_BACKGROUND: u16 = 1024;
 
 pub struct FuseAdapter {
     fs: Arc<Fs>,
+    /// Where every op is registered from ENTER to EXIT.
+    ops: Arc<OpRegistry>,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<Fs>) -> FuseAdapter {
-        FuseAdapter { fs }
+    pub fn new(fs: Arc<Fs>, ops: Arc<OpRegistry>) -> FuseAdapter {
+        FuseAdapter { fs, ops }
     }
 }
 
@@ -77,12 +79,12 @@ fn file_attr(attr: &Attr) -> FileAttr {
     }
 }
 
-/// Opens the op for request `req` about inode `ino` (0 if none):
-/// `op!(req, Lookup, parent.0, name = ..)`. Its span is a debug span: exported when span
-/// export is on, free otherwise.
+/// Opens the op for request `req` about inode `ino` (0 if none), in the adapter's
+/// registry: `op!(self, req, Lookup, parent.0, name = ..)`. Its span is a debug span:
+/// exported when span export is on, free otherwise.
 macro_rules! op {
-    ($req:expr, $kind:ident, $ino:expr $(, $($field:tt)*)?) => {
-        Op::enter(
+    ($adapter:expr, $req:expr, $kind:ident, $ino:expr $(, $($field:tt)*)?) => {
+        $adapter.ops.enter(
             OpKind::$kind,
             $req.unique().0,
             $req.pid(),
@@ -151,7 +153,7 @@ impl DataReply for FuseReadReply {
 
 impl fuser::Filesystem for FuseAdapter {
     fn init(&mut self, req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _op = op!(req, Init, 0);
+        let _op = op!(self, req, Init, 0);
         // Let the kernel read ahead as far as it allows; our own read-ahead goes further.
         if let Err(max) = config.set_max_readahead(u32::MAX) {
             let _ = config.set_max_readahead(max);
@@ -167,7 +169,7 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn destroy(&mut self) {
         // No request to take an id from: the kernel sends DESTROY once, at unmount.
-        let _op = Op::enter(
+        let _op = self.ops.enter(
             OpKind::Destroy,
             0,
             0,
@@ -179,6 +181,7 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn interrupt(&self, req: &Request, unique: RequestId) -> Result<(), Errno> {
         let op = op!(
+            self,
             req,
             Interrupt,
             0,
@@ -195,7 +198,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let op = op!(req, Lookup, parent.0, name = ?name);
+        let op = op!(self, req, Lookup, parent.0, name = ?name);
         let Some(name) = name.to_str() else {
             return reply.error(fail(op, Errno::ENOENT));
         };
@@ -209,12 +212,12 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
-        let _op = op!(req, Forget, ino.0, nlookup);
+        let _op = op!(self, req, Forget, ino.0, nlookup);
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let op = op!(req, Getattr, ino.0);
+        let op = op!(self, req, Getattr, ino.0);
         match self.fs.getattr(ino.0) {
             Ok(attr) => {
                 op.answered();
@@ -225,7 +228,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        let op = op!(req, Access, ino.0, mask = mask.bits());
+        let op = op!(self, req, Access, ino.0, mask = mask.bits());
         match self.fs.access(ino.0, mask.contains(AccessFlags::W_OK)) {
             Ok(()) => {
                 op.answered();
@@ -236,7 +239,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        let op = op!(req, Statfs, ino.0);
+        let op = op!(self, req, Statfs, ino.0);
         let s = self.fs.statfs();
         op.answered();
         reply.statfs(
@@ -252,7 +255,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let op = op!(req, Open, ino.0, flags = flags.0);
+        let op = op!(self, req, Open, ino.0, flags = flags.0);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         match self.fs.open(ino.0, write) {
             // Objects are immutable while staged: let the kernel keep cached pages. Nothing
@@ -280,6 +283,7 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let op = op!(
+            self,
             req,
             Read,
             ino.0,
@@ -308,7 +312,7 @@ impl fuser::Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let op = op!(req, Release, ino.0, fh = fh.0);
+        let op = op!(self, req, Release, ino.0, fh = fh.0);
         self.fs.release(fh.0);
         op.answered();
         reply.ok();
@@ -322,12 +326,12 @@ impl fuser::Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        op!(req, Flush, ino.0, fh = fh.0).answered();
+        op!(self, req, Flush, ino.0, fh = fh.0).answered();
         reply.ok(); // read-only: nothing to flush
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, _size: u32, reply: ReplyXattr) {
-        let op = op!(req, Getxattr, ino.0, name = ?name);
+        let op = op!(self, req, Getxattr, ino.0, name = ?name);
         match self.fs.getattr(ino.0) {
             Ok(_) => reply.error(fail(op, Errno::from_i32(libc::ENODATA))), // no extended attributes
             Err(e) => reply.error(failed(op, &e)),
@@ -335,7 +339,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let op = op!(req, Listxattr, ino.0);
+        let op = op!(self, req, Listxattr, ino.0);
         match self.fs.getattr(ino.0) {
             Ok(_) => {
                 op.answered();
@@ -360,13 +364,13 @@ impl fuser::Filesystem for FuseAdapter {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        let op = op!(req, Ioctl, ino.0, fh = fh.0, cmd);
+        let op = op!(self, req, Ioctl, ino.0, fh = fh.0, cmd);
         // Not a terminal or a device: what tools like dd probe for (TCGETS) is not here.
         reply.error(fail(op, Errno::from_i32(libc::ENOTTY)));
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let op = op!(req, Opendir, ino.0);
+        let op = op!(self, req, Opendir, ino.0);
         match self.fs.opendir(ino.0) {
             Ok(fh) => {
                 op.answered();
@@ -384,7 +388,7 @@ impl fuser::Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let op = op!(req, Readdir, ino.0, fh = fh.0, offset);
+        let op = op!(self, req, Readdir, ino.0, fh = fh.0, offset);
         let entries = match self.fs.readdir(fh.0) {
             Ok(entries) => entries,
             Err(e) => return reply.error(failed(op, &e)),
@@ -411,7 +415,7 @@ impl fuser::Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let op = op!(req, Releasedir, ino.0, fh = fh.0);
+        let op = op!(self, req, Releasedir, ino.0, fh = fh.0);
         self.fs.releasedir(fh.0);
         op.answered();
         reply.ok();
