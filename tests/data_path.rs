@@ -333,3 +333,193 @@ fn reads_under_random_faults_return_exact_bytes_or_clean_errors() {
         sha256(&original)
     );
 }
+
+/// The issue's dead-host scenario: six objects on two dead origins (one accepts and
+/// never answers, one answers 503 with Retry-After 30), twelve readers on them, and a
+/// cold read of a healthy 64 MiB object from a third origin meanwhile. The read deadline
+/// (8 s) is shorter than the stall timeout (10 s): a healthy read that had to wait for a
+/// slot a dead origin held would fail with ETIMEDOUT, so starvation fails the test
+/// instead of only slowing it. Then the silent origin's breaker opens, and `ls` says why.
+#[test]
+fn dead_remotes_never_starve_a_healthy_one_and_their_breaker_says_why() {
+    let fs = FuseStream::start_with(Options {
+        read_timeout: 8,
+        ..Options::default()
+    });
+    let silent = FaultyServer::start(data(8 * MIB, 21), Mode::Healthy);
+    let busy = FaultyServer::start(data(8 * MIB, 22), Mode::Healthy);
+    for i in 0..3 {
+        fs.ctl_ok(["stage", "--name", &format!("silent{i}"), &silent.url("s")]);
+        fs.ctl_ok(["stage", "--name", &format!("busy{i}"), &busy.url("b")]);
+    }
+    silent.set_mode(Mode::Silent);
+    busy.set_mode(Mode::Unavailable { retry_after: 30 });
+    let mut readers = Vec::new();
+    for name in ["silent0", "silent1", "silent2", "busy0", "busy1", "busy2"] {
+        let path = fs.mountpoint.join(name);
+        // Past the staged head, so each needs the network.
+        readers.push(reader(&path, 1000, true));
+        readers.push(
+            Command::new("cat")
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn cat"),
+        );
+    }
+    fs.wait_until("the dead origins' readers wait", |fs| {
+        fs.status_number("reads waiting") >= 6
+    });
+
+    let healthy = FaultyServer::start(data(64 * MIB, 23), Mode::Healthy);
+    fs.ctl_ok(["stage", "--name", "healthy.bin", &healthy.url("h")]);
+    let path = fs.mountpoint.join("healthy.bin");
+    assert_eq!(
+        completes("a cold read of the healthy object", 120, move || {
+            sha256_file(&path)
+        }),
+        sha256(&data(64 * MIB, 23))
+    );
+
+    // Every dead reader ends (deadline or breaker), and the silent origin's entries say
+    // why their reads fail.
+    for mut reader in readers {
+        let status = completes("a dead reader ends", 120, move || reader.wait().unwrap());
+        assert!(!status.success(), "a read of a dead origin cannot succeed");
+    }
+    let origin = format!("http://127.0.0.1:{}", silent.port());
+    fs.wait_until("the silent origin's breaker is open", |fs| {
+        fs.ctl_ok(["ls"])
+            .contains(&format!("remote unavailable: {origin} not answering"))
+    });
+}
+
+/// The interrupt-before-park race: the mount daemon is stopped while a reader with a
+/// signal handler blocks in an O_DIRECT read and is interrupted; when the daemon resumes,
+/// the kernel sends the READ and then its INTERRUPT, which another FUSE thread may take
+/// before the READ is registered. The interrupt must not be lost: the handler runs (the
+/// read returns EINTR and is retried), and a SIGKILL then ends the reader at once, not at
+/// its 600 s deadline.
+#[test]
+fn an_interrupt_that_arrives_before_its_read_still_frees_the_reader() {
+    let fs = FuseStream::start_with(Options {
+        read_timeout: 600,
+        ..Options::default()
+    });
+    let server = FaultyServer::start(data(16 * MIB, 31), Mode::Healthy);
+    fs.ctl_ok(["stage", "--name", "silent.bin", &server.url("s")]);
+    server.set_mode(Mode::Silent);
+    let script = r#"
+import mmap, os, signal, sys
+signal.signal(signal.SIGUSR1, lambda *_: print("handled", flush=True))
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECT)
+buf = mmap.mmap(-1, 4096)
+print("open", flush=True)
+sys.stdin.readline()
+os.preadv(fd, [buf], 8 << 20)
+"#;
+    let mut python = Command::new("python3")
+        .args(["-c", script])
+        .arg(fs.mountpoint.join("silent.bin"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn python3");
+    let pid = python.id();
+    let mut out = std::io::BufReader::new(python.stdout.take().unwrap());
+    let mut line = String::new();
+    use std::io::{BufRead, Write};
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "open");
+
+    let mountd = fs.mountd.pid() as i32;
+    // SAFETY: signals to processes this test started.
+    unsafe { libc::kill(mountd, libc::SIGSTOP) };
+    python.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    // The reader is blocked in its read (preadv, or preadv2 as glibc may issue it), which
+    // the stopped daemon has not taken yet.
+    let blocked = move || {
+        let call = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        ["295 ", "327 "].iter().any(|n| call.starts_with(n))
+    };
+    completes("the reader blocks in its read", 60, move || {
+        while !blocked() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    });
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGUSR1);
+        libc::kill(mountd, libc::SIGCONT);
+    }
+    line.clear();
+    let handled = completes("the interrupted read returns", 60, move || {
+        out.read_line(&mut line).unwrap();
+        line
+    });
+    assert_eq!(handled.trim(), "handled", "the signal handler ran");
+    // The read was retried and waits again; a SIGKILL ends the reader at once.
+    fs.wait_until("the retried read waits", |fs| {
+        fs.ctl_ok(["ops"])
+            .lines()
+            .any(|l| l.contains("fuse.read") && l.contains(" python3 "))
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    completes("the killed reader exits", 60, move || {
+        python.wait().unwrap()
+    });
+}
+
+/// Eviction under concurrent opens: a cache budget far below what the readers touch, so
+/// stores are evicted while other readers open, read and close; every byte read is the
+/// object's.
+#[test]
+fn eviction_under_concurrent_opens_never_returns_wrong_bytes() {
+    let fs = Arc::new(FuseStream::start_with(Options {
+        cache_max_mib: 4,
+        mountd_args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
+        ..Options::default()
+    }));
+    let objects: Vec<Arc<Vec<u8>>> = (0..6).map(|i| Arc::new(data(3 * MIB, 40 + i))).collect();
+    let servers: Vec<FaultyServer> = objects
+        .iter()
+        .map(|o| FaultyServer::start(o.to_vec(), Mode::Healthy))
+        .collect();
+    for (i, server) in servers.iter().enumerate() {
+        fs.ctl_ok(["stage", "--name", &format!("e{i}.bin"), &server.url("e")]);
+    }
+    let workers: Vec<_> = (0..8u64)
+        .map(|seed| {
+            let (fs, objects) = (fs.clone(), objects.clone());
+            std::thread::spawn(move || {
+                let mut rng = Prng::new(seed + 7);
+                for _ in 0..40 {
+                    let i = rng.below(objects.len() as u64) as usize;
+                    let object = &objects[i];
+                    let file =
+                        std::fs::File::open(fs.mountpoint.join(format!("e{i}.bin"))).unwrap();
+                    let offset = rng.below(object.len() as u64) as usize;
+                    let len = (rng.below(256 * 1024) as usize + 1).min(object.len() - offset);
+                    let mut buf = vec![0; len];
+                    file.read_exact_at(&mut buf, offset as u64).unwrap();
+                    assert!(
+                        buf == object[offset..offset + len],
+                        "wrong bytes in e{i} at {offset}+{len}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("reader");
+    }
+    let evictions =
+        fusestream_tests::metric(&fs.mountd_metrics(), "fusestream_cache_evictions_total");
+    assert!(
+        evictions.is_some_and(|n| n > 0.0),
+        "the budget forced evictions: {evictions:?}"
+    );
+}

@@ -43,6 +43,11 @@ pub enum Mode {
     Chaos { seed: u64 },
     /// The object was replaced: other ETag, every byte XOR 0xFF.
     Changed,
+    /// A host that accepts connections and requests and never answers (until the client
+    /// closes or the server is dropped).
+    Silent,
+    /// Every request is answered 503 with this Retry-After (seconds).
+    Unavailable { retry_after: u32 },
 }
 
 /// What [`Mode::Chaos`] did to one request.
@@ -335,7 +340,14 @@ fn respond(
         Mode::Chaos { seed } => shared.chaos(seed),
         _ => (Fault::Healthy, Prng::new(1)),
     };
+    if mode == Mode::Silent {
+        while matches!(stream.read(&mut [0u8; 4096]), Ok(n) if n > 0) {}
+        return Ok(false);
+    }
     let error = match fault {
+        _ if let Mode::Unavailable { retry_after } = mode => {
+            Some((503, vec![("Retry-After", retry_after.to_string())]))
+        }
         Fault::Status500 => Some((500, vec![])),
         Fault::Status503 => Some((503, vec![])),
         Fault::Status429 => Some((429, vec![("Retry-After", "1".to_string())])),
