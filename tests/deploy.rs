@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fusestream_tests::bin;
+use fusestream_tests::{bin, tool};
 
 fn deploy(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -57,15 +57,12 @@ fn systemd_units_verify_cleanly() {
         std::fs::write(&path, local).unwrap();
         let runtime = dir.path().join("runtime");
         std::fs::create_dir_all(&runtime).unwrap();
-        let mut verify = Command::new("systemd-analyze");
+        let mut verify = Command::new(tool("systemd-analyze"));
         verify.arg("verify").arg("--man=no");
         if user {
             verify.arg("--user").env("XDG_RUNTIME_DIR", &runtime);
         }
-        let out = verify
-            .arg(&path)
-            .output()
-            .expect("systemd-analyze (Debian package systemd)");
+        let out = verify.arg(&path).output().expect("run systemd-analyze");
         let said = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -85,7 +82,7 @@ fn launchd_plists_parse_and_pass_real_flags() {
         ("org.fusestream.control.plist", "fusestreamctl"),
     ] {
         let path = deploy(&format!("launchd/{plist}"));
-        let out = Command::new("python3")
+        let out = Command::new(tool("python3"))
             .args([
                 "-c",
                 "import plistlib, sys; d = plistlib.load(open(sys.argv[1], 'rb')); \
