@@ -417,6 +417,15 @@ impl FuseStream {
         }
     }
 
+    /// Waits (bounded) until the control plane's log contains `text`. Logging is queued and
+    /// some lines are logged after what they report (a renewed URL is logged once handed
+    /// over), so a line may reach the file after the test has seen its effect.
+    pub fn wait_for_control_log(&self, text: &str) {
+        self.wait_until(&format!("the control plane logs {text:?}"), |fs| {
+            fs.control.logs().contains(text)
+        });
+    }
+
     pub fn cache_dir(&self) -> &Path {
         self.options
             .cache_dir
