@@ -8,7 +8,8 @@
 # Everything lives in one state directory ($FUSESTREAM_QUICKSTART_DIR, default
 # $XDG_RUNTIME_DIR/fusestream-quickstart or /tmp/fusestream-quickstart-$UID).
 # As root the mount daemon mounts directly; as another user it mounts through the setuid
-# fusermount3 (Debian/Ubuntu package fuse3).
+# fusermount3 (Debian/Ubuntu package fuse3), which this script installs through sudo when
+# it is missing.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -52,9 +53,24 @@ wait_for() { # what command...
   exit 1
 }
 
+# A non-root mount needs the setuid fusermount3: install fuse3 (through sudo) if it is missing.
+need_fusermount() {
+  if command -v fusermount3 >/dev/null || [ "$(id -u)" = 0 ]; then return 0; fi
+  if ! command -v apt-get >/dev/null || ! command -v sudo >/dev/null; then
+    echo "quickstart: fusermount3 not found: install the fuse3 package (or run as root)" >&2
+    exit 1
+  fi
+  echo "== installing fuse3 (fusermount3 lets a non-root user mount) through sudo"
+  local apt=(sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -qq)
+  # A fresh machine may have no (or stale) package lists: update once and retry.
+  "${apt[@]}" install -y --no-install-recommends fuse3 </dev/null >/dev/null ||
+    { "${apt[@]}" update </dev/null && "${apt[@]}" install -y --no-install-recommends fuse3 </dev/null >/dev/null; }
+  command -v fusermount3 >/dev/null ||
+    { echo "quickstart: installed fuse3, but fusermount3 is still not on PATH" >&2; exit 1; }
+}
+
 start() {
-  command -v fusermount3 >/dev/null || [ "$(id -u)" = 0 ] ||
-    { echo "quickstart: fusermount3 not found (install the fuse3 package)" >&2; exit 1; }
+  need_fusermount
   echo "== building ($profile)"
   (cd "$repo" && cargo build --bins $([ "$profile" = release ] && echo --release) --quiet)
   mkdir -p "$state"

@@ -2,10 +2,11 @@
 //! single warning, launchd plists parse, the install script parses, and every flag these
 //! files pass to a daemon is one the daemon has.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fusestream_tests::bin;
+use fusestream_tests::{bin, tool};
 
 fn deploy(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -15,21 +16,13 @@ fn deploy(file: &str) -> PathBuf {
 
 /// The `--flags` in `text` after `program`'s name, checked against its `--help`.
 fn assert_flags_exist(file: &str, text: &str, program: &str) {
-    let help = Command::new(bin(program)).arg("--help").output().unwrap();
-    let mut help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let mut known = help_flags(program, &[]);
     if program == "fusestreamctl" {
-        let serve = Command::new(bin(program))
-            .args(["serve", "--help"])
-            .output()
-            .unwrap();
-        help.push_str(&String::from_utf8_lossy(&serve.stdout));
+        known.extend(help_flags(program, &["serve"]));
     }
-    for flag in text
-        .split(|c: char| c.is_whitespace() || c == '<' || c == '>' || c == '"')
-        .filter(|w| w.starts_with("--") && w.len() > 2)
-    {
+    for flag in flags_in(text) {
         assert!(
-            help.contains(flag),
+            known.contains(&flag),
             "{file} passes {flag}, which {program} does not have"
         );
     }
@@ -57,15 +50,12 @@ fn systemd_units_verify_cleanly() {
         std::fs::write(&path, local).unwrap();
         let runtime = dir.path().join("runtime");
         std::fs::create_dir_all(&runtime).unwrap();
-        let mut verify = Command::new("systemd-analyze");
+        let mut verify = Command::new(tool("systemd-analyze"));
         verify.arg("verify").arg("--man=no");
         if user {
             verify.arg("--user").env("XDG_RUNTIME_DIR", &runtime);
         }
-        let out = verify
-            .arg(&path)
-            .output()
-            .expect("systemd-analyze (Debian package systemd)");
+        let out = verify.arg(&path).output().expect("run systemd-analyze");
         let said = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -85,7 +75,7 @@ fn launchd_plists_parse_and_pass_real_flags() {
         ("org.fusestream.control.plist", "fusestreamctl"),
     ] {
         let path = deploy(&format!("launchd/{plist}"));
-        let out = Command::new("python3")
+        let out = Command::new(tool("python3"))
             .args([
                 "-c",
                 "import plistlib, sys; d = plistlib.load(open(sys.argv[1], 'rb')); \
@@ -115,6 +105,125 @@ fn the_install_and_quickstart_scripts_parse() {
             out.status.success(),
             "{script}: {}",
             String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The `--flags` of `program ARGS --help` (its own `--help` and `--version` left out).
+fn help_flags(program: &str, args: &[&str]) -> BTreeSet<String> {
+    let out = Command::new(bin(program))
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{program} {args:?} --help failed");
+    let help = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            // "  -h, --help  ..." or "      --name <NAME>  ..."
+            let line = line.trim_start();
+            let long = match line.as_bytes() {
+                [b'-', short, b',', b' ', ..] if *short != b'-' => &line[4..],
+                _ => line,
+            };
+            let flag = long.strip_prefix("--")?.split([' ', '<']).next()?;
+            Some(format!("--{flag}"))
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    flags_in(&help)
+}
+
+/// The `--flags` named in `text` (but `--help` and `--version`).
+fn flags_in(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .filter(|w| !["--help", "--version"].contains(w))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The part of README.md from `start` up to `end`.
+fn readme_between(start: &str, end: &str) -> String {
+    let readme = std::fs::read_to_string(deploy("../README.md")).unwrap();
+    let from = readme
+        .find(start)
+        .unwrap_or_else(|| panic!("README: no {start:?}"));
+    let rest = &readme[from..];
+    let to = rest
+        .find(end)
+        .unwrap_or_else(|| panic!("README: no {end:?}"));
+    rest[..to].to_string()
+}
+
+#[test]
+fn the_readme_names_every_flag_of_both_daemons_and_the_cli_and_no_other() {
+    let mountd = readme_between(
+        "`fusestream-mountd` options:",
+        "`fusestreamctl serve` options:",
+    );
+    assert_eq!(
+        flags_in(&mountd),
+        help_flags("fusestream-mountd", &[]),
+        "README (Running the daemons) against fusestream-mountd --help"
+    );
+    let serve = readme_between("`fusestreamctl serve` options:", "Both daemons send");
+    assert_eq!(
+        flags_in(&serve),
+        help_flags("fusestreamctl", &["serve"]),
+        "README (Running the daemons) against fusestreamctl serve --help"
+    );
+    let synopsis = readme_between("## Command line", "- `stage` takes");
+    let mut commands = Vec::new();
+    for line in synopsis.lines().filter(|l| l.starts_with("fusestreamctl ")) {
+        let command = line
+            .split_whitespace()
+            .skip(1)
+            .find(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+            .expect("a subcommand");
+        assert_eq!(
+            flags_in(line),
+            help_flags("fusestreamctl", &[command]),
+            "README (Command line) against fusestreamctl {command} --help"
+        );
+        commands.push(command.to_string());
+    }
+    // Every subcommand but `serve` (see Running the daemons) is in the synopsis.
+    let help = Command::new(bin("fusestreamctl"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let listed: Vec<&str> = help
+        .split("Commands:")
+        .nth(1)
+        .and_then(|rest| rest.split("Options:").next())
+        .expect("a Commands section")
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| !["serve", "help"].contains(c))
+        .collect();
+    let mut expected = commands.clone();
+    expected.sort();
+    let mut listed: Vec<String> = listed.into_iter().map(str::to_string).collect();
+    listed.sort();
+    assert_eq!(
+        expected, listed,
+        "README (Command line) against fusestreamctl --help"
+    );
+}
+
+#[test]
+fn stage_help_names_every_source_form() {
+    let out = Command::new(bin("fusestreamctl"))
+        .args(["stage", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for form in ["local file", "http://", "https://", "REMOTE:path"] {
+        assert!(
+            help.contains(form),
+            "stage --help does not name {form}:\n{help}"
         );
     }
 }

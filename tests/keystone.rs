@@ -1,7 +1,6 @@
 //! Swift behind a real Keystone v3: password and application-credential logins, the
 //! object-store endpoint from the catalog, TempURLs through the Keystone-authenticated
-//! proxy. Needs Keystone installed (`SWIFT_KEYSTONE=1 tests/servers/install-swift.sh`), so
-//! it is ignored by default; `.ci/run` runs it with `--ignored`.
+//! proxy. Keystone is installed by tests/setup.sh, like everything else the tests need.
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -9,7 +8,6 @@ use fusestream_tests::swift::{SwiftServer, curl_with_token, keystone_token};
 use fusestream_tests::{FuseStream, Options, random_file, sha256, sha256_file, stderr};
 
 #[test]
-#[ignore = "needs Keystone: SWIFT_KEYSTONE=1 tests/servers/install-swift.sh, then --ignored"]
 fn swift_behind_keystone_with_a_password_and_an_application_credential() {
     let swift = SwiftServer::start_with_keystone();
     let auth = swift.var("KEYSTONE_AUTH_URL").to_string();

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fusestream_tests::{FuseStream, Options, http_get, random_file, try_http_get};
+use fusestream_tests::{FuseStream, Options, http_get, random_file, tool, try_http_get};
 use serde_json::Value;
 
 /// Both daemons, serving metrics, after a file was staged and read (so every family
@@ -56,10 +56,10 @@ fn read(file: &str) -> String {
 
 /// Runs `promtool ARGS...` and fails the test with everything it said unless it succeeds.
 fn promtool(args: &[&std::ffi::OsStr]) {
-    let out = Command::new("promtool")
+    let out = Command::new(tool("promtool"))
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("promtool (Debian package prometheus): {e}"));
+        .unwrap_or_else(|e| panic!("promtool: {e}"));
     assert!(
         out.status.success(),
         "promtool {} failed ({}):\n{}{}",
@@ -171,7 +171,7 @@ impl Prometheus {
             .unwrap()
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let child = Command::new("prometheus")
+        let child = Command::new(tool("prometheus"))
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
@@ -181,7 +181,7 @@ impl Prometheus {
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
             .spawn()
-            .unwrap_or_else(|e| panic!("prometheus (Debian package prometheus): {e}"));
+            .unwrap_or_else(|e| panic!("prometheus: {e}"));
         Prometheus {
             child,
             addr,

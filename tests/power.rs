@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fusestream_tests::{FuseStream, Options, bin, completes, random_file, sha256, sha256_file};
+use fusestream_tests::{
+    FuseStream, Options, bin, completes, random_file, sha256, sha256_file, tool,
+};
 
 /// A child process killed (by its pid) and reaped when dropped, even if the test panics.
 struct Killed(Child);
@@ -66,7 +68,7 @@ impl Bus {
             ),
         )
         .expect("write bus config");
-        let mut child = Command::new("dbus-daemon")
+        let mut child = Command::new(tool("dbus-daemon"))
             .arg(format!("--config-file={}", config.display()))
             .args(["--print-address", "--nofork"])
             .stdin(Stdio::null())
@@ -74,7 +76,7 @@ impl Bus {
             // Its complaints (e.g. about the fd limit) go to a file, not the test output.
             .stderr(std::fs::File::create(dir.join("bus.log")).expect("bus log"))
             .spawn()
-            .expect("start dbus-daemon (apt-get install dbus-daemon)");
+            .expect("start dbus-daemon");
         let address = first_line(&mut child, "dbus-daemon");
         Bus {
             address,

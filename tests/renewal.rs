@@ -42,11 +42,7 @@ fn a_refused_temp_url_is_renewed_and_the_read_resumes() {
             .logs()
             .contains("temp URL rejected; asking for a new one")
     );
-    assert!(
-        fs.control
-            .logs()
-            .contains("temp URL refused by the remote; issued a new one")
-    );
+    fs.wait_for_control_log("temp URL refused by the remote; issued a new one");
     // The new URL is a later one.
     assert!(
         fs.url_expiry_of("data.bin") > expired,

@@ -8,12 +8,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use fusestream_tests::{FuseStream, Options};
+use fusestream_tests::{FuseStream, Options, skip_unless_root, tool};
 
 /// An unprivileged uid with no account needed.
 const NOBODY: u32 = 65534;
 
-/// A copy of grpcurl that `NOBODY` may run (the installed one may sit under root's home).
+/// A copy of grpcurl that `NOBODY` may run (a `$GRPCURL` may sit under root's home), with
+/// the .proto files it needs.
 fn grpcurl_for_others(dir: &std::path::Path) -> PathBuf {
     let installed = fusestream_tests::grpcurl_binary();
     let copy = dir.join("grpcurl");
@@ -92,7 +93,7 @@ fn grpcurl_as(
     args: &[&str],
 ) -> (bool, String) {
     let (call, flags) = args.split_last().expect("a method or list");
-    let mut command = Command::new("setpriv");
+    let mut command = Command::new(tool("setpriv"));
     command
         .arg("--reuid")
         .arg(caller.uid.to_string())
@@ -111,7 +112,7 @@ fn grpcurl_as(
         .arg(socket)
         .arg(call)
         .output()
-        .expect("run setpriv (util-linux)");
+        .expect("run setpriv");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -189,6 +190,10 @@ fn socket_mode(socket: &std::path::Path) -> u32 {
 
 #[test]
 fn only_allowed_uids_may_use_the_mount_daemon() {
+    // Runs grpcurl as other uids (setpriv).
+    if skip_unless_root("trust::only_allowed_uids_may_use_the_mount_daemon") {
+        return;
+    }
     let tools = tempfile::tempdir().unwrap();
     let grpcurl = grpcurl_for_others(tools.path());
 
@@ -238,6 +243,10 @@ fn start_allowing_gids(gids: &[u32]) -> FuseStream {
 #[test]
 fn callers_in_an_allowed_group_may_use_the_mount_daemon() {
     use std::os::unix::fs::MetadataExt;
+    // Runs grpcurl as other uids and groups (setpriv).
+    if skip_unless_root("trust::callers_in_an_allowed_group_may_use_the_mount_daemon") {
+        return;
+    }
     let tools = tempfile::tempdir().unwrap();
     let grpcurl = grpcurl_for_others(tools.path());
 

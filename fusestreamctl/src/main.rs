@@ -39,7 +39,8 @@ enum Command {
         /// The mount daemon's socket.
         #[arg(long, env = paths::MOUNTD_SOCKET_ENV, default_value_os_t = paths::default_mountd_socket())]
         mountd_socket: PathBuf,
-        /// Also serve the Control API on this TCP address (loopback only), e.g. 127.0.0.1:7450.
+        /// Also serve the Control API on this TCP address (loopback only), e.g. 127.0.0.1:7450;
+        /// port 0 picks a free port and prints `listening on ADDR`.
         #[arg(long)]
         listen: Option<SocketAddr>,
         /// Lifetime in seconds of the temp URLs issued for local files.
@@ -63,23 +64,28 @@ enum Command {
         /// Serve Prometheus metrics on this loopback address (GET /metrics), e.g. 127.0.0.1:9465.
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<SocketAddr>,
-        /// Seconds idle sleep stays inhibited after the last file of the mount is closed.
+        /// Seconds sleep (idle or asked for) stays inhibited after the last file of the mount
+        /// is closed.
         #[arg(long, default_value_t = 30)]
         sleep_grace: u64,
-        /// Do not inhibit idle sleep while files of the mount are open.
+        /// Do not keep the machine from sleeping while files of the mount are open.
         #[arg(long)]
         no_inhibit_sleep: bool,
     },
     /// Set the TempURL key of a Swift remote's account (random unless --key is given).
     SwiftSetTempUrlKey {
+        /// A Swift remote of the config (`[remotes.NAME]`).
         remote: String,
         /// The key; prefer leaving it out (a random one is generated and never shown).
         #[arg(long)]
         key: Option<String>,
     },
-    /// Stage files or URLs; prints the path of each in the mount.
+    /// Stage local files, http(s) URLs or remote objects (REMOTE:path); prints the path of
+    /// each in the mount.
     Stage {
-        /// Local files (relative paths are fine) or http(s) URLs.
+        /// Each a local file (relative paths are fine), an http:// or https:// URL, or
+        /// REMOTE:path, an object of a remote of the config (Swift: REMOTE:container/object,
+        /// S3: REMOTE:bucket/key, HTTP: REMOTE:path under its base URL).
         #[arg(required = true)]
         sources: Vec<String>,
         /// Name in the mount (may contain '/'); only with a single source.
@@ -91,10 +97,12 @@ enum Command {
     },
     /// Remove entries from the mount (open files keep reading until closed).
     Unstage {
+        /// Names of staged entries, as `ls` shows them.
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// List staged entries: name, size, bytes fetched, open handles, source.
+    /// List staged entries: name, size, bytes fetched, open handles, source and state (`ok`,
+    /// or why reads fail).
     Ls,
     /// Show the state of both daemons.
     Status,

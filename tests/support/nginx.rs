@@ -2,7 +2,7 @@
 //! and as the reference server in benchmarks.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,16 +12,8 @@ pub struct Nginx {
     _dir: tempfile::TempDir,
 }
 
-/// Where nginx is, if installed.
-pub fn nginx_binary() -> Option<PathBuf> {
-    ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
 impl Nginx {
-    /// Serves `root` on a free loopback port. Panics if nginx is not installed.
+    /// Serves `root` on a free loopback port. Fails the test if nginx is not installed.
     pub fn serve(root: &Path) -> Nginx {
         Nginx::serve_with_token(root, None)
     }
@@ -31,7 +23,7 @@ impl Nginx {
         let guard = token.map_or(String::new(), |t| {
             format!("    if ($http_authorization != \"Bearer {t}\") {{ return 401; }}\n")
         });
-        let binary = nginx_binary().expect("nginx is not installed (apt-get install nginx-light)");
+        let binary = crate::tool("nginx");
         let dir = tempfile::Builder::new()
             .prefix("nginx-")
             .tempdir()

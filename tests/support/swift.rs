@@ -26,7 +26,7 @@ fn header(headers: &str, name: &str) -> String {
 
 /// Runs curl with `args`, asserts success, returns the response headers.
 fn curl_headers(what: &str, args: &[String]) -> String {
-    let out = Command::new("curl")
+    let out = Command::new(crate::tool("curl"))
         .args(["-sS", "-f", "-D", "-", "-o", "/dev/null"])
         .args(args)
         .output()
@@ -77,7 +77,7 @@ pub fn keystone_token(auth_url: &str, user: &str, password: &str, project: &str)
 
 /// Runs curl `method` on `url` with `token`; returns the HTTP status.
 pub fn curl_with_token(method: &str, url: &str, token: &str, args: &[&str]) -> u16 {
-    let out = Command::new("curl")
+    let out = Command::new(crate::tool("curl"))
         .args([
             "-sS",
             "-o",
@@ -105,7 +105,7 @@ impl SwiftServer {
     }
 
     /// With a real Keystone v3 and a second proxy that authenticates through it
-    /// (`SWIFT_KEYSTONE=1 tests/servers/install-swift.sh` installs it).
+    /// (tests/setup.sh installs it).
     pub fn start_with_keystone() -> SwiftServer {
         SwiftServer::start_with(true)
     }
@@ -125,7 +125,8 @@ impl SwiftServer {
             .expect("run swift.sh");
         assert!(
             out.status.success(),
-            "swift.sh start failed (tests/servers/install-swift.sh installs Swift): {}",
+            "swift.sh start failed ({} installs Swift and Keystone): {}",
+            crate::SETUP,
             String::from_utf8_lossy(&out.stderr)
         );
         let env = String::from_utf8_lossy(&out.stdout)
