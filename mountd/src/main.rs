@@ -45,7 +45,8 @@ struct Args {
     /// KiB at the start of each newly staged file fetched right away, so the first read of
     /// a staged file (file type sniffing, a player's probe, an upload's first block) does not
     /// wait for the network. Rounded up to whole 128 KiB chunks, at most 8 MiB; 0 turns it
-    /// off. Done only when a fetch slot is free (at most 4 of the 16 go to prefetches).
+    /// off. Done only when a fetch slot of the file's origin is free (at most 4 at once),
+    /// and not while the origin's circuit breaker is open.
     #[arg(long, default_value_t = 128)]
     prefetch_head_kib: u64,
     /// Let users other than the mounting user access the mount (FUSE allow_other).
