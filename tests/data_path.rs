@@ -335,7 +335,7 @@ fn reads_under_random_faults_return_exact_bytes_or_clean_errors() {
 }
 
 /// The issue's dead-host scenario: six objects on two dead origins (one accepts and
-/// never answers, one answers 503 with Retry-After 30), twelve readers on them, and a
+/// never answers, one answers 503 with Retry-After 30), 24 readers on them, and a
 /// cold read of a healthy 64 MiB object from a third origin meanwhile. The read deadline
 /// (8 s) is shorter than the stall timeout (10 s): a healthy read that had to wait for a
 /// slot a dead origin held would fail with ETIMEDOUT, so starvation fails the test
@@ -346,8 +346,8 @@ fn dead_remotes_never_starve_a_healthy_one_and_their_breaker_says_why() {
         read_timeout: 8,
         ..Options::default()
     });
-    let silent = FaultyServer::start(data(8 * MIB, 21), Mode::Healthy);
-    let busy = FaultyServer::start(data(8 * MIB, 22), Mode::Healthy);
+    let silent = FaultyServer::start(data(16 * MIB, 21), Mode::Healthy);
+    let busy = FaultyServer::start(data(16 * MIB, 22), Mode::Healthy);
     for i in 0..3 {
         fs.ctl_ok(["stage", "--name", &format!("silent{i}"), &silent.url("s")]);
         fs.ctl_ok(["stage", "--name", &format!("busy{i}"), &busy.url("b")]);
@@ -357,8 +357,11 @@ fn dead_remotes_never_starve_a_healthy_one_and_their_breaker_says_why() {
     let mut readers = Vec::new();
     for name in ["silent0", "silent1", "silent2", "busy0", "busy1", "busy2"] {
         let path = fs.mountpoint.join(name);
-        // Past the staged head, so each needs the network.
-        readers.push(reader(&path, 1000, true));
+        // Past the staged head and apart, so each needs a fetch of its own: more than the
+        // daemon's shared slots in all.
+        for block in [1000, 2000, 3000] {
+            readers.push(reader(&path, block, true));
+        }
         readers.push(
             Command::new("cat")
                 .arg(&path)
@@ -395,14 +398,16 @@ fn dead_remotes_never_starve_a_healthy_one_and_their_breaker_says_why() {
     });
 }
 
-/// The interrupt-before-park race: the mount daemon is stopped while a reader with a
-/// signal handler blocks in an O_DIRECT read and is interrupted; when the daemon resumes,
-/// the kernel sends the READ and then its INTERRUPT, which another FUSE thread may take
-/// before the READ is registered. The interrupt must not be lost: the handler runs (the
-/// read returns EINTR and is retried), and a SIGKILL then ends the reader at once, not at
-/// its 600 s deadline.
+/// The interrupt-before-park race: the mount daemon is stopped while readers with a
+/// signal handler block in O_DIRECT reads and are interrupted. When the daemon resumes,
+/// the kernel hands out each READ and queues its INTERRUPT at once, ahead of everything
+/// else: another FUSE thread takes it while the READ is still being registered. With 16
+/// readers released together, some interrupts arrive before their reads on any run. None
+/// may be lost: every handler runs (its read returns EINTR and is retried), and a SIGKILL
+/// then ends every reader at once, not at its 600 s deadline.
 #[test]
-fn an_interrupt_that_arrives_before_its_read_still_frees_the_reader() {
+fn interrupts_that_arrive_before_their_reads_still_free_the_readers() {
+    use std::io::{BufRead, Write};
     let fs = FuseStream::start_with(Options {
         read_timeout: 600,
         ..Options::default()
@@ -417,60 +422,95 @@ fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECT)
 buf = mmap.mmap(-1, 4096)
 print("open", flush=True)
 sys.stdin.readline()
-os.preadv(fd, [buf], 8 << 20)
+os.preadv(fd, [buf], int(sys.argv[2]))
 "#;
-    let mut python = Command::new("python3")
-        .args(["-c", script])
-        .arg(fs.mountpoint.join("silent.bin"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn python3");
-    let pid = python.id();
-    let mut out = std::io::BufReader::new(python.stdout.take().unwrap());
-    let mut line = String::new();
-    use std::io::{BufRead, Write};
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "open");
+    struct Reader {
+        child: Child,
+        out: std::io::BufReader<std::process::ChildStdout>,
+    }
+    let mut readers: Vec<Reader> = (0..16u64)
+        .map(|i| {
+            let mut child = Command::new("python3")
+                .args(["-c", script])
+                .arg(fs.mountpoint.join("silent.bin"))
+                // Past the staged head, each in its own chunk, inside the object.
+                .arg(((1 + i) << 19).to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn python3");
+            let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            assert_eq!(line.trim(), "open");
+            Reader { child, out }
+        })
+        .collect();
 
     let mountd = fs.mountd.pid() as i32;
     // SAFETY: signals to processes this test started.
     unsafe { libc::kill(mountd, libc::SIGSTOP) };
-    python.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
-    // The reader is blocked in its read (preadv, or preadv2 as glibc may issue it), which
+    for reader in &mut readers {
+        reader
+            .child
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(b"go\n")
+            .unwrap();
+    }
+    // Each reader is blocked in its read (preadv, or preadv2 as glibc may issue it), which
     // the stopped daemon has not taken yet.
-    let blocked = move || {
-        let call = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
-        ["295 ", "327 "].iter().any(|n| call.starts_with(n))
-    };
-    completes("the reader blocks in its read", 60, move || {
-        while !blocked() {
+    let pids: Vec<u32> = readers.iter().map(|r| r.child.id()).collect();
+    let unblocked = completes("the readers block in their reads", 90, move || {
+        let syscall =
+            |pid: &u32| std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        let blocked = |pid: &u32| ["295 ", "327 "].iter().any(|n| syscall(pid).starts_with(n));
+        for _ in 0..3000 {
+            if pids.iter().all(blocked) {
+                return Vec::new();
+            }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        pids.iter()
+            .filter(|p| !blocked(p))
+            .map(|p| (*p, syscall(p)))
+            .collect()
     });
-    // SAFETY: as above.
-    unsafe {
-        libc::kill(pid as i32, libc::SIGUSR1);
-        libc::kill(mountd, libc::SIGCONT);
+    assert!(
+        unblocked.is_empty(),
+        "readers not in their read: {unblocked:?}"
+    );
+    for reader in &readers {
+        // SAFETY: as above.
+        unsafe { libc::kill(reader.child.id() as i32, libc::SIGUSR1) };
     }
-    line.clear();
-    let handled = completes("the interrupted read returns", 60, move || {
-        out.read_line(&mut line).unwrap();
-        line
-    });
-    assert_eq!(handled.trim(), "handled", "the signal handler ran");
-    // The read was retried and waits again; a SIGKILL ends the reader at once.
-    fs.wait_until("the retried read waits", |fs| {
-        fs.ctl_ok(["ops"])
-            .lines()
-            .any(|l| l.contains("fuse.read") && l.contains(" python3 "))
-    });
     // SAFETY: as above.
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    completes("the killed reader exits", 60, move || {
-        python.wait().unwrap()
+    unsafe { libc::kill(mountd, libc::SIGCONT) };
+    let mut children = Vec::new();
+    for Reader { child, mut out } in readers {
+        let handled = completes("an interrupted read returns", 60, move || {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            line
+        });
+        assert_eq!(handled.trim(), "handled", "the signal handler ran");
+        children.push(child);
+    }
+    // The reads were retried and wait again; a SIGKILL ends each reader at once.
+    fs.wait_until("the retried reads wait", |fs| {
+        let ops = fs.ctl_ok(["ops"]);
+        ops.lines()
+            .filter(|l| l.contains("fuse.read") && l.contains(" python3 "))
+            .count()
+            >= 16
     });
+    for mut child in children {
+        // SAFETY: as above.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        completes("a killed reader exits", 60, move || child.wait().unwrap());
+    }
 }
 
 /// Eviction under concurrent opens: a cache budget far below what the readers touch, so
