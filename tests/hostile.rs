@@ -323,6 +323,7 @@ async fn mount_barrage(mount: &mut MountClient<Channel>, model: &mut Model, rng:
                             last_modified_unix,
                             content_type: "\0".repeat(rng.below(2) as usize * KIB64),
                         }),
+                        share: rng.below(3) as i32,
                         source,
                     }),
                     replace,
@@ -417,6 +418,7 @@ async fn control_barrage(
                     source: source.clone(),
                     name: name.clone(),
                     replace,
+                    share: rng.below(3) as i32,
                 };
                 let outcome = bounded(&what, control.stage(request)).await;
                 // An empty name means: the source's own (the valid file's is staged as such).

@@ -3,6 +3,9 @@
 //! subscriber that falls behind skips events and is told how many it missed, so a slow
 //! or absent subscriber can never slow the daemon down.
 //!
+//! Each event belongs to the owner (uid) of the entry it is about: a subscriber sees only
+//! its own entries' events (root sees all), like every listing of the Mount API.
+//!
 //! Handle events (opened/closed) come from the FUSE open and release callbacks, so they
 //! must cost next to nothing: one small copy of the entry's name and a broadcast send, no
 //! lock held. They carry the mount's absolute handle count and a change number rather than
@@ -16,9 +19,16 @@ use tokio::sync::broadcast;
 /// Events kept for a subscriber that is behind.
 const CAPACITY: usize = 1024;
 
+/// An event, with the uid of the owner of the entry it is about.
+#[derive(Debug, Clone)]
+pub struct Owned {
+    pub owner: u32,
+    pub event: Event,
+}
+
 #[derive(Debug)]
 pub struct Events {
-    tx: broadcast::Sender<Event>,
+    tx: broadcast::Sender<Owned>,
 }
 
 impl Default for Events {
@@ -30,29 +40,32 @@ impl Default for Events {
 }
 
 impl Events {
-    /// Publishes `event` to whoever is subscribed. Never waits.
-    pub fn publish(&self, event: Event) {
-        let _ = self.tx.send(event);
+    /// Publishes `event` about an entry of `owner` to whoever is subscribed. Never waits.
+    pub fn publish(&self, owner: u32, event: Event) {
+        let _ = self.tx.send(Owned { owner, event });
     }
 
-    pub fn url_rejected(&self, name: &str, http_status: u16) {
-        self.publish(Event::UrlRejected(api::UrlRejected {
-            name: name.to_string(),
-            http_status: http_status.into(),
-        }));
+    pub fn url_rejected(&self, name: &str, owner: u32, http_status: u16) {
+        self.publish(
+            owner,
+            Event::UrlRejected(api::UrlRejected {
+                name: name.to_string(),
+                http_status: http_status.into(),
+            }),
+        );
     }
 
     /// A file handle of entry `name` was opened; `handles` is the mount's count after it.
-    pub fn handle_opened(&self, name: &str, handles: HandleCount) {
-        self.publish(Event::HandleOpened(handles.change_of(name)));
+    pub fn handle_opened(&self, name: &str, owner: u32, handles: HandleCount) {
+        self.publish(owner, Event::HandleOpened(handles.change_of(name)));
     }
 
     /// A file handle of entry `name` was closed; `handles` is the mount's count after it.
-    pub fn handle_closed(&self, name: &str, handles: HandleCount) {
-        self.publish(Event::HandleClosed(handles.change_of(name)));
+    pub fn handle_closed(&self, name: &str, owner: u32, handles: HandleCount) {
+        self.publish(owner, Event::HandleClosed(handles.change_of(name)));
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Owned> {
         self.tx.subscribe()
     }
 }
@@ -91,16 +104,24 @@ mod tests {
     fn handle_events_carry_the_absolute_count() {
         let events = Events::default();
         let mut rx = events.subscribe();
-        events.handle_opened("a", HandleCount::unpack((7 << 32) | 2));
-        events.handle_closed("a", HandleCount::unpack((8 << 32) | 1));
-        let Ok(Event::HandleOpened(opened)) = rx.try_recv() else {
+        events.handle_opened("a", 1000, HandleCount::unpack((7 << 32) | 2));
+        events.handle_closed("a", 1000, HandleCount::unpack((8 << 32) | 1));
+        let Ok(Owned {
+            owner: 1000,
+            event: Event::HandleOpened(opened),
+        }) = rx.try_recv()
+        else {
             panic!("expected an open event");
         };
         assert_eq!(
             (opened.name.as_str(), opened.open_handles, opened.change),
             ("a", 2, 7)
         );
-        let Ok(Event::HandleClosed(closed)) = rx.try_recv() else {
+        let Ok(Owned {
+            event: Event::HandleClosed(closed),
+            ..
+        }) = rx.try_recv()
+        else {
             panic!("expected a close event");
         };
         assert_eq!((closed.open_handles, closed.change), (1, 8));
@@ -108,6 +129,6 @@ mod tests {
 
     #[test]
     fn publishing_with_no_subscriber_does_not_fail() {
-        Events::default().handle_opened("a", HandleCount { open: 1, change: 1 });
+        Events::default().handle_opened("a", 0, HandleCount { open: 1, change: 1 });
     }
 }

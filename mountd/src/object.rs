@@ -39,6 +39,8 @@ pub struct Object {
     pub source: String,
     pub uid: u32,
     pub gid: u32,
+    /// Permission bits in the mount (0400 unless the owner shared it, see `Sharing`).
+    pub mode: u16,
     pub store: BackingStore,
     /// Fetch slots of this object.
     pub fetch_permits: Arc<Semaphore>,
@@ -50,13 +52,15 @@ pub struct Object {
 }
 
 impl Object {
+    /// `url` is the first temp URL and when it expires (Unix seconds); `owner` the staging
+    /// caller's (uid, gid), `mode` the file's permission bits.
     pub fn new(
         name: String,
         version: Version,
         source: String,
-        url: String,
-        url_expires_unix: i64,
+        (url, url_expires_unix): (String, i64),
         owner: (u32, u32),
+        mode: u16,
         store: BackingStore,
     ) -> Object {
         Object {
@@ -65,6 +69,7 @@ impl Object {
             source,
             uid: owner.0,
             gid: owner.1,
+            mode,
             store,
             fetch_permits: Arc::new(Semaphore::new(FETCHES_PER_OBJECT)),
             temp_url: watch::Sender::new(TempUrl {

@@ -133,6 +133,8 @@ impl OpKind {
 struct InFlight {
     kind: OpKind,
     pid: u32,
+    /// The uid of the calling process (who may see the op, see `OpSnapshot::uid`).
+    uid: u32,
     ino: u64,
     started: Instant,
     detail: String,
@@ -148,6 +150,8 @@ pub struct OpSnapshot {
     pub kind: OpKind,
     pub unique: u64,
     pub pid: u32,
+    /// The uid of the process that made it.
+    pub uid: u32,
     /// The inode it is about (0 if none).
     pub ino: u64,
     pub age: Duration,
@@ -238,13 +242,13 @@ impl OpRegistry {
         &self.kinds[kind as usize]
     }
 
-    /// Records ENTER and registers the op of FUSE request `unique` from process `pid`
-    /// about inode `ino` (0 if none). `span` carries the op's fields.
+    /// Records ENTER and registers the op of FUSE request `unique` from process `pid` of
+    /// user `uid` about inode `ino` (0 if none). `span` carries the op's fields.
     pub fn enter(
         self: &Arc<Self>,
         kind: OpKind,
         unique: u64,
-        pid: u32,
+        (pid, uid): (u32, u32),
         ino: u64,
         span: tracing::Span,
     ) -> Op {
@@ -254,6 +258,7 @@ impl OpRegistry {
         let entry = InFlight {
             kind,
             pid,
+            uid,
             ino,
             started,
             detail: String::new(),
@@ -300,6 +305,7 @@ impl OpRegistry {
                             kind: op.kind,
                             unique: *unique,
                             pid: op.pid,
+                            uid: op.uid,
                             ino: op.ino,
                             age,
                             stalled: age > self.policy.threshold(op.kind),
@@ -453,9 +459,9 @@ mod tests {
     #[test]
     fn ops_are_listed_while_in_flight_with_what_they_wait_for() {
         let ops = registry();
-        let first = ops.enter(OpKind::Read, 1, 42, 0, tracing::Span::none());
+        let first = ops.enter(OpKind::Read, 1, (42, 0), 0, tracing::Span::none());
         first.waiting_for("bytes 0..4096 of x".into());
-        let second = ops.enter(OpKind::Lookup, 2, 43, 0, tracing::Span::none());
+        let second = ops.enter(OpKind::Lookup, 2, (43, 0), 0, tracing::Span::none());
         let listed = |ops: &OpRegistry| -> Vec<(u64, String)> {
             ops.in_flight()
                 .into_iter()
@@ -476,7 +482,7 @@ mod tests {
     #[test]
     fn an_op_past_its_threshold_is_flagged_once_and_counted() {
         let ops = registry();
-        let op = ops.enter(OpKind::Readdir, 1, 7, 0, tracing::Span::none());
+        let op = ops.enter(OpKind::Readdir, 1, (7, 0), 0, tracing::Span::none());
         // Backdate the op instead of waiting for it.
         ops.shard(1).get_mut(&1).unwrap().started -= Duration::from_secs(5);
         assert!(ops.in_flight()[0].stalled);
@@ -490,7 +496,7 @@ mod tests {
     #[test]
     fn failures_are_counted_by_kind_and_errno_and_latency_recorded() {
         let ops = registry();
-        let op = ops.enter(OpKind::Ioctl, 1, 7, 0, tracing::Span::none());
+        let op = ops.enter(OpKind::Ioctl, 1, (7, 0), 0, tracing::Span::none());
         op.failed(libc::ENOTTY);
         drop(op);
         assert_eq!(ops.latency(OpKind::Ioctl).count(), 1);

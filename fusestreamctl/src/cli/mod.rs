@@ -82,6 +82,7 @@ impl Client {
                 source: absolute_source(source)?,
                 name: name.clone().unwrap_or_default(),
                 replace,
+                share: api::Sharing::Private.into(),
             };
             match self.control.clone().stage(request).await {
                 Ok(response) => {

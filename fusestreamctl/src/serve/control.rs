@@ -120,6 +120,7 @@ impl ControlService {
                 url_expires_unix: resolved.url_expires_unix,
                 version: Some(resolved.version.clone()),
                 source: resolved.display.clone(),
+                share: api::Sharing::Private.into(),
             }),
             replace,
         };

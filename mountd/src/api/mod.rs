@@ -2,7 +2,9 @@
 //!
 //! Requests are checked here (names, URL schemes) and errors are mapped to gRPC status in
 //! one place, [`status_of`]. The caller's uid and gid, from the Unix socket's peer
-//! credentials, become the owner of the entries it stages.
+//! credentials, become the owner of the entries it stages. Who may do what to an entry is
+//! decided by the core (`fs::Caller`): its owner or root may replace, remove or renew it;
+//! listings, ops and events show a caller only what is its own (root sees all).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -13,7 +15,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::events::Events;
-use crate::fs::{EntryInfo, Fs, NamespaceError, NewEntry, StageError};
+use crate::fs::{Caller, EntryInfo, Fs, NamespaceError, NewEntry, StageError};
 use crate::object::Version;
 use crate::ops::OpRegistry;
 
@@ -113,12 +115,31 @@ fn supplementary_groups(status: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-fn peer_owner<T>(request: &Request<T>) -> (u32, u32) {
+/// The caller's (uid, gid), from the kernel's peer credentials. A request without them
+/// (never over the Unix socket) is refused rather than taken for root's.
+fn peer<T>(request: &Request<T>) -> Result<(u32, u32), Status> {
     request
         .extensions()
         .get::<UdsConnectInfo>()
         .and_then(|info| info.peer_cred)
-        .map_or((0, 0), |cred| (cred.uid(), cred.gid()))
+        .map(|cred| (cred.uid(), cred.gid()))
+        .ok_or_else(|| Status::permission_denied("peer credentials unavailable"))
+}
+
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    peer(request).map(|(uid, _)| Caller { uid })
+}
+
+/// The mode a staged file gets for `share` (an unknown value is refused, not widened).
+fn mode_of(share: i32) -> Result<u16, Status> {
+    match api::Sharing::try_from(share) {
+        Ok(api::Sharing::Private) => Ok(0o400),
+        Ok(api::Sharing::Group) => Ok(0o440),
+        Ok(api::Sharing::All) => Ok(0o444),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "entry.share {share} is not a known sharing"
+        ))),
+    }
 }
 
 /// The one mapping from the core's namespace errors to gRPC status.
@@ -130,6 +151,7 @@ fn status_of(error: NamespaceError) -> Status {
             Status::already_exists(message)
         }
         NamespaceError::NotFound(_) => Status::not_found(message),
+        NamespaceError::NotOwner(_) => Status::permission_denied(message),
     }
 }
 
@@ -181,6 +203,8 @@ fn to_api(info: EntryInfo) -> api::EntryInfo {
         inode: info.ino,
         url_expires_unix: info.url_expires_unix,
         error: info.error.map(|e| e.to_string()).unwrap_or_default(),
+        mode: u32::from(info.mode),
+        owner_uid: info.owner_uid,
     }
 }
 
@@ -190,16 +214,20 @@ impl Mount for MountService {
 
     async fn watch_events(
         &self,
-        _request: Request<api::WatchEventsRequest>,
+        request: Request<api::WatchEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
         use tokio::sync::broadcast::error::RecvError;
+        let caller = caller(&request)?;
         let events = self.events.subscribe();
         // State: the receiver and how many events it missed since the last one sent.
-        let stream =
-            futures_util::stream::unfold((events, 0u64), |(mut events, mut missed)| async move {
+        let stream = futures_util::stream::unfold(
+            (events, 0u64),
+            move |(mut events, mut missed)| async move {
                 loop {
                     match events.recv().await {
-                        Ok(event) => {
+                        Ok(owned) if !caller.may_manage(owned.owner) => {}
+                        Ok(owned) => {
+                            let event = owned.event;
                             let message = api::MountEvent {
                                 dropped_before: std::mem::take(&mut missed),
                                 event: Some(event),
@@ -210,7 +238,8 @@ impl Mount for MountService {
                         Err(RecvError::Closed) => return None,
                     }
                 }
-            });
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -218,7 +247,7 @@ impl Mount for MountService {
         &self,
         request: Request<api::AddEntryRequest>,
     ) -> Result<Response<api::AddEntryResponse>, Status> {
-        let owner = peer_owner(&request);
+        let owner = peer(&request)?;
         let request = request.into_inner();
         let spec = request
             .entry
@@ -232,6 +261,7 @@ impl Mount for MountService {
             .ok_or_else(|| Status::invalid_argument("entry.version is required"))?;
         check_size(version.size)?;
         let last_modified = unix_time(version.last_modified_unix)?;
+        let mode = mode_of(spec.share)?;
         let size = version.size;
         let entry = NewEntry {
             name: spec.name,
@@ -244,6 +274,7 @@ impl Mount for MountService {
             },
             source: fusestream_shared::redact::url(&spec.source),
             owner,
+            mode,
         };
         let name = entry.name.clone();
         let info = self
@@ -266,17 +297,19 @@ impl Mount for MountService {
         &self,
         request: Request<api::RemoveEntryRequest>,
     ) -> Result<Response<api::RemoveEntryResponse>, Status> {
+        let caller = caller(&request)?;
         let name = request.into_inner().name;
-        self.fs.remove(&name).await.map_err(status_of)?;
+        self.fs.remove(&name, caller).await.map_err(status_of)?;
         tracing::info!(name, "unstaged");
         Ok(Response::new(api::RemoveEntryResponse {}))
     }
 
     async fn list_entries(
         &self,
-        _request: Request<api::ListEntriesRequest>,
+        request: Request<api::ListEntriesRequest>,
     ) -> Result<Response<api::ListEntriesResponse>, Status> {
-        let entries = self.fs.entries().into_iter().map(to_api).collect();
+        let caller = caller(&request)?;
+        let entries = self.fs.entries(caller).into_iter().map(to_api).collect();
         Ok(Response::new(api::ListEntriesResponse { entries }))
     }
 
@@ -284,22 +317,32 @@ impl Mount for MountService {
         &self,
         request: Request<api::UpdateUrlRequest>,
     ) -> Result<Response<api::UpdateUrlResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         check_url(&request.url)?;
         self.fs
-            .update_url(&request.name, request.url, request.url_expires_unix)
+            .update_url(&request.name, caller, request.url, request.url_expires_unix)
             .map_err(status_of)?;
         Ok(Response::new(api::UpdateUrlResponse {}))
     }
 
     async fn list_ops(
         &self,
-        _request: Request<api::ListOpsRequest>,
+        request: Request<api::ListOpsRequest>,
     ) -> Result<Response<api::ListOpsResponse>, Status> {
+        let caller = caller(&request)?;
+        // A caller sees the ops of its own processes and the ops on its own entries.
         let ops = self
             .ops
             .in_flight()
             .into_iter()
+            .filter(|op| {
+                caller.may_manage(op.uid)
+                    || self
+                        .fs
+                        .owner_of(op.ino)
+                        .is_some_and(|o| caller.may_manage(o))
+            })
             .map(|op| api::InFlightOp {
                 op: op.kind.span_name().to_string(),
                 unique: op.unique,
@@ -361,6 +404,14 @@ mod tests {
             uids: uids.to_vec(),
             gids: gids.to_vec(),
         }
+    }
+
+    #[test]
+    fn sharing_maps_to_a_mode_and_an_unknown_one_is_refused() {
+        assert_eq!(mode_of(api::Sharing::Private.into()).unwrap(), 0o400);
+        assert_eq!(mode_of(api::Sharing::Group.into()).unwrap(), 0o440);
+        assert_eq!(mode_of(api::Sharing::All.into()).unwrap(), 0o444);
+        assert_eq!(mode_of(7).unwrap_err().code(), tonic::Code::InvalidArgument);
     }
 
     #[test]

@@ -447,7 +447,8 @@ impl Fetcher {
                     };
                     renewals += 1;
                     tracing::info!(name = object.name, %status, "temp URL rejected; asking for a new one");
-                    self.events.url_rejected(&object.name, status.as_u16());
+                    self.events
+                        .url_rejected(&object.name, object.uid, status.as_u16());
                     if object.url_renewed_after(*generation, RENEWAL_WAIT).await {
                         continue;
                     }

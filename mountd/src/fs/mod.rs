@@ -112,7 +112,27 @@ pub struct NewEntry {
     pub url_expires_unix: i64,
     pub version: Version,
     pub source: String,
+    /// The staging caller's (uid, gid): the file's owner.
     pub owner: (u32, u32),
+    /// Permission bits in the mount: 0400 (private), 0440 (group) or 0444 (all).
+    pub mode: u16,
+}
+
+/// Who calls the management API (from the Unix socket's peer credentials). Entries belong
+/// to the uid that staged them: only that uid or root may replace, remove or renew one,
+/// and listings show a caller only its own (root sees all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+}
+
+impl Caller {
+    pub const ROOT: Caller = Caller { uid: 0 };
+
+    /// Whether this caller may see or manage what `owner` staged.
+    pub fn may_manage(self, owner: u32) -> bool {
+        self.uid == 0 || self.uid == owner
+    }
 }
 
 /// A staged entry, as the mount API reports it.
@@ -129,6 +149,8 @@ pub struct EntryInfo {
     pub url_expires_unix: i64,
     /// Why reads fail, if they do.
     pub error: Option<FsError>,
+    pub mode: u16,
+    pub owner_uid: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -321,7 +343,7 @@ impl Fs {
         };
         object.opened();
         let count = count_handle(&self.handles, HANDLE_OPENED);
-        self.events.handle_opened(&object.name, count);
+        self.events.handle_opened(&object.name, object.uid, count);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(FileHandle {
             object,
@@ -412,7 +434,8 @@ impl Fs {
         if let Some(handle) = handle {
             handle.object.closed();
             let count = count_handle(&self.handles, HANDLE_CLOSED);
-            self.events.handle_closed(&handle.object.name, count);
+            self.events
+                .handle_closed(&handle.object.name, handle.object.uid, count);
         }
     }
 
@@ -476,6 +499,7 @@ impl Fs {
     /// Stages `entry`: creates its backing store (off the runtime's workers), puts it in
     /// the tree, registers it with the cache and starts fetching its head. Once this
     /// returns, no process can still open an entry it replaced through a cached name.
+    /// Replacing is allowed only over an entry the new one's owner may manage.
     pub async fn stage(&self, entry: NewEntry, replace: bool) -> Result<EntryInfo, StageError> {
         let (dir, size) = (self.cache.dir().clone(), entry.version.size);
         let store = tokio::task::spawn_blocking(move || BackingStore::create(&dir, size))
@@ -486,12 +510,16 @@ impl Fs {
             entry.name.clone(),
             entry.version,
             entry.source,
-            entry.url,
-            entry.url_expires_unix,
+            (entry.url, entry.url_expires_unix),
             entry.owner,
+            entry.mode,
             store,
         ));
-        let (ino, replaced) = lock(&self.namespace).insert(&entry.name, object.clone(), replace)?;
+        let caller = Caller { uid: entry.owner.0 };
+        let (ino, replaced) =
+            lock(&self.namespace).insert(&entry.name, object.clone(), replace, |existing| {
+                caller.may_manage(existing.uid)
+            })?;
         self.cache.register(&object);
         self.prefetch_head(&object);
         self.forget_in_kernel(replaced.into_iter().collect()).await;
@@ -517,9 +545,10 @@ impl Fs {
         }
     }
 
-    /// Unstages `name`. Open handles keep reading; the store goes with the last of them.
-    pub async fn remove(&self, name: &str) -> Result<(), NamespaceError> {
-        let unlinked = lock(&self.namespace).remove(name)?;
+    /// Unstages `name`, if `caller` may. Open handles keep reading; the store goes with the
+    /// last of them.
+    pub async fn remove(&self, name: &str, caller: Caller) -> Result<(), NamespaceError> {
+        let unlinked = lock(&self.namespace).remove(name, |o| caller.may_manage(o.uid))?;
         self.forget_in_kernel(unlinked).await;
         Ok(())
     }
@@ -530,23 +559,38 @@ impl Fs {
         Some(self.config.mountpoint.join(path))
     }
 
-    pub fn entries(&self) -> Vec<EntryInfo> {
+    /// The entries `caller` may see.
+    pub fn entries(&self, caller: Caller) -> Vec<EntryInfo> {
         let files = lock(&self.namespace).files();
         files
             .into_iter()
+            .filter(|(_, _, object)| caller.may_manage(object.uid))
             .map(|(name, ino, object)| self.info(name, ino, &object))
             .collect()
     }
 
+    /// The owner of the file at `ino`, if it is one.
+    pub fn owner_of(&self, ino: u64) -> Option<u32> {
+        match &lock(&self.namespace).get(ino)?.kind {
+            NodeKind::File { object } => Some(object.uid),
+            NodeKind::Dir { .. } => None,
+        }
+    }
+
+    /// Renews the temp URL of `name`, if `caller` may.
     pub fn update_url(
         &self,
         name: &str,
+        caller: Caller,
         url: String,
         expires_unix: i64,
     ) -> Result<(), NamespaceError> {
         let (_, object) = lock(&self.namespace)
             .file(name)
             .ok_or_else(|| NamespaceError::NotFound(name.to_string()))?;
+        if !caller.may_manage(object.uid) {
+            return Err(NamespaceError::NotOwner(name.to_string()));
+        }
         object.set_url(url, expires_unix);
         Ok(())
     }
@@ -577,6 +621,8 @@ impl Fs {
                 let url = object.temp_url().url;
                 self.fetcher.origin_trouble(&url).map(FsError::Unavailable)
             }),
+            mode: object.mode,
+            owner_uid: object.uid,
         }
     }
 }
@@ -597,7 +643,7 @@ fn attr_of(node: &namespace::Node) -> Attr {
             kind: Kind::File,
             size: object.size(),
             blocks: object.store.present_bytes().div_ceil(512),
-            perm: 0o444,
+            perm: object.mode,
             nlink: 1,
             uid: object.uid,
             gid: object.gid,

@@ -37,6 +37,8 @@ pub enum NamespaceError {
     },
     #[error("{} is not staged", names::shown(.0))]
     NotFound(String),
+    #[error("{} was staged by another user", names::shown(.0))]
+    NotOwner(String),
 }
 
 /// A name that left the tree; the kernel may still cache it and must be told.
@@ -150,12 +152,14 @@ impl Namespace {
     }
 
     /// Stages `object` at `name`, creating directories on the way. With `replace`, an
-    /// existing file there is detached (and returned) and the new one gets a fresh inode.
+    /// existing file there is detached (and returned) and the new one gets a fresh inode,
+    /// if `may_replace` agrees to replace it.
     pub fn insert(
         &mut self,
         name: &str,
         object: Arc<Object>,
         replace: bool,
+        may_replace: impl FnOnce(&Object) -> bool,
     ) -> Result<(u64, Option<Unlinked>), NamespaceError> {
         let components = names::components(name).map_err(|reason| NamespaceError::InvalidName {
             name: name.to_string(),
@@ -189,6 +193,11 @@ impl Namespace {
             if !replace {
                 return Err(NamespaceError::AlreadyExists(name.to_string()));
             }
+            if let NodeKind::File { object } = &existing.kind
+                && !may_replace(object)
+            {
+                return Err(NamespaceError::NotOwner(name.to_string()));
+            }
         }
 
         let mut parent = ROOT_INO;
@@ -214,17 +223,25 @@ impl Namespace {
         ))
     }
 
-    /// Detaches the file staged at `name` and prunes directories left empty; returns the
-    /// names that went away, deepest first.
-    pub fn remove(&mut self, name: &str) -> Result<Vec<Unlinked>, NamespaceError> {
+    /// Detaches the file staged at `name`, if `may_remove` agrees, and prunes directories
+    /// left empty; returns the names that went away, deepest first.
+    pub fn remove(
+        &mut self,
+        name: &str,
+        may_remove: impl FnOnce(&Object) -> bool,
+    ) -> Result<Vec<Unlinked>, NamespaceError> {
         let not_found = || NamespaceError::NotFound(name.to_string());
         let components = names::components(name).map_err(|_| not_found())?;
         let mut ino = ROOT_INO;
         for component in &components {
             ino = self.child(ino, component).ok_or_else(not_found)?.ino;
         }
-        if self.nodes[&ino].is_dir() {
-            return Err(not_found());
+        match &self.nodes[&ino].kind {
+            NodeKind::Dir { .. } => return Err(not_found()),
+            NodeKind::File { object } if !may_remove(object) => {
+                return Err(NamespaceError::NotOwner(name.to_string()));
+            }
+            NodeKind::File { .. } => {}
         }
         let mut parent = self.nodes[&ino].parent;
         let mut unlinked = vec![self.detach(ino)];

@@ -195,6 +195,7 @@ impl Harness {
             },
             source: format!("model {name} v{seed}"),
             owner: (0, 0),
+            mode: 0o400,
         };
         self.runtime
             .block_on(self.fs.stage(entry, true))
@@ -220,7 +221,9 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 staged.insert(name, (remote, data));
             }
             Step::Unstage(name) => {
-                let result = h.runtime.block_on(h.fs.remove(&format!("n{name}")));
+                let result = h
+                    .runtime
+                    .block_on(h.fs.remove(&format!("n{name}"), Caller::ROOT));
                 prop_assert_eq!(result.is_ok(), staged.remove(&name).is_some());
             }
             Step::Open(name) => {
@@ -400,4 +403,61 @@ fn one_atomic_counts_handles_and_changes() {
     // The change number wraps around without touching the count.
     handles.store(u64::from(u32::MAX) << 32 | 5, Ordering::Relaxed);
     assert_eq!(count(HANDLE_CLOSED), HandleCount { open: 4, change: 0 });
+}
+
+#[test]
+fn entries_belong_to_their_stager_and_only_it_or_root_manages_them() {
+    let h = Harness::new();
+    let entry = |name: &str, uid: u32, mode: u16| NewEntry {
+        name: name.to_string(),
+        url: format!("{}/{name}", Remote::Healthy.origin()),
+        url_expires_unix: 0,
+        version: Version {
+            size: 10,
+            etag: String::new(),
+            last_modified: None,
+        },
+        source: name.to_string(),
+        owner: (uid, uid),
+        mode,
+    };
+    let (alice, mallory) = (Caller { uid: 1000 }, Caller { uid: 1001 });
+    let stage = |e| h.runtime.block_on(h.fs.stage(e, true));
+    stage(entry("alice.txt", 1000, 0o400)).unwrap();
+    stage(entry("shared.txt", 1000, 0o444)).unwrap();
+    let attr = h.fs.lookup(namespace::ROOT_INO, "alice.txt").unwrap();
+    assert_eq!(
+        (attr.perm, attr.uid),
+        (0o400, 1000),
+        "private to its stager"
+    );
+    // Another user can not replace, remove or renew it, nor see it listed.
+    assert!(matches!(
+        stage(entry("alice.txt", 1001, 0o444)),
+        Err(StageError::Namespace(NamespaceError::NotOwner(_)))
+    ));
+    assert_eq!(
+        h.runtime.block_on(h.fs.remove("alice.txt", mallory)),
+        Err(NamespaceError::NotOwner("alice.txt".into()))
+    );
+    assert_eq!(
+        h.fs.update_url("alice.txt", mallory, "http://127.0.0.1:9/x".into(), 0),
+        Err(NamespaceError::NotOwner("alice.txt".into()))
+    );
+    assert!(h.fs.entries(mallory).is_empty());
+    let names = |c| {
+        h.fs.entries(c)
+            .into_iter()
+            .map(|e| e.name)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(alice), ["alice.txt", "shared.txt"]);
+    assert_eq!(names(Caller::ROOT), ["alice.txt", "shared.txt"]);
+    // The owner and root can.
+    h.fs.update_url("alice.txt", alice, "http://127.0.0.1:9/y".into(), 0)
+        .unwrap();
+    h.runtime.block_on(h.fs.remove("alice.txt", alice)).unwrap();
+    h.runtime
+        .block_on(h.fs.remove("shared.txt", Caller::ROOT))
+        .unwrap();
 }

@@ -87,7 +87,7 @@ macro_rules! op {
         $adapter.ops.enter(
             OpKind::$kind,
             $req.unique().0,
-            $req.pid(),
+            ($req.pid(), $req.uid()),
             $ino,
             tracing::debug_span!(
                 OpKind::$kind.span_name(),
@@ -172,7 +172,7 @@ impl fuser::Filesystem for FuseAdapter {
         let _op = self.ops.enter(
             OpKind::Destroy,
             0,
-            0,
+            (0, 0),
             0,
             tracing::debug_span!("fuse.destroy", op = "destroy"),
         );
