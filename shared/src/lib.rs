@@ -7,11 +7,14 @@
 //! a URL is redacted the same way in every log line).
 
 pub mod api;
+pub mod auth;
 pub mod grpc;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod names;
 pub mod paths;
+pub mod process;
 pub mod readiness;
 pub mod redact;
 pub mod telemetry;
