@@ -474,6 +474,14 @@ impl FuseStream {
         self.wait_until("the temp URL has expired", |_| now() > expires);
     }
 
+    /// The `authorization` header the Control API's TCP listener wants, as grpcurl's `-H`
+    /// takes it (from the token file next to the control socket, as documented).
+    pub fn auth_header(&self) -> String {
+        let token = std::fs::read_to_string(self.control_socket.with_extension("token"))
+            .expect("the control plane wrote its API token");
+        format!("authorization: Bearer {}", token.trim())
+    }
+
     /// A path for test input files (outside the mount).
     pub fn input(&self, name: &str) -> PathBuf {
         let dir = self.dir.path().join("input");
