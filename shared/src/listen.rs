@@ -3,10 +3,12 @@
 //! server) takes its connections from here.
 //!
 //! - Per-peer caps: a peer is a uid. On a Unix socket the kernel says who connected
-//!   (SO_PEERCRED); on TCP loopback the owner of the peer's socket is read from
-//!   `/proc/net/tcp{,6}` (loopback connections all come from 127.0.0.1, and any local user
-//!   may bind any 127.x address, so an IP cap alone would let one user fill it for all).
-//!   When the owner can not be found the peer's IP is the key. A connection over its
+//!   (SO_PEERCRED); on TCP loopback the kernel is asked who owns the peer's socket, one
+//!   exact sock_diag netlink lookup per connection (loopback connections all come from
+//!   127.0.0.1, and any local user may bind any 127.x address, so an IP cap alone would
+//!   let one user fill it for all). Reading `/proc/net/tcp` instead would cost time in the
+//!   number of sockets on the machine at every accept: an attacker's own connections would
+//!   slow everyone's. When the owner can not be found the peer's IP is the key. A connection over its
 //!   peer's cap is closed at once; the others are untouched.
 //! - First bytes: a new connection must send its first bytes (the HTTP/2 preface, a
 //!   request line) within a deadline, so idle sockets held open by the thousand cost their
@@ -228,58 +230,181 @@ pub fn tcp(
     )
 }
 
-/// The uid owning the socket at `remote` that is connected to our `local` (Linux:
-/// `/proc/net/tcp` and `tcp6`, where that socket's local address is our remote).
+/// The uid owning the TCP socket at `remote` that is connected to our `local` (Linux:
+/// an exact `SOCK_DIAG_BY_FAMILY` lookup of the socket whose source is `remote` and
+/// destination `local`; elsewhere unknown).
 pub fn tcp_peer_uid(remote: SocketAddr, local: SocketAddr) -> Option<u32> {
-    if !cfg!(target_os = "linux") {
-        return None;
+    #[cfg(target_os = "linux")]
+    {
+        diag::socket_uid(remote, local)
     }
-    let normal = |a: SocketAddr| match a.ip() {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(a, |v4| SocketAddr::new(IpAddr::V4(v4), a.port())),
-        IpAddr::V4(_) => a,
-    };
-    let (remote, local) = (normal(remote), normal(local));
-    ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .find_map(|table| {
-            let text = std::fs::read_to_string(table).ok()?;
-            socket_owner(&text, remote, local)
-        })
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (remote, local);
+        None
+    }
 }
 
-/// In a `/proc/net/tcp{,6}` table, the uid of the socket whose local address is `local`
-/// and remote address `remote`.
-fn socket_owner(table: &str, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
-    table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (l, r, uid) = (fields.get(1)?, fields.get(2)?, fields.get(7)?);
-        (proc_addr(l)? == local && proc_addr(r)? == remote)
-            .then(|| uid.parse().ok())
-            .flatten()
-    })
-}
+#[cfg(target_os = "linux")]
+mod diag {
+    //! The few netlink sock_diag structures an exact lookup needs (linux/inet_diag.h).
 
-/// An address as `/proc/net/tcp{,6}` prints it: the IP as 32-bit words in host byte order,
-/// the port in hex (`0100007F:1F90` is 127.0.0.1:8080 on little-endian machines).
-fn proc_addr(text: &str) -> Option<SocketAddr> {
-    let (ip, port) = text.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let mut bytes = Vec::with_capacity(16);
-    for word in ip.as_bytes().chunks(8) {
-        let word = u32::from_str_radix(std::str::from_utf8(word).ok()?, 16).ok()?;
-        bytes.extend_from_slice(&word.to_ne_bytes());
+    use std::mem::size_of;
+    use std::net::{IpAddr, SocketAddr};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    const NETLINK_SOCK_DIAG: libc::c_int = 4;
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLMSG_ERROR: u16 = 2;
+    const NLM_F_REQUEST: u16 = 1;
+    const INET_DIAG_NOCOOKIE: u32 = !0;
+
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct NlMsgHdr {
+        len: u32,
+        kind: u16,
+        flags: u16,
+        seq: u32,
+        pid: u32,
     }
-    let ip = match bytes.len() {
-        4 => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
-        16 => {
-            let v6 = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?);
-            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct SockId {
+        sport: [u8; 2],
+        dport: [u8; 2],
+        src: [u8; 16],
+        dst: [u8; 16],
+        ifindex: u32,
+        cookie: [u32; 2],
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Request {
+        hdr: NlMsgHdr,
+        family: u8,
+        protocol: u8,
+        ext: u8,
+        pad: u8,
+        states: u32,
+        id: SockId,
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Reply {
+        hdr: NlMsgHdr,
+        family: u8,
+        state: u8,
+        timer: u8,
+        retrans: u8,
+        id: SockId,
+        expires: u32,
+        rqueue: u32,
+        wqueue: u32,
+        uid: u32,
+        inode: u32,
+    }
+
+    fn family_and_bytes(ip: IpAddr) -> (u8, [u8; 16]) {
+        let mut bytes = [0u8; 16];
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                bytes[..4].copy_from_slice(&v4.octets());
+                (libc::AF_INET as u8, bytes)
+            }
+            IpAddr::V6(v6) => (libc::AF_INET6 as u8, v6.octets()),
         }
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
+    }
+
+    pub fn socket_uid(remote: SocketAddr, local: SocketAddr) -> Option<u32> {
+        let (family, src) = family_and_bytes(remote.ip());
+        let (local_family, dst) = family_and_bytes(local.ip());
+        if family != local_family {
+            return None;
+        }
+        let request = Request {
+            hdr: NlMsgHdr {
+                len: size_of::<Request>() as u32,
+                kind: SOCK_DIAG_BY_FAMILY,
+                flags: NLM_F_REQUEST,
+                seq: 1,
+                pid: 0,
+            },
+            family,
+            protocol: libc::IPPROTO_TCP as u8,
+            ext: 0,
+            pad: 0,
+            states: !0,
+            id: SockId {
+                sport: remote.port().to_be_bytes(),
+                dport: local.port().to_be_bytes(),
+                src,
+                dst,
+                ifindex: 0,
+                cookie: [INET_DIAG_NOCOOKIE; 2],
+            },
+        };
+        // SAFETY: socket() takes no pointers; the result is checked before use.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                NETLINK_SOCK_DIAG,
+            )
+        };
+        if raw < 0 {
+            return None;
+        }
+        // SAFETY: `raw` is a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_nl is plain data; all-zero is "the kernel" as destination.
+        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: `request` and `kernel` are valid for reads of the sizes given, for the
+        // duration of the call.
+        let sent = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                (&request as *const Request).cast(),
+                size_of::<Request>(),
+                0,
+                (&kernel as *const libc::sockaddr_nl).cast(),
+                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if sent != size_of::<Request>() as isize {
+            return None;
+        }
+        // The kernel answers within sendto; MSG_DONTWAIT makes sure a missing answer
+        // never blocks the accept loop.
+        let mut buf = [0u8; 1024];
+        // SAFETY: `buf` is valid for writes of its length for the duration of the call.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < size_of::<Reply>() as isize {
+            return None;
+        }
+        // SAFETY: `buf` holds at least size_of::<Reply>() initialized bytes; Reply is
+        // plain data with no invalid bit patterns, read unaligned.
+        let reply: Reply = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
+        if reply.hdr.kind == NLMSG_ERROR || reply.hdr.kind != SOCK_DIAG_BY_FAMILY {
+            return None;
+        }
+        let same = reply.id.sport == request.id.sport
+            && reply.id.dport == request.id.dport
+            && reply.id.src == request.id.src
+            && reply.id.dst == request.id.dst;
+        same.then_some(reply.uid)
+    }
 }
 
 /// An accepted connection holding its peer's slot, closed with a timeout error if its
@@ -398,28 +523,6 @@ mod tests {
         assert!(counts.lock().is_empty(), "no counts left behind");
     }
 
-    #[test]
-    fn proc_net_tcp_addresses_and_owners() {
-        let one = u32::from_ne_bytes([127, 0, 0, 1]);
-        let table = format!(
-            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-             \x20  0: {one:08X}:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n\
-             \x20  1: {one:08X}:C350 {one:08X}:1F90 01 00000000:00000000 00:00000000 00000000  1001        0 2 1\n"
-        );
-        let ours: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let theirs: SocketAddr = "127.0.0.1:50000".parse().unwrap();
-        assert_eq!(socket_owner(&table, theirs, ours), Some(1001));
-        assert_eq!(socket_owner(&table, ours, theirs), None);
-        let v6 = format!(
-            "{:08X}{:08X}{:08X}{:08X}:0050",
-            0,
-            0,
-            0,
-            u32::from_ne_bytes([0, 0, 0, 1])
-        );
-        assert_eq!(proc_addr(&v6), Some("[::1]:80".parse().unwrap()));
-    }
-
     #[tokio::test]
     async fn the_owner_of_a_real_loopback_peer_is_found() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -430,6 +533,8 @@ mod tests {
             // SAFETY: geteuid has no preconditions and cannot fail.
             let me = unsafe { libc::geteuid() };
             assert_eq!(tcp_peer_uid(remote, addr), Some(me));
+            let elsewhere = SocketAddr::new(remote.ip(), remote.port().wrapping_add(1));
+            assert_eq!(tcp_peer_uid(elsewhere, addr), None, "no such connection");
         }
     }
 
