@@ -98,13 +98,13 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Creates `dir` (mode 0700) if missing, and checks that no other user can replace what
-/// we put in it: a real directory (not a symlink), owned by us, or by root with the
-/// sticky bit (like `/tmp`), and not writable by others unless sticky. For directories
-/// given on the command line (a socket's, a log file's).
+/// we put in it: a real directory (not a symlink), owned by us or by root, and not
+/// writable by others unless sticky (like `/tmp`, where only an entry's owner may remove
+/// or rename it). For directories given on the command line (a socket's, a log file's).
 pub fn safe_dir(dir: &Path) -> io::Result<()> {
     let meta = create_or_inspect(dir)?;
     let sticky = meta.mode() & 0o1000 != 0;
-    let owner_ok = meta.uid() == euid() || (meta.uid() == 0 && sticky);
+    let owner_ok = meta.uid() == euid() || meta.uid() == 0;
     if !owner_ok {
         return Err(not_ours(dir, &meta));
     }

@@ -89,14 +89,10 @@ pub fn open_log_file(path: &std::path::Path) -> io::Result<std::fs::File> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| io::Error::new(e.kind(), format!("log file {}: {e}", path.display())))?;
+    // A FIFO or a device (`/dev/stderr`) is left as it is; a regular file of ours is
+    // made private.
     let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::other(format!(
-            "log file {} is not a regular file",
-            path.display()
-        )));
-    }
-    if meta.uid() == crate::paths::euid() && meta.mode() & 0o077 != 0 {
+    if meta.is_file() && meta.uid() == crate::paths::euid() && meta.mode() & 0o077 != 0 {
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     }
     Ok(file)
