@@ -5,7 +5,6 @@
 //! Checked with the real grpcurl run as other uids and groups.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::Command;
 
 use fusestream_tests::{FuseStream, Options, grpcurl_for_others, skip_unless_root, tool};
