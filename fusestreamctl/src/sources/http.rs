@@ -150,6 +150,12 @@ fn found(probe: Probe, shown: &str) -> Result<ObjectVersion, SourceError> {
         Probe::Refused { status, .. } => {
             let message = format!("{shown}: HTTP {status}");
             Err(match status.as_u16() {
+                // A redirect the client would not follow (see fusestream_shared::http).
+                300..=399 => SourceError::FailedPrecondition(format!(
+                    "{message}: a redirect FuseStream does not follow (requests with \
+                     credentials stay at their origin; other origins must be https on a \
+                     non-loopback host): stage the final URL"
+                )),
                 404 | 410 => SourceError::NotFound(message),
                 401 => SourceError::Unauthenticated(message),
                 403 => SourceError::PermissionDenied(message),
