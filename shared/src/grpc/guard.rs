@@ -206,6 +206,37 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn tcp_requests_without_the_token_never_reach_the_service() {
+        use tower::{Layer, Service, ServiceExt};
+        let token = Token::generate().unwrap();
+        let reached = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = reached.clone();
+        let inner = tower::service_fn(move |_: http::Request<()>| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::ready(Ok::<_, std::convert::Infallible>(
+                Status::ok("").into_http::<Body>(),
+            ))
+        });
+        let mut guard = Guard::layer(None, Some(Arc::new(token.clone()))).layer(inner);
+        let call = |value: Option<String>| {
+            let mut request = http::Request::builder().uri("/fusestream.v1.Control/Stage");
+            if let Some(value) = value {
+                request = request.header(http::header::AUTHORIZATION, value);
+            }
+            request.body(()).unwrap()
+        };
+        for bad in [None, Some("Bearer 00".to_string()), Some(String::new())] {
+            let response = guard.ready().await.unwrap().call(call(bad)).await.unwrap();
+            let status = Status::from_header_map(response.headers()).unwrap();
+            assert_eq!(status.code(), Code::Unauthenticated);
+        }
+        assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let good = Some(token.header_value());
+        guard.ready().await.unwrap().call(call(good)).await.unwrap();
+        assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
     #[test]
     fn a_rewritten_response_carries_the_new_status() {
         let response = rewrite(Status::internal("Missing request message.").into_http());
