@@ -523,6 +523,26 @@ mod tests {
         assert!(counts.lock().is_empty(), "no counts left behind");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn out_of_descriptors_the_accept_loop_backs_off() {
+        let mut gate = Gate::new("test", Limits::GRPC);
+        let emfile = || io::Error::from_raw_os_error(libc::EMFILE);
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            gate.failed(emfile()).await;
+            waits.push(gate.backoff);
+        }
+        assert_eq!(waits[0], BACKOFF_MIN);
+        assert_eq!(waits[1], BACKOFF_MIN * 2);
+        assert_eq!(*waits.last().unwrap(), BACKOFF_MAX);
+        // A connection accepted again resets it; other errors never wait.
+        let _ = gate.admit((), Peer::Uid(1));
+        assert!(gate.backoff.is_zero());
+        gate.failed(io::Error::from_raw_os_error(libc::ECONNABORTED))
+            .await;
+        assert!(gate.backoff.is_zero());
+    }
+
     #[tokio::test]
     async fn the_owner_of_a_real_loopback_peer_is_found() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
