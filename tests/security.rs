@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use fusestream_tests::{
     Daemon, FuseStream, Options, bin, command_as, grpcurl, grpcurl_for_others, http_get,
-    random_file, sha256, sha256_file, stderr,
+    random_file, sha256, sha256_file, skip_unless_root, stderr,
 };
 
 /// The attacker's uid.
@@ -56,6 +56,10 @@ fn names_in_mount(fs: &FuseStream) -> Vec<String> {
 /// without the token and with a wrong one; with the token (as documented) it works.
 #[test]
 fn tcp_control_calls_need_the_api_token() {
+    // The attacker is another uid: runs cat as another uid (setpriv).
+    if skip_unless_root("security::tcp_control_calls_need_the_api_token") {
+        return;
+    }
     let fs = FuseStream::start();
     let addr = fs.listen.as_str();
     let secret = alice_secret(fs.dir.path());
@@ -144,6 +148,10 @@ fn tcp_control_calls_need_the_api_token() {
 /// The control socket admits its own uid (and root) only, even if its mode were opened.
 #[test]
 fn the_control_socket_admits_only_its_owner() {
+    // The attacker is another uid: runs grpcurl as another uid (setpriv).
+    if skip_unless_root("security::the_control_socket_admits_only_its_owner") {
+        return;
+    }
     let fs = FuseStream::start();
     let tools = tempfile::tempdir().unwrap();
     let grpcurl = grpcurl_for_others(tools.path());
@@ -172,6 +180,10 @@ fn the_control_socket_admits_only_its_owner() {
 /// entry comes back with its bytes.
 #[test]
 fn restaging_refuses_files_swapped_for_symlinks() {
+    // The attacker is another uid: chowns files to another uid and runs as it.
+    if skip_unless_root("security::restaging_refuses_files_swapped_for_symlinks") {
+        return;
+    }
     let mut fs = FuseStream::start();
     open_dir_to_others(&fs);
     let input = fs.input("x").parent().unwrap().to_path_buf();
@@ -243,6 +255,10 @@ fn restaging_refuses_files_swapped_for_symlinks() {
 /// plane itself, the dir is 0700, its token and logs 0600.
 #[test]
 fn a_runtime_dir_taken_by_another_user_is_refused() {
+    // The attacker is another uid: chowns a directory to another uid.
+    if skip_unless_root("security::a_runtime_dir_taken_by_another_user_is_refused") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
@@ -362,6 +378,10 @@ sys.stdin.read()
 /// daemons and their metrics answer.
 #[test]
 fn one_users_idle_connections_deny_nothing_to_another() {
+    // The attacker is another uid: runs the flood as another uid (setpriv).
+    if skip_unless_root("security::one_users_idle_connections_deny_nothing_to_another") {
+        return;
+    }
     let fs = FuseStream::start_with(Options {
         allow_uids: vec![EVE],
         mountd_args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
