@@ -1,6 +1,9 @@
 //! Code both FuseStream daemons use: the generated gRPC API, the rules for entry names,
-//! URL redaction, gRPC serving/connecting over Unix sockets, default paths, readiness
-//! notification, telemetry (logs, spans, trace context) and the metrics endpoint.
+//! URL redaction, gRPC serving/connecting over Unix sockets, default paths and the checks
+//! of private dirs, readiness notification, telemetry (logs, spans, trace context), the
+//! metrics endpoint, and the pieces of the privilege boundary (SECURITY.md): the API token
+//! (`auth`), per-uid connection caps and timeouts on every listener (`listen`), and
+//! process hardening (`process`).
 //!
 //! Anything that must behave identically in the mount daemon and the control plane lives
 //! here exactly once (a name the control plane accepts is a name the mount daemon accepts;
