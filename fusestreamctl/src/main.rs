@@ -30,7 +30,8 @@ struct Cli {
     socket: PathBuf,
     /// Talk to the control plane over TCP at this loopback address (its `serve --listen`)
     /// instead of the socket; the API token is read from the file next to the socket.
-    #[arg(long, global = true, env = "FUSESTREAM_TCP", value_name = "ADDR")]
+    /// Before the subcommand.
+    #[arg(long, env = "FUSESTREAM_TCP", value_name = "ADDR")]
     tcp: Option<SocketAddr>,
     #[command(subcommand)]
     command: Command,
