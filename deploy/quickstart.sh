@@ -11,6 +11,7 @@
 # fusermount3 (Debian/Ubuntu package fuse3), which this script installs through sudo when
 # it is missing.
 set -euo pipefail
+umask 077 # logs, pid files and the sample are ours alone
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 state=${FUSESTREAM_QUICKSTART_DIR:-${XDG_RUNTIME_DIR:-/tmp}/fusestream-quickstart}
@@ -19,6 +20,22 @@ profile=${PROFILE:-release}
 bin="$repo/target/$profile"
 mnt="$state/mnt"
 export FUSESTREAM_SOCKET="$state/control.sock"
+
+# The state dir must be ours: created 0700; a symlink there, or a directory someone else
+# made first (the /tmp fallback is guessable), would hand them our logs and sockets.
+private_state_dir() {
+  if [ -L "$state" ]; then
+    echo "quickstart: $state is a symbolic link; refusing to use it" >&2; exit 1
+  fi
+  mkdir -p "$(dirname "$state")"
+  mkdir -m 700 "$state" 2>/dev/null || true
+  local owner
+  owner=$(stat -c %u "$state")
+  if [ -L "$state" ] || [ ! -d "$state" ] || [ "$owner" != "$(id -u)" ]; then
+    echo "quickstart: $state belongs to uid $owner, not to you; refusing to use it" >&2; exit 1
+  fi
+  chmod 700 "$state"
+}
 
 # A pid from our pidfile that is alive, not a zombie, and still runs `$2`.
 alive() {
@@ -30,6 +47,8 @@ alive() {
 
 stop() {
   local name pid
+  [ -e "$state" ] || [ -L "$state" ] || { echo "nothing to stop ($state does not exist)"; return; }
+  private_state_dir
   for name in control mountd; do
     if alive "$name" "$bin/"; then
       pid=$(cat "$state/$name.pid")
@@ -73,8 +92,7 @@ start() {
   need_fusermount
   echo "== building ($profile)"
   (cd "$repo" && cargo build --bins $([ "$profile" = release ] && echo --release) --quiet)
-  mkdir -p "$state"
-  chmod 700 "$state"
+  private_state_dir
 
   if ! alive mountd "$bin/fusestream-mountd"; then
     "$bin/fusestream-mountd" --mountpoint "$mnt" --socket "$state/mountd.sock" \

@@ -6,6 +6,32 @@ use fusestream_tests::{FuseStream, grpcurl, grpcurl_ok, random_file, sha256, sha
 fn list_describe_health_and_stage_through_grpcurl() {
     let fs = FuseStream::start();
     let addr = fs.listen.as_str();
+    // Every call on TCP carries the API token (README: gRPC API).
+    let auth = fs.auth_header();
+    let with_auth = |args: &[&str]| -> Vec<String> {
+        let mut with: Vec<String> = Vec::new();
+        if !args.contains(&"-unix") {
+            with.extend(["-H".to_string(), auth.clone()]);
+        }
+        with.extend(args.iter().map(|a| a.to_string()));
+        with
+    };
+    let grpcurl_ok = |args: &[&str]| {
+        grpcurl_ok(
+            &with_auth(args)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let grpcurl = |args: &[&str]| {
+        grpcurl(
+            &with_auth(args)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+    };
 
     let services = grpcurl_ok(&["-plaintext", addr, "list"]);
     for expected in ["fusestream.v1.Control", "grpc.health.v1.Health"] {

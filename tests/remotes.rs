@@ -238,6 +238,24 @@ fn remote_errors_are_the_documented_ones_and_stage_nothing() {
         std::fs::read(fs.mountpoint.join("obj.bin")).unwrap(),
         b"hello"
     );
+
+    // A key of one's own comes on stdin, never in argv (where `ps` shows it).
+    let set_key = |stdin: &[u8]| {
+        let mut child = std::process::Command::new(fusestream_tests::bin("fusestreamctl"))
+            .env("FUSESTREAM_SOCKET", &fs.control_socket)
+            .args(["swift-set-temp-url-key", "archive", "--key-stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = set_key(b"");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = set_key(b"my-own-key\n");
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 /// A Swift with a TempURL key and `media/big.bin` of `size` random bytes, and the config

@@ -5,54 +5,12 @@
 //! Checked with the real grpcurl run as other uids and groups.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::Command;
 
-use fusestream_tests::{FuseStream, Options, skip_unless_root, tool};
+use fusestream_tests::{FuseStream, Options, grpcurl_for_others, skip_unless_root, tool};
 
 /// An unprivileged uid with no account needed.
 const NOBODY: u32 = 65534;
-
-/// A copy of grpcurl that `NOBODY` may run (a `$GRPCURL` may sit under root's home), with
-/// the .proto files it needs.
-fn grpcurl_for_others(dir: &std::path::Path) -> PathBuf {
-    let installed = fusestream_tests::grpcurl_binary();
-    let copy = dir.join("grpcurl");
-    std::fs::copy(&installed, &copy).expect("copy grpcurl");
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let protos = dir.join("protos");
-    std::fs::create_dir_all(protos.join("fusestream/v1")).unwrap();
-    std::fs::copy(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../proto/fusestream/v1/fusestream.proto"
-        ),
-        protos.join("fusestream/v1/fusestream.proto"),
-    )
-    .unwrap();
-    std::fs::write(protos.join("health.proto"), HEALTH_PROTO).unwrap();
-    for dir in [
-        &protos,
-        &protos.join("fusestream"),
-        &protos.join("fusestream/v1"),
-    ] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    copy
-}
-
-/// grpc.health.v1, so a health check needs no reflection (which a refused caller does
-/// not get either).
-const HEALTH_PROTO: &str = r#"syntax = "proto3";
-package grpc.health.v1;
-message HealthCheckRequest { string service = 1; }
-message HealthCheckResponse {
-  enum ServingStatus { UNKNOWN = 0; SERVING = 1; NOT_SERVING = 2; SERVICE_UNKNOWN = 3; }
-  ServingStatus status = 1;
-}
-service Health { rpc Check(HealthCheckRequest) returns (HealthCheckResponse); }
-"#;
 
 /// grpcurl arguments that call `method` from the .proto files, without reflection.
 fn without_reflection<'a>(

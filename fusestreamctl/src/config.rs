@@ -162,7 +162,8 @@ impl Config {
             }
             Err(e) => return Err(file_error(e.to_string())),
         };
-        let config: Config = toml::from_str(&text).map_err(|e| file_error(e.to_string()))?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| file_error(parse_error(&text, &e)))?;
         let has_secrets = config.remotes.values().any(|r| match r {
             RemoteConfig::Swift(c) => c.has_inline_secret(),
             RemoteConfig::S3(c) => c.has_inline_secret(),
@@ -191,6 +192,37 @@ impl Config {
             }
         }
         Ok(config)
+    }
+}
+
+/// A parse error of the config `text` as one line that shows no part of the file: toml's
+/// own rendering quotes the offending line, which may hold a secret, and a type error
+/// quotes the value (`invalid type: string "..."`), so the position is given as a line
+/// and column and quoted values are elided.
+fn parse_error(text: &str, e: &toml::de::Error) -> String {
+    let mut message = String::new();
+    let mut quoted = false;
+    for c in e.message().trim().chars() {
+        if c == '"' {
+            if !quoted {
+                message.push_str("\"…");
+            }
+            quoted = !quoted;
+            if !quoted {
+                message.push('"');
+            }
+        } else if !quoted && !c.is_control() {
+            message.push(c);
+        }
+    }
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
     }
 }
 
@@ -290,6 +322,20 @@ mod tests {
         );
         let unknown_type = write(0o600, "[remotes.a]\ntype = \"ftp\"\n");
         assert!(Config::load(unknown_type.path(), true).is_err());
+    }
+
+    #[test]
+    fn parse_errors_never_quote_the_file() {
+        for text in [
+            "[remotes.a]\ntype = \"swift\"\nkey = \"s3cret-value\" trailing\n",
+            "[remotes.a]\ntype = \"swift\"\nauth_url = \"x\"\nurl_lifetime = \"s3cret-value\"\n",
+            "[remotes.a]\ntype = \"http\"\nbase_url = \"x\"\nheaders = \"s3cret-value\n",
+        ] {
+            let file = write(0o600, text);
+            let err = Config::load(file.path(), true).unwrap_err().to_string();
+            assert!(!err.contains("s3cret"), "{err}");
+            assert!(err.contains("line "), "{err}");
+        }
     }
 
     #[test]

@@ -28,6 +28,11 @@ struct Cli {
     /// The control plane's socket.
     #[arg(long, global = true, env = paths::CONTROL_SOCKET_ENV, default_value_os_t = paths::default_control_socket())]
     socket: PathBuf,
+    /// Talk to the control plane over TCP at this loopback address (its `serve --listen`)
+    /// instead of the socket; the API token is read from the file next to the socket.
+    /// Before the subcommand.
+    #[arg(long, env = "FUSESTREAM_TCP", value_name = "ADDR")]
+    tcp: Option<SocketAddr>,
     #[command(subcommand)]
     command: Command,
 }
@@ -72,13 +77,14 @@ enum Command {
         #[arg(long)]
         no_inhibit_sleep: bool,
     },
-    /// Set the TempURL key of a Swift remote's account (random unless --key is given).
+    /// Set the TempURL key of a Swift remote's account (random unless --key-stdin).
     SwiftSetTempUrlKey {
         /// A Swift remote of the config (`[remotes.NAME]`).
         remote: String,
-        /// The key; prefer leaving it out (a random one is generated and never shown).
+        /// Read the key from the first line of stdin (never from the command line, where
+        /// other users see it in `ps`); without it a random key is set and never shown.
         #[arg(long)]
-        key: Option<String>,
+        key_stdin: bool,
     },
     /// Stage local files, http(s) URLs or remote objects (REMOTE:path); prints the path of
     /// each in the mount.
@@ -132,6 +138,7 @@ fn main() -> ExitCode {
             sleep_grace,
             no_inhibit_sleep,
         } => {
+            fusestream_shared::process::harden_or_report("fusestreamctl serve");
             let target = log_file.map_or(LogTarget::Stderr, LogTarget::File);
             let telemetry = match telemetry::init("fusestream-control", target, "info") {
                 Ok(telemetry) => telemetry,
@@ -170,7 +177,10 @@ fn main() -> ExitCode {
                 Err(e) => return Failure::Request(format!("runtime: {e}")).report(),
             };
             let result = runtime.block_on(async {
-                let client = Client::new(&cli.socket);
+                let client = match Client::new(&cli.socket, cli.tcp) {
+                    Ok(client) => client,
+                    Err(failure) => return Err(failure),
+                };
                 match command {
                     Command::Stage {
                         sources,
@@ -181,8 +191,8 @@ fn main() -> ExitCode {
                     Command::Ls => client.ls().await,
                     Command::Status => client.status().await,
                     Command::Ops { watch, output } => client.ops(watch, output == "json").await,
-                    Command::SwiftSetTempUrlKey { remote, key } => {
-                        client.set_temp_url_key(&remote, key).await
+                    Command::SwiftSetTempUrlKey { remote, key_stdin } => {
+                        client.set_temp_url_key(&remote, key_stdin).await
                     }
                     Command::Serve { .. } => unreachable!("handled above"),
                 }

@@ -83,6 +83,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    fusestream_shared::process::harden_or_report("fusestream-mountd");
     let target = args
         .log_file
         .clone()

@@ -3,8 +3,10 @@
 //! connecting a client over a Unix socket.
 //!
 //! Every request a server receives gets a span, child of the caller's trace context, and
-//! passes [`guard`]: an optional check of the caller, and client-error status for requests
-//! the framework cannot decode.
+//! passes [`guard`]: an optional check of the caller (peer credentials on the Unix socket,
+//! the API token on TCP), and client-error status for requests the framework cannot decode.
+//! Connections come through `listen` (per-uid caps, a deadline for the HTTP/2 preface,
+//! accept back-off), and idle HTTP/2 connections must answer keepalive pings.
 //!
 //! Every daemon serves the same standard services so that `grpcurl list`, `describe` and
 //! health checks work the same against either, without .proto files.
@@ -19,11 +21,12 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::{Routes, RoutesBuilder};
 use tonic::transport::{Channel, Endpoint, Server, Uri};
 
+use crate::auth::Token;
+use crate::listen::{self, Limits};
 use crate::telemetry::propagation::{self, InjectContext};
 
 mod guard;
@@ -85,16 +88,18 @@ pub async fn with_standard_services(
 }
 
 /// Binds a Unix socket at `path` with file mode `mode`, replacing a stale socket file
-/// left by a process that is gone, but refusing to take over one that still answers.
+/// left by a process that is gone, but refusing to take over one that still answers. The
+/// socket's directory is created 0700 if missing, and refused if another user could
+/// replace the socket in it (`paths::safe_dir`).
 pub async fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
     let err = |source| ServeError::Socket {
         path: path.to_path_buf(),
         source,
     };
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(err)?;
+        crate::paths::safe_dir(parent).map_err(err)?;
     }
-    if path.exists() {
+    if std::fs::symlink_metadata(path).is_ok() {
         if UnixStream::connect(path).await.is_ok() {
             return Err(ServeError::SocketInUse(path.to_path_buf()));
         }
@@ -112,12 +117,54 @@ pub async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Tcp { addr, source })
 }
 
+/// A TCP listener to serve on, and the token every call on it must carry.
+#[derive(Debug)]
+pub struct TcpServing {
+    pub listener: TcpListener,
+    pub token: Token,
+}
+
+/// How often an idle HTTP/2 connection is pinged, and how long its answer may take: a
+/// peer that holds connections open without speaking HTTP/2 loses them.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent calls on one connection.
+const MAX_STREAMS: u32 = 64;
+
+fn server() -> Server {
+    Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(MAX_STREAMS))
+}
+
+/// An [`Admit`] for a per-user daemon's socket: only its own uid (and root) may call.
+pub fn owner_only() -> Admit {
+    let me = crate::paths::euid();
+    std::sync::Arc::new(move |extensions: &http::Extensions| {
+        let uid = extensions
+            .get::<tonic::transport::server::UdsConnectInfo>()
+            .and_then(|info| info.peer_cred)
+            .map(|cred| cred.uid());
+        match uid {
+            Some(uid) if uid == me || uid == 0 => Ok(()),
+            Some(uid) => Err(tonic::Status::permission_denied(format!(
+                "uid {uid} may not use this control plane (it serves uid {me} only)"
+            ))),
+            None => Err(tonic::Status::permission_denied(
+                "peer credentials unavailable",
+            )),
+        }
+    })
+}
+
 /// Serves `routes` on `unix` and, if given, on `tcp`, until `shutdown` resolves. Every
-/// request to any of them must pass `admit`, if given.
+/// request on `unix` must pass `admit`, if given; every request on `tcp` must carry its
+/// token.
 pub async fn serve(
     routes: Routes,
     unix: UnixListener,
-    tcp: Option<TcpListener>,
+    tcp: Option<TcpServing>,
     admit: Option<Admit>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
@@ -125,16 +172,18 @@ pub async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let tcp_task = tcp.map(|listener| {
+    let tcp_task = tcp.map(|TcpServing { listener, token }| {
         let routes = routes.clone();
         let rx = stop_rx.clone();
-        let admit = admit.clone();
         tokio::spawn(async move {
-            Server::builder()
+            server()
                 .trace_fn(propagation::server_span)
-                .layer(Guard::layer(admit))
+                .layer(Guard::layer(None, Some(std::sync::Arc::new(token))))
                 .add_routes(routes)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(rx))
+                .serve_with_incoming_shutdown(
+                    listen::tcp("gRPC (TCP)", listener, Limits::GRPC),
+                    stopped(rx),
+                )
                 .await
         })
     });
@@ -142,11 +191,14 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let unix_result = Server::builder()
+    let unix_result = server()
         .trace_fn(propagation::server_span)
-        .layer(Guard::layer(admit))
+        .layer(Guard::layer(admit, None))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx))
+        .serve_with_incoming_shutdown(
+            listen::unix("gRPC (Unix socket)", unix, Limits::GRPC),
+            stopped(stop_rx),
+        )
         .await;
     if let Some(task) = tcp_task
         && let Ok(Err(e)) = task.await
@@ -165,12 +217,38 @@ pub fn traced(channel: Channel) -> TracedChannel {
 /// fails or waits; each call fails with UNAVAILABLE while the server is down, and every
 /// call is bounded by `timeout`.
 pub fn unix_channel(path: &Path, timeout: Duration) -> Channel {
+    channel_to(path, timeout, None)
+}
+
+/// [`unix_channel`] to a server that must run as our own uid (the kernel's peer
+/// credentials of the listening end are checked on every connect): a per-user daemon's
+/// socket, where a socket planted by someone else would receive our requests.
+pub fn own_unix_channel(path: &Path, timeout: Duration) -> Channel {
+    channel_to(path, timeout, Some(crate::paths::euid()))
+}
+
+fn channel_to(path: &Path, timeout: Duration, server_uid: Option<u32>) -> Channel {
     let path = path.to_path_buf();
     Endpoint::from_static("http://localhost")
         .connect_timeout(Duration::from_secs(5))
         .timeout(timeout)
         .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
             let path = path.clone();
-            async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+            async move {
+                let stream = UnixStream::connect(&path).await?;
+                if let Some(expected) = server_uid {
+                    let uid = stream.peer_cred()?.uid();
+                    if uid != expected {
+                        return Err(io::Error::new(
+                            io::ErrorKind::PermissionDenied,
+                            format!(
+                                "the server on {} runs as uid {uid}, not as us (uid {expected})",
+                                path.display()
+                            ),
+                        ));
+                    }
+                }
+                Ok::<_, io::Error>(TokioIo::new(stream))
+            }
         }))
 }

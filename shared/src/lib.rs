@@ -1,17 +1,23 @@
 //! Code both FuseStream daemons use: the generated gRPC API, the rules for entry names,
-//! URL redaction, gRPC serving/connecting over Unix sockets, default paths, readiness
-//! notification, telemetry (logs, spans, trace context) and the metrics endpoint.
+//! URL redaction, gRPC serving/connecting over Unix sockets, default paths and the checks
+//! of private dirs, readiness notification, telemetry (logs, spans, trace context), the
+//! metrics endpoint, and the pieces of the privilege boundary (SECURITY.md): the API token
+//! (`auth`), per-uid connection caps and timeouts on every listener (`listen`), and
+//! process hardening (`process`).
 //!
 //! Anything that must behave identically in the mount daemon and the control plane lives
 //! here exactly once (a name the control plane accepts is a name the mount daemon accepts;
 //! a URL is redacted the same way in every log line).
 
 pub mod api;
+pub mod auth;
 pub mod grpc;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod names;
 pub mod paths;
+pub mod process;
 pub mod readiness;
 pub mod redact;
 pub mod telemetry;

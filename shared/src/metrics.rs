@@ -19,8 +19,10 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+
+use crate::listen::{self, HEADER_READ_TIMEOUT, Limits};
 
 /// Upper bounds (seconds) of the latency histogram buckets: 100 µs to 60 s.
 pub const LATENCY_BUCKETS: [f64; 17] = [
@@ -169,20 +171,21 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
 }
 
 /// Serves `GET /metrics` with what `render` writes, until `shutdown` resolves.
+/// Connections are capped per peer, and must send their request in time (see `listen`).
 pub async fn serve(
     listener: TcpListener,
     render: Arc<dyn Fn() -> String + Send + Sync>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let incoming = listen::tcp("metrics", listener, Limits::HTTP1);
+    tokio::pin!(incoming);
     loop {
         let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::debug!("metrics endpoint: accept: {e}");
-                    continue;
-                }
+            accepted = futures_util::StreamExt::next(&mut incoming) => match accepted {
+                Some(Ok(stream)) => stream,
+                Some(Err(_)) => continue,
+                None => return,
             },
             () = &mut shutdown => return,
         };
@@ -213,6 +216,8 @@ pub async fn serve(
                 }
             });
             let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

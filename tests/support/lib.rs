@@ -13,6 +13,7 @@ pub mod swift;
 
 use std::ffi::OsStr;
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -474,6 +475,14 @@ impl FuseStream {
         self.wait_until("the temp URL has expired", |_| now() > expires);
     }
 
+    /// The `authorization` header the Control API's TCP listener wants, as grpcurl's `-H`
+    /// takes it (from the token file next to the control socket, as documented).
+    pub fn auth_header(&self) -> String {
+        let token = std::fs::read_to_string(self.control_socket.with_extension("token"))
+            .expect("the control plane wrote its API token");
+        format!("authorization: Bearer {}", token.trim())
+    }
+
     /// A path for test input files (outside the mount).
     pub fn input(&self, name: &str) -> PathBuf {
         let dir = self.dir.path().join("input");
@@ -669,6 +678,61 @@ pub fn completes<T: Send + 'static>(
 /// tests/setup.sh installs it (see there why on PATH rather than inside its pip package).
 pub fn grpcurl_binary() -> PathBuf {
     std::env::var_os("GRPCURL").map_or_else(|| tool("grpcurl"), PathBuf::from)
+}
+
+/// A copy of grpcurl (and the .proto files, for calls without reflection) in `dir` that
+/// any uid may run (a `$GRPCURL` may sit under root's home).
+pub fn grpcurl_for_others(dir: &std::path::Path) -> PathBuf {
+    let installed = grpcurl_binary();
+    let copy = dir.join("grpcurl");
+    std::fs::copy(&installed, &copy).expect("copy grpcurl");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let protos = dir.join("protos");
+    std::fs::create_dir_all(protos.join("fusestream/v1")).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../proto/fusestream/v1/fusestream.proto"
+        ),
+        protos.join("fusestream/v1/fusestream.proto"),
+    )
+    .unwrap();
+    std::fs::write(protos.join("health.proto"), HEALTH_PROTO).unwrap();
+    for dir in [
+        &protos,
+        &protos.join("fusestream"),
+        &protos.join("fusestream/v1"),
+    ] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    copy
+}
+
+/// grpc.health.v1, so a health check needs no reflection (which a refused caller does
+/// not get either).
+const HEALTH_PROTO: &str = r#"syntax = "proto3";
+package grpc.health.v1;
+message HealthCheckRequest { string service = 1; }
+message HealthCheckResponse {
+  enum ServingStatus { UNKNOWN = 0; SERVING = 1; NOT_SERVING = 2; SERVICE_UNKNOWN = 3; }
+  ServingStatus status = 1;
+}
+service Health { rpc Check(HealthCheckRequest) returns (HealthCheckResponse); }
+"#;
+
+/// A command that runs `program` as `uid` (primary group the same number, no
+/// supplementary groups), through util-linux's setpriv.
+pub fn command_as(uid: u32, program: impl AsRef<OsStr>) -> Command {
+    let mut command = Command::new(tool("setpriv"));
+    command
+        .arg("--reuid")
+        .arg(uid.to_string())
+        .arg("--regid")
+        .arg(uid.to_string())
+        .arg("--clear-groups")
+        .arg(program);
+    command
 }
 
 /// Runs the real grpcurl with `args`.

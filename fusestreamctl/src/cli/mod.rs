@@ -2,14 +2,19 @@
 //! plane. Errors are printed as one line; the exit code says what kind of failure it was
 //! (see [`Failure`]).
 
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use fusestream_shared::api::{self, control_client::ControlClient};
-use fusestream_shared::{grpc, http};
+use fusestream_shared::auth::Token;
+use fusestream_shared::{grpc, http, paths};
 use tonic::Code;
-use tonic::transport::Channel;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
 
 /// How a command failed, and so its exit code.
 pub enum Failure {
@@ -33,19 +38,73 @@ impl Failure {
     }
 }
 
+/// Adds the API token to every call made over TCP (nothing over the Unix socket).
+#[derive(Clone)]
+pub struct Authorization(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Authorization {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
 pub struct Client {
-    control: ControlClient<Channel>,
+    control: ControlClient<InterceptedService<Channel, Authorization>>,
     socket: PathBuf,
+    tcp: Option<SocketAddr>,
 }
 
 impl Client {
-    pub fn new(socket: &Path) -> Client {
+    /// A client of the control plane on `socket`, or on `tcp` with the API token from the
+    /// file next to `socket`. The socket must be one of ours: a socket another user put
+    /// there would receive our requests (and the URLs in them), so it is refused.
+    pub fn new(socket: &Path, tcp: Option<SocketAddr>) -> Result<Client, Failure> {
         // Generous: staging resolves remote metadata; the server bounds its own calls.
-        let channel = grpc::unix_channel(socket, Duration::from_secs(120));
-        Client {
-            control: ControlClient::new(channel),
+        let timeout = Duration::from_secs(120);
+        let (channel, authorization) = match tcp {
+            Some(addr) => {
+                if !addr.ip().is_loopback() {
+                    return Err(Failure::Usage(format!(
+                        "--tcp {addr}: only loopback addresses (the token would cross the \
+                         network in plain text)"
+                    )));
+                }
+                let token_file = paths::token_file(socket);
+                let token = Token::read(&token_file).map_err(|e| {
+                    Failure::Request(format!(
+                        "API token {}: {e} (it is written by `fusestreamctl serve --listen`)",
+                        token_file.display()
+                    ))
+                })?;
+                let value = token
+                    .header_value()
+                    .parse()
+                    .map_err(|_| Failure::Request("API token: not a header value".into()))?;
+                let channel = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| Failure::Usage(format!("--tcp {addr}: {e}")))?
+                    .connect_timeout(Duration::from_secs(5))
+                    .timeout(timeout)
+                    .connect_lazy();
+                (channel, Authorization(Some(value)))
+            }
+            None => {
+                check_socket_owner(socket)?;
+                (grpc::own_unix_channel(socket, timeout), Authorization(None))
+            }
+        };
+        Ok(Client {
+            control: ControlClient::with_interceptor(channel, authorization),
             socket: socket.to_path_buf(),
-        }
+            tcp,
+        })
     }
 
     /// Turns a failed call into a one-line failure, `context` first.
@@ -53,11 +112,17 @@ impl Client {
         // The server itself also answers UNAVAILABLE (e.g. mount daemon down), so ask
         // the socket whether anyone is there.
         let transport_down = matches!(status.code(), Code::Unavailable | Code::Unknown)
-            && std::os::unix::net::UnixStream::connect(&self.socket).is_err();
+            && match self.tcp {
+                Some(addr) => std::net::TcpStream::connect(addr).is_err(),
+                None => std::os::unix::net::UnixStream::connect(&self.socket).is_err(),
+            };
         if transport_down {
+            let at = match self.tcp {
+                Some(addr) => addr.to_string(),
+                None => self.socket.display().to_string(),
+            };
             return Failure::Unreachable(format!(
-                "control plane at {} is not running (start it with `fusestreamctl serve`)",
-                self.socket.display()
+                "control plane at {at} is not running (start it with `fusestreamctl serve`)"
             ));
         }
         Failure::Request(format!(
@@ -153,10 +218,23 @@ impl Client {
         Ok(())
     }
 
-    pub async fn set_temp_url_key(&self, remote: &str, key: Option<String>) -> Result<(), Failure> {
+    pub async fn set_temp_url_key(&self, remote: &str, key_stdin: bool) -> Result<(), Failure> {
+        let key = if key_stdin {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| Failure::Usage(format!("--key-stdin: {e}")))?;
+            let key = line.trim_end_matches(['\n', '\r']).to_string();
+            if key.is_empty() {
+                return Err(Failure::Usage("--key-stdin: stdin gave no key".into()));
+            }
+            key
+        } else {
+            String::new()
+        };
         let request = api::SetTempUrlKeyRequest {
             remote: remote.to_string(),
-            key: key.unwrap_or_default(),
+            key,
         };
         self.control
             .clone()
@@ -320,6 +398,23 @@ fn describe_sleep(sleep: &api::SleepInhibition) -> String {
     }
 }
 
+/// Refuses a control socket that belongs to another user (see [`Client::new`]); a missing
+/// one is left for the connection to report.
+fn check_socket_owner(socket: &Path) -> Result<(), Failure> {
+    let Ok(meta) = std::fs::symlink_metadata(socket) else {
+        return Ok(());
+    };
+    let me = paths::euid();
+    if meta.uid() != me {
+        return Err(Failure::Request(format!(
+            "{} belongs to uid {}, not to you (uid {me}): refusing to send it requests",
+            socket.display(),
+            meta.uid()
+        )));
+    }
+    Ok(())
+}
+
 /// The gRPC code in words, as the CLI prints it (e.g. "not found").
 fn code_name(code: Code) -> String {
     let camel = format!("{code:?}");
@@ -358,9 +453,32 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
     print!("{}", table(header, rows));
 }
 
+/// `cell` safe to print on a terminal: control characters (ESC and the like, which could
+/// move the cursor, retitle the window or hide text) are shown escaped, e.g. `\u{1b}`.
+/// Cells come from the daemons, and some from other processes (`/proc/PID/comm`).
+fn printable(cell: &str) -> String {
+    if !cell.chars().any(char::is_control) {
+        return cell.to_string();
+    }
+    cell.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// `rows` under `header`, in columns padded to the widest cell. Padded by hand: cells come
 /// from the daemons and may be wider than `format!` widths go (u16::MAX).
 fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|row| row.each_ref().map(|cell| printable(cell)))
+        .collect();
+    let rows = &rows[..];
     let mut widths = header.map(|h| h.chars().count());
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -392,6 +510,18 @@ fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::table;
+
+    #[test]
+    fn terminal_escapes_in_cells_are_shown_not_sent() {
+        let rows = [[
+            "evil\x1b]0;pwned\x07\x1b[2J".to_string(),
+            "a\tb".to_string(),
+        ]];
+        let out = table(["PROCESS", "PATH"], &rows);
+        assert!(!out.contains('\x1b') && !out.contains('\x07'), "{out:?}");
+        assert!(out.contains("evil\\u{1b}]0;pwned\\u{7}"), "{out}");
+        assert!(out.contains("a\\tb"), "{out}");
+    }
 
     #[test]
     fn tables_pad_columns_by_characters() {

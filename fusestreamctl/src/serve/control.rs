@@ -195,7 +195,9 @@ impl ControlService {
                 r.renewal = renewal.clone();
                 r
             }),
-            Renewal::Local { path, .. } => self.local.register(path).await,
+            Renewal::Local { path, identity, .. } => {
+                self.local.register(path, Some(*identity)).await
+            }
             Renewal::Remote { remote, path, .. } => {
                 remote.resolve(path, &self.http).await.map(|mut r| {
                     r.renewal = renewal.clone();
@@ -233,7 +235,8 @@ impl ControlService {
         *self.mountd_identity() = saved.mountd;
         for (name, entry) in saved.entries {
             let renewal = match entry {
-                Saved::Local { path } => match self.local.register(&path).await {
+                Saved::Local { path, identity } => match self.local.register(&path, identity).await
+                {
                     Ok(resolved) => resolved.renewal,
                     Err(e) => {
                         tracing::warn!(name, "not taken up again: {e}");
@@ -417,7 +420,7 @@ impl Control for ControlService {
             Status::invalid_argument(format!("invalid name {}: {e}", names::shown(&name)))
         })?;
         let resolved = match kind {
-            SourceKind::Local(path) => self.local.register(path).await?,
+            SourceKind::Local(path) => self.local.register(path, None).await?,
             SourceKind::Url(url) => {
                 let mut resolved = self.http.resolve(url).await?;
                 resolved.renewal = Renewal::Url {

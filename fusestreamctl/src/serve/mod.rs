@@ -1,6 +1,11 @@
 //! `fusestreamctl serve`: the unprivileged control plane. It serves the
 //! `fusestream.v1.Control` API, resolves sources into temp URLs with the user's rights,
 //! hands entries to the mount daemon and renews the URLs it issued before they expire.
+//!
+//! Who may call it: on the Unix socket, only its own uid and root (peer credentials,
+//! `grpc::owner_only`), the socket sitting in a directory no one else controls; on TCP
+//! (`--listen`, loopback only), whoever shows the API token (`auth`), which only its user
+//! can read.
 
 mod control;
 mod metrics;
@@ -12,8 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fusestream_shared::api::control_server::ControlServer;
+use fusestream_shared::auth::Token;
 use fusestream_shared::telemetry::Telemetry;
-use fusestream_shared::{grpc, readiness};
+use fusestream_shared::{grpc, paths, readiness};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
@@ -46,17 +52,31 @@ pub async fn run(config: ServeConfig, telemetry: &Telemetry) -> Result<(), Strin
         && !addr.ip().is_loopback()
     {
         return Err(format!(
-            "--listen {addr}: only loopback addresses are allowed (the API is unauthenticated)"
+            "--listen {addr}: only loopback addresses are allowed (plain-text gRPC)"
         ));
     }
+    // The default socket's directory is ours alone; one given explicitly must at least be
+    // one no one else can replace the socket (or the token) in.
+    if let Some(dir) = config.socket.parent()
+        && dir == paths::runtime_dir()
+    {
+        paths::private_dir(dir).map_err(|e| format!("runtime dir: {e}"))?;
+    }
+    paths::private_dir(&config.state_dir).map_err(|e| format!("state dir: {e}"))?;
     let unix = grpc::bind_unix(&config.socket, 0o600)
         .await
         .map_err(|e| e.to_string())?;
     let tcp = match config.listen {
-        Some(addr) => Some(grpc::bind_tcp(addr).await.map_err(|e| e.to_string())?),
+        Some(addr) => {
+            let token_file = paths::token_file(&config.socket);
+            let token = Token::load_or_create(&token_file)
+                .map_err(|e| format!("API token {}: {e}", token_file.display()))?;
+            let listener = grpc::bind_tcp(addr).await.map_err(|e| e.to_string())?;
+            Some(grpc::TcpServing { listener, token })
+        }
         None => None,
     };
-    let listen = tcp.as_ref().and_then(|l| l.local_addr().ok());
+    let listen = tcp.as_ref().and_then(|t| t.listener.local_addr().ok());
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(fusestream_shared::metrics::bind(addr).await?),
         None => None,
@@ -69,7 +89,8 @@ pub async fn run(config: ServeConfig, telemetry: &Telemetry) -> Result<(), Strin
     let remotes = match &config.config {
         Some(path) => {
             let loaded = Config::load(path, true).map_err(|e| e.to_string())?;
-            Remotes::from_config(&loaded, http.client(), &local).map_err(|e| e.to_string())?
+            Remotes::from_config(&loaded, http.credentialed_client(), &local)
+                .map_err(|e| e.to_string())?
         }
         None => Remotes::default(),
     };
@@ -130,7 +151,7 @@ pub async fn run(config: ServeConfig, telemetry: &Telemetry) -> Result<(), Strin
         }
         tracing::info!("shutting down");
     };
-    let result = grpc::serve(routes, unix, tcp, None, shutdown).await;
+    let result = grpc::serve(routes, unix, tcp, Some(grpc::owner_only()), shutdown).await;
     renewal.abort();
     events.abort();
     let _ = std::fs::remove_file(&config.socket);

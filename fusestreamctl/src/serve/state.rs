@@ -16,14 +16,26 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::sources::Renewal;
+use crate::sources::local::FileIdentity;
 
 /// A staged entry, as saved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Saved {
-    Local { path: PathBuf },
-    Remote { remote: String, path: String },
-    Url { url: String },
+    /// A local file by canonical path, and what it was at staging (state files written
+    /// before identities were saved have none: the file found next is pinned).
+    Local {
+        path: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity: Option<FileIdentity>,
+    },
+    Remote {
+        remote: String,
+        path: String,
+    },
+    Url {
+        url: String,
+    },
 }
 
 impl Saved {
@@ -32,7 +44,10 @@ impl Saved {
             Renewal::Never => None,
             Renewal::Url { url } => (fusestream_shared::redact::url(url) == *url)
                 .then(|| Saved::Url { url: url.clone() }),
-            Renewal::Local { path, .. } => Some(Saved::Local { path: path.clone() }),
+            Renewal::Local { path, identity, .. } => Some(Saved::Local {
+                path: path.clone(),
+                identity: Some(*identity),
+            }),
             Renewal::Remote { name, path, .. } => Some(Saved::Remote {
                 remote: name.clone(),
                 path: path.clone(),
@@ -63,10 +78,23 @@ pub struct State {
     pub mountd: Option<MountdIdentity>,
 }
 
-/// Reads the state saved at `path`; a missing file is an empty state, an unreadable one is
-/// reported and set aside (renamed `.bad`) rather than silently overwritten.
+/// Reads the state saved at `path` (never through a symlink); a missing file is an empty
+/// state, an unreadable one is reported and set aside (renamed `.bad`) rather than
+/// silently overwritten. The file is written mode 0600 (a temp file renamed into place) in
+/// the state dir, which `serve` checks is private.
 pub fn load(path: &Path) -> State {
-    let text = match std::fs::read_to_string(path) {
+    let read = || -> std::io::Result<String> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut text = String::new();
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)?
+            .read_to_string(&mut text)?;
+        Ok(text)
+    };
+    let text = match read() {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return State::default(),
         Err(e) => {
@@ -152,6 +180,13 @@ mod tests {
                 "a.bin".to_string(),
                 Saved::Local {
                     path: "/home/u/a.bin".into(),
+                    identity: Some(FileIdentity {
+                        dev: 1,
+                        ino: 2,
+                        size: 3,
+                        mtime: 4,
+                        mtime_nsec: 5,
+                    }),
                 },
             ),
             (
@@ -174,6 +209,30 @@ mod tests {
         std::fs::write(&path, "{not json").unwrap();
         assert_eq!(load(&path), State::default());
         assert!(path.with_extension("bad").exists());
+    }
+
+    #[test]
+    fn state_files_without_identities_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(
+            &path,
+            r#"{"entries": {"a.bin": {"kind": "local", "path": "/home/u/a.bin"}}}"#,
+        )
+        .unwrap();
+        let state = load(&path);
+        assert_eq!(
+            state.entries["a.bin"],
+            Saved::Local {
+                path: "/home/u/a.bin".into(),
+                identity: None
+            }
+        );
+        // Written files are private.
+        use std::os::unix::fs::PermissionsExt;
+        write_atomically(&path, &state).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -24,19 +24,32 @@ pub enum Probe {
 }
 
 pub struct HttpSource {
+    /// For URLs that carry no credentials of ours (public and presigned URLs).
     client: reqwest::Client,
+    /// For requests with credentials in headers: redirects within the same origin only
+    /// (see `fusestream_shared::http`).
+    credentialed: reqwest::Client,
 }
 
 impl HttpSource {
     pub fn new() -> reqwest::Result<HttpSource> {
+        let timeout = std::time::Duration::from_secs(30);
         let client = fusestream_shared::http::client_builder()
-            .timeout(std::time::Duration::from_secs(30))
+            .timeout(timeout)
             .build()?;
-        Ok(HttpSource { client })
+        let credentialed = fusestream_shared::http::credentialed_client_builder()
+            .timeout(timeout)
+            .build()?;
+        Ok(HttpSource {
+            client,
+            credentialed,
+        })
     }
 
-    pub fn client(&self) -> &reqwest::Client {
-        &self.client
+    /// The client for requests that send credentials in headers (Swift's auth and
+    /// tokens, an `http` remote's configured headers).
+    pub fn credentialed_client(&self) -> &reqwest::Client {
+        &self.credentialed
     }
 
     /// A one-byte ranged GET for the object's version, retried with backoff while the
@@ -54,7 +67,12 @@ impl HttpSource {
     ) -> Result<Probe, SourceError> {
         let mut attempt = 1;
         let response = loop {
-            let mut request = self.client.get(url).header(header::RANGE, "bytes=0-0");
+            let client = if headers.is_empty() {
+                &self.client
+            } else {
+                &self.credentialed
+            };
+            let mut request = client.get(url).header(header::RANGE, "bytes=0-0");
             for (name, value) in headers {
                 request = request.header(name.as_str(), value.0.as_str());
             }
@@ -132,6 +150,12 @@ fn found(probe: Probe, shown: &str) -> Result<ObjectVersion, SourceError> {
         Probe::Refused { status, .. } => {
             let message = format!("{shown}: HTTP {status}");
             Err(match status.as_u16() {
+                // A redirect the client would not follow (see fusestream_shared::http).
+                300..=399 => SourceError::FailedPrecondition(format!(
+                    "{message}: a redirect FuseStream does not follow (requests with \
+                     credentials stay at their origin; other origins must be https on a \
+                     non-loopback host): stage the final URL"
+                )),
                 404 | 410 => SourceError::NotFound(message),
                 401 => SourceError::Unauthenticated(message),
                 403 => SourceError::PermissionDenied(message),

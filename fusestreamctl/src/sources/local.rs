@@ -11,23 +11,38 @@
 //! HMAC-SHA256 over `GET\n{expires}\n/o/{ID}` with a key generated at start (as Swift's
 //! tempurl does). A bad or expired signature gets 401. The ETag identifies the file's
 //! inode, size and mtime at staging; if the file changes, `If-Match` fails with 412.
+//!
+//! Files are pinned by identity: at staging the path is made canonical (symlinks resolved
+//! once, as the user meant them then) and the file's device, inode, size and mtime are
+//! recorded ([`FileIdentity`], saved with the state). From then on the file is opened only
+//! through [`open_no_symlinks`] (no symlink in any component) and must still be that file:
+//! every request, and staging it again after a restart, checks. So a file staged from a
+//! directory another user controls can not later be swapped for a link to one of ours.
+//!
+//! The server takes its connections through `listen` (per-uid caps, a deadline for the
+//! first bytes) and bounds the time a request's headers may take.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use fusestream_shared::listen::{self, HEADER_READ_TIMEOUT, Limits};
 use hmac::{Hmac, Mac};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
@@ -43,11 +58,108 @@ type Body = BoxBody<Bytes, std::io::Error>;
 /// Bytes per read from the file while streaming a response.
 const READ_BLOCK: usize = 256 * 1024;
 
+/// What a staged local file was: it is served (and staged again) only while it still is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: i64,
+}
+
+impl FileIdentity {
+    pub fn of(meta: &std::fs::Metadata) -> FileIdentity {
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        }
+    }
+
+    /// Why `now` is not this file any more, if it is not.
+    pub fn differs(&self, now: &FileIdentity) -> Option<&'static str> {
+        if (self.dev, self.ino) != (now.dev, now.ino) {
+            Some("it is another file now (device and inode differ)")
+        } else if self.size != now.size
+            || (self.mtime, self.mtime_nsec) != (now.mtime, now.mtime_nsec)
+        {
+            Some("it was modified (size or modification time differ)")
+        } else {
+            None
+        }
+    }
+}
+
+/// Opens the absolute `path` for reading without following a symlink in any component
+/// (each directory is opened with O_NOFOLLOW relative to the one before, the file too), and
+/// without blocking on a FIFO. A symlink on the way fails with ELOOP or ENOTDIR.
+pub fn open_no_symlinks(path: &Path) -> std::io::Result<File> {
+    let invalid = |why: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{}: {why}", path.display()),
+        )
+    };
+    if !path.is_absolute() {
+        return Err(invalid("not an absolute path"));
+    }
+    let mut names: Vec<&OsStr> = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(name) => names.push(name),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => return Err(invalid("has a .. component")),
+        }
+    }
+    let last = names.pop().ok_or_else(|| invalid("names no file"))?;
+    // O_PATH: a directory needs search permission only, as with an ordinary open.
+    #[cfg(target_os = "linux")]
+    const DIR: libc::c_int = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    #[cfg(not(target_os = "linux"))]
+    const DIR: libc::c_int = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    let mut dir = open_at(None, OsStr::new("/"), DIR)?;
+    for name in names {
+        dir = open_at(Some(&dir), name, DIR | libc::O_NOFOLLOW)?;
+    }
+    let fd = open_at(
+        Some(&dir),
+        last,
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+    )?;
+    Ok(File::from(fd))
+}
+
+fn open_at(dir: Option<&OwnedFd>, name: &OsStr, flags: libc::c_int) -> std::io::Result<OwnedFd> {
+    let name = CString::new(name.as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: `name` is a NUL-terminated string alive for the call; `dirfd` is AT_FDCWD or
+    // a descriptor `dir` owns, open for the call.
+    let fd = unsafe { libc::openat(dirfd, name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// True if `e` is how [`open_no_symlinks`] meets a symlink on the way.
+fn is_symlink_refusal(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR))
+}
+
 /// What an id serves.
 #[derive(Debug, Clone)]
 enum Served {
-    /// A local file, opened with the user's rights on every request.
-    File { path: PathBuf },
+    /// A local file, opened with the user's rights on every request, never through a
+    /// symlink, and only while it is still the file that was staged.
+    File {
+        path: PathBuf,
+        identity: FileIdentity,
+    },
     /// A remote object fetched with headers the mount daemon must not see (a bearer
     /// token): requests are forwarded with them, and the answer streamed back.
     Proxy(Arc<Proxy>),
@@ -127,20 +239,49 @@ impl LocalSource {
     }
 
     /// Checks `path` (absolute) with the user's rights and registers it for serving.
-    pub async fn register(&self, path: &Path) -> Result<Resolved, SourceError> {
+    ///
+    /// Without `pinned` (a new staging), the path is made canonical first and the file
+    /// found there is pinned. With `pinned` (staging again a file staged before, by its
+    /// canonical path), the file must be that one still, reached without a symlink:
+    /// otherwise FAILED_PRECONDITION says why.
+    pub async fn register(
+        &self,
+        path: &Path,
+        pinned: Option<FileIdentity>,
+    ) -> Result<Resolved, SourceError> {
         let shown = path.display().to_string();
         let path_buf = path.to_path_buf();
-        let meta = tokio::task::spawn_blocking(move || {
+        let opened = tokio::task::spawn_blocking(move || {
+            let canonical = match pinned {
+                None => path_buf.canonicalize()?,
+                Some(_) => path_buf,
+            };
             // Opening proves the user may read it; metadata comes from the open file.
-            let file = File::open(&path_buf)?;
-            file.metadata()
+            let meta = open_no_symlinks(&canonical)?.metadata()?;
+            Ok::<_, std::io::Error>((canonical, meta))
         })
         .await
-        .map_err(|e| SourceError::Internal(e.to_string()))?
-        .map_err(|e| SourceError::from_io(&shown, e))?;
+        .map_err(|e| SourceError::Internal(e.to_string()))?;
+        let (canonical, meta) = match opened {
+            Ok(opened) => opened,
+            Err(e) if pinned.is_some() && is_symlink_refusal(&e) => {
+                return Err(SourceError::FailedPrecondition(format!(
+                    "{shown}: a component of the path is a symbolic link now (staged files \
+                     are opened without following symlinks): not staged again"
+                )));
+            }
+            Err(e) => return Err(SourceError::from_io(&shown, e)),
+        };
         if !meta.is_file() {
             return Err(SourceError::InvalidArgument(format!(
                 "{shown} is not a regular file"
+            )));
+        }
+        let identity = FileIdentity::of(&meta);
+        if let Some(why) = pinned.and_then(|p| p.differs(&identity)) {
+            return Err(SourceError::FailedPrecondition(format!(
+                "{shown} is not the file that was staged: {why}; not staged again (stage it \
+                 anew if it is the file you want)"
             )));
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -148,7 +289,8 @@ impl LocalSource {
         self.files().insert(
             id,
             Served::File {
-                path: path.to_path_buf(),
+                path: canonical.clone(),
+                identity,
             },
         );
         let (url, url_expires_unix) = self.sign(id);
@@ -164,7 +306,8 @@ impl LocalSource {
             display: shown,
             renewal: super::Renewal::Local {
                 id,
-                path: path.to_path_buf(),
+                path: canonical,
+                identity,
             },
         })
     }
@@ -218,16 +361,10 @@ impl LocalSource {
     }
 
     async fn accept_loop(self, listener: TcpListener) {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!("local source: accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
+        let incoming = listen::tcp("local file server", listener, Limits::HTTP1);
+        tokio::pin!(incoming);
+        while let Some(accepted) = StreamExt::next(&mut incoming).await {
+            let Ok(stream) = accepted else { continue };
             let source = self.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
@@ -235,6 +372,8 @@ impl LocalSource {
                     async move { Ok::<_, Infallible>(source.handle(req).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
@@ -253,13 +392,13 @@ impl LocalSource {
             .strip_prefix("/o/")
             .and_then(|id| id.parse().ok())
             .and_then(|id| self.files().get(&id).cloned());
-        let file = match served {
-            Some(Served::File { path }) => path,
+        let (file, identity) = match served {
+            Some(Served::File { path, identity }) => (path, identity),
             Some(Served::Proxy(proxy)) => return forward(&req, &proxy).await,
             None => return status(StatusCode::NOT_FOUND),
         };
         let opened = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-            let f = File::open(&file)?;
+            let f = open_no_symlinks(&file)?;
             let meta = f.metadata()?;
             Ok((f, meta))
         })
@@ -269,8 +408,15 @@ impl LocalSource {
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 return status(StatusCode::NOT_FOUND);
             }
+            // A symlink where the staged file was: not that file any more.
+            Ok(Err(e)) if is_symlink_refusal(&e) => {
+                return status(StatusCode::PRECONDITION_FAILED);
+            }
             _ => return status(StatusCode::FORBIDDEN),
         };
+        if identity.differs(&FileIdentity::of(&meta)).is_some() {
+            return status(StatusCode::PRECONDITION_FAILED);
+        }
         let etag = etag_of(&meta);
         if let Some(wanted) = req.headers().get(header::IF_MATCH)
             && wanted.as_bytes() != etag.as_bytes()
@@ -467,6 +613,61 @@ mod tests {
         assert_eq!(parse_range("bytes=0-1,5-6", 100), Ignore);
         assert_eq!(parse_range("items=0-1", 100), Ignore);
         assert_eq!(parse_range("bytes=x-1", 100), Ignore);
+    }
+
+    #[test]
+    fn files_are_opened_without_following_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::write(real.join("f"), b"data").unwrap();
+        assert!(open_no_symlinks(&real.join("f")).is_ok());
+        // A symlink as the file, and as a directory on the way.
+        std::os::unix::fs::symlink(real.join("f"), real.join("link")).unwrap();
+        let e = open_no_symlinks(&real.join("link")).unwrap_err();
+        assert!(is_symlink_refusal(&e), "{e}");
+        std::os::unix::fs::symlink(&real, dir.path().join("dirlink")).unwrap();
+        let e = open_no_symlinks(&dir.path().join("dirlink/f")).unwrap_err();
+        assert!(is_symlink_refusal(&e), "{e}");
+        assert!(open_no_symlinks(Path::new("relative/f")).is_err());
+        assert!(open_no_symlinks(&real.join("../real/f")).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_restaged_file_must_be_the_pinned_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.bin");
+        std::fs::write(&path, b"first").unwrap();
+        let source = LocalSource::start(Duration::from_secs(60)).await.unwrap();
+        let staged = source.register(&path, None).await.unwrap();
+        let super::super::Renewal::Local {
+            path: canonical,
+            identity,
+            ..
+        } = staged.renewal
+        else {
+            panic!("a local renewal");
+        };
+        assert!(source.register(&canonical, Some(identity)).await.is_ok());
+        // Replaced by another file (the old one kept, so the inode is not reused), then
+        // by a symlink: refused, saying why.
+        std::fs::rename(&path, dir.path().join("old")).unwrap();
+        std::fs::write(&path, b"other").unwrap();
+        let e = source
+            .register(&canonical, Some(identity))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SourceError::FailedPrecondition(_)), "{e}");
+        assert!(e.to_string().contains("another file"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"first").unwrap();
+        std::os::unix::fs::symlink(&secret, &path).unwrap();
+        let e = source
+            .register(&canonical, Some(identity))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
     }
 
     #[tokio::test]

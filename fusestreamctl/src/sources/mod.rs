@@ -28,8 +28,13 @@ pub enum Renewal {
     /// A URL given as the source: it does not expire as far as we know, but is kept to
     /// stage the entry again on a restarted mount daemon.
     Url { url: String },
-    /// A local file, registered with the local file server under `id`.
-    Local { id: u64, path: std::path::PathBuf },
+    /// A local file, registered with the local file server under `id`: its canonical
+    /// path, and what it was at staging (it is staged again only while it still is).
+    Local {
+        id: u64,
+        path: std::path::PathBuf,
+        identity: local::FileIdentity,
+    },
     /// An object of the configured remote named `name`.
     Remote {
         remote: Arc<Remote>,

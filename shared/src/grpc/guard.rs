@@ -4,6 +4,9 @@
 //! - Admission: a daemon may pass a check of the caller (the mount daemon checks the
 //!   socket's peer credentials). It runs before routing, so a refused caller gets
 //!   PERMISSION_DENIED from every service on the socket, health and reflection included.
+//! - Authentication: on TCP, where there are no peer credentials, every request must carry
+//!   the listener's API token (`authorization: Bearer <token>`), checked the same way
+//!   before routing; without it, UNAUTHENTICATED.
 //! - Framework refusals: tonic answers a request body that is not a valid message (bad
 //!   protobuf, a truncated frame, no message at all, a bad compression flag) with INTERNAL
 //!   and an oversized one with OUT_OF_RANGE. Those are the caller's errors, so they are
@@ -20,6 +23,8 @@ use std::task::{Context, Poll};
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::{Code, Status};
+
+use crate::auth::Token;
 
 /// A check of the caller of every request, from the request's extensions (e.g. tonic's
 /// `UdsConnectInfo` with the peer credentials). `Err` is returned to the caller as is.
@@ -94,18 +99,31 @@ fn rewrite(mut response: http::Response<Body>) -> http::Response<Body> {
     response
 }
 
-/// [`Admit`] and [`client_error`] around a service.
+/// The status of a request without the right token.
+fn unauthenticated() -> Status {
+    Status::unauthenticated(
+        "missing or wrong API token: send metadata `authorization: Bearer <token>` \
+         (the token is in control.token next to the control plane's socket)",
+    )
+}
+
+/// [`Admit`], the token check and [`client_error`] around a service.
 #[derive(Clone)]
 pub struct Guard<S> {
     inner: S,
     admit: Option<Admit>,
+    token: Option<Arc<Token>>,
 }
 
 impl<S> Guard<S> {
-    pub fn layer(admit: Option<Admit>) -> impl tower::Layer<S, Service = Guard<S>> + Clone {
+    pub fn layer(
+        admit: Option<Admit>,
+        token: Option<Arc<Token>>,
+    ) -> impl tower::Layer<S, Service = Guard<S>> + Clone {
         tower::layer::layer_fn(move |inner| Guard {
             inner,
             admit: admit.clone(),
+            token: token.clone(),
         })
     }
 }
@@ -125,6 +143,16 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if let Some(token) = &self.token
+            && !token.accepts(
+                request
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes()),
+            )
+        {
+            return Box::pin(std::future::ready(Ok(unauthenticated().into_http())));
+        }
         if let Some(admit) = &self.admit
             && let Err(status) = admit(request.extensions())
         {
@@ -176,6 +204,37 @@ mod tests {
             Status::from_header_map(short.headers()).unwrap().message(),
             "no entry x"
         );
+    }
+
+    #[tokio::test]
+    async fn tcp_requests_without_the_token_never_reach_the_service() {
+        use tower::{Layer, Service, ServiceExt};
+        let token = Token::generate().unwrap();
+        let reached = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = reached.clone();
+        let inner = tower::service_fn(move |_: http::Request<()>| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::ready(Ok::<_, std::convert::Infallible>(
+                Status::ok("").into_http::<Body>(),
+            ))
+        });
+        let mut guard = Guard::layer(None, Some(Arc::new(token.clone()))).layer(inner);
+        let call = |value: Option<String>| {
+            let mut request = http::Request::builder().uri("/fusestream.v1.Control/Stage");
+            if let Some(value) = value {
+                request = request.header(http::header::AUTHORIZATION, value);
+            }
+            request.body(()).unwrap()
+        };
+        for bad in [None, Some("Bearer 00".to_string()), Some(String::new())] {
+            let response = guard.ready().await.unwrap().call(call(bad)).await.unwrap();
+            let status = Status::from_header_map(response.headers()).unwrap();
+            assert_eq!(status.code(), Code::Unauthenticated);
+        }
+        assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let good = Some(token.header_value());
+        guard.ready().await.unwrap().call(call(good)).await.unwrap();
+        assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]

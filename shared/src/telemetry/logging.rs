@@ -54,12 +54,7 @@ where
 {
     let sink: Box<dyn Write + Send> = match target {
         LogTarget::Stderr => Box::new(io::stderr()),
-        LogTarget::File(path) => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            Box::new(OpenOptions::new().create(true).append(true).open(path)?)
-        }
+        LogTarget::File(path) => Box::new(open_log_file(path)?),
     };
     let (tx, rx) = sync_channel(QUEUE_LINES);
     std::thread::Builder::new()
@@ -77,6 +72,30 @@ where
         .with_ansi(false)
         .with_filter(filter);
     Ok((layer, stats))
+}
+
+/// Opens (creating) the log file `path` for appending: mode 0600, never through a symlink
+/// (O_NOFOLLOW), in a directory no other user can replace it in (`paths::safe_dir`). An
+/// existing log of ours with a looser mode is tightened: logs name files and sources.
+pub fn open_log_file(path: &std::path::Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::paths::safe_dir(dir)?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("log file {}: {e}", path.display())))?;
+    // A FIFO or a device (`/dev/stderr`) is left as it is; a regular file of ours is
+    // made private.
+    let meta = file.metadata()?;
+    if meta.is_file() && meta.uid() == crate::paths::euid() && meta.mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
 }
 
 fn write_lines(rx: Receiver<Vec<u8>>, mut sink: Box<dyn Write + Send>) {
@@ -149,6 +168,26 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn log_files_are_private_and_never_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs/d.log");
+        drop(open_log_file(&path).unwrap());
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode();
+        assert_eq!(mode(&path) & 0o777, 0o600);
+        assert_eq!(mode(path.parent().unwrap()) & 0o777, 0o700);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(open_log_file(&path).unwrap());
+        assert_eq!(mode(&path) & 0o777, 0o600, "tightened");
+        let target = dir.path().join("secret");
+        std::fs::write(&target, b"x").unwrap();
+        let link = dir.path().join("link.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(open_log_file(&link).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"x");
     }
 
     #[test]
