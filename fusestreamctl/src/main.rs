@@ -100,6 +100,10 @@ enum Command {
         /// Replace an entry already staged under the same name.
         #[arg(long)]
         replace: bool,
+        /// Who may read it besides you: `private` (mode 0400, the default), `group` (0440,
+        /// your primary group) or `all` (0444, every local user who can reach the mount).
+        #[arg(long, value_enum, default_value_t = Share::Private)]
+        share: Share,
     },
     /// Remove entries from the mount (open files keep reading until closed).
     Unstage {
@@ -107,8 +111,8 @@ enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// List staged entries: name, size, bytes fetched, open handles, source and state (`ok`,
-    /// or why reads fail).
+    /// List staged entries: name, size, bytes fetched, open handles, who may read it
+    /// (private, group or all), source and state (`ok`, or why reads fail).
     Ls,
     /// Show the state of both daemons.
     Status,
@@ -121,6 +125,24 @@ enum Command {
         #[arg(long, value_parser = ["table", "json"], default_value = "table")]
         output: String,
     },
+}
+
+/// `stage --share`: who besides the stager may read a staged file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Share {
+    Private,
+    Group,
+    All,
+}
+
+impl From<Share> for fusestream_shared::api::Sharing {
+    fn from(share: Share) -> Self {
+        match share {
+            Share::Private => Self::Private,
+            Share::Group => Self::Group,
+            Share::All => Self::All,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -186,7 +208,8 @@ fn main() -> ExitCode {
                         sources,
                         name,
                         replace,
-                    } => client.stage(&sources, name, replace).await,
+                        share,
+                    } => client.stage(&sources, name, replace, share.into()).await,
                     Command::Unstage { names } => client.unstage(&names).await,
                     Command::Ls => client.ls().await,
                     Command::Status => client.status().await,

@@ -137,6 +137,7 @@ impl Client {
         sources: &[String],
         name: Option<String>,
         replace: bool,
+        share: api::Sharing,
     ) -> Result<(), Failure> {
         if name.is_some() && sources.len() != 1 {
             return Err(Failure::Usage("--name needs exactly one source".into()));
@@ -147,7 +148,7 @@ impl Client {
                 source: absolute_source(source)?,
                 name: name.clone().unwrap_or_default(),
                 replace,
-                share: api::Sharing::Private.into(),
+                share: share.into(),
             };
             match self.control.clone().stage(request).await {
                 Ok(response) => {
@@ -193,7 +194,7 @@ impl Client {
             .map_err(|s| self.failure("ls", s))?
             .into_inner()
             .entries;
-        let rows: Vec<[String; 6]> = entries
+        let rows: Vec<[String; 7]> = entries
             .iter()
             .map(|e| {
                 let state = if e.error.is_empty() {
@@ -206,13 +207,16 @@ impl Client {
                     e.size.to_string(),
                     e.bytes_fetched.to_string(),
                     e.open_handles.to_string(),
+                    readers(e.mode).to_string(),
                     e.source.clone(),
                     state,
                 ]
             })
             .collect();
         print_table(
-            ["NAME", "SIZE", "FETCHED", "OPEN", "SOURCE", "STATE"],
+            [
+                "NAME", "SIZE", "FETCHED", "OPEN", "READERS", "SOURCE", "STATE",
+            ],
             &rows,
         );
         Ok(())
@@ -505,6 +509,15 @@ fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
+}
+
+/// Who may read an entry of mode `mode`, as `stage --share` names it.
+fn readers(mode: u32) -> &'static str {
+    match mode & 0o044 {
+        0 => "private",
+        0o040 => "group",
+        _ => "all",
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use super::ServeConfig;
-use super::state::{MountdIdentity, Saved, Saver, State};
+use super::state::{MountdIdentity, Saved, SavedEntry, Saver, State};
 use crate::power::{PowerManager, PowerState};
 use crate::sources::http::HttpSource;
 use crate::sources::local::LocalSource;
@@ -36,6 +36,24 @@ pub struct Bound {
     pub metrics: Option<SocketAddr>,
 }
 
+/// An entry the control plane staged and renews: how its URL is renewed, and who besides
+/// its stager may read it (restaged with the same).
+#[derive(Debug, Clone)]
+struct Tracked {
+    renewal: Renewal,
+    share: api::Sharing,
+}
+
+impl Tracked {
+    /// What is saved of it, if anything is (see `state`).
+    fn saved(&self) -> Option<SavedEntry> {
+        Some(SavedEntry {
+            source: Saved::of(&self.renewal)?,
+            share: self.share.into(),
+        })
+    }
+}
+
 pub struct ControlService {
     config: ServeConfig,
     bound: Bound,
@@ -46,7 +64,7 @@ pub struct ControlService {
     remotes: Remotes,
     /// How to renew the URL of each staged entry that has one that expires, by name (and,
     /// for local files, what to stop serving on unstage). Persisted by `saver`.
-    renewals: Arc<Mutex<HashMap<String, Renewal>>>,
+    renewals: Arc<Mutex<HashMap<String, Tracked>>>,
     /// The mount daemon the entries are staged on (saved, to tell a restart apart).
     mountd_identity: Arc<Mutex<Option<MountdIdentity>>>,
     saver: Saver,
@@ -70,7 +88,7 @@ impl ControlService {
         mountd: Channel,
         state_file: PathBuf,
     ) -> ControlService {
-        let renewals: Arc<Mutex<HashMap<String, Renewal>>> = Arc::default();
+        let renewals: Arc<Mutex<HashMap<String, Tracked>>> = Arc::default();
         let mountd_identity: Arc<Mutex<Option<MountdIdentity>>> = Arc::default();
         let power = PowerManager::start(config.power);
         ControlService {
@@ -89,7 +107,7 @@ impl ControlService {
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .iter()
-                            .filter_map(|(n, r)| Some((n.clone(), Saved::of(r)?)))
+                            .filter_map(|(n, t)| Some((n.clone(), t.saved()?)))
                             .collect(),
                         mountd: *identity.lock().unwrap_or_else(|e| e.into_inner()),
                     }
@@ -102,16 +120,17 @@ impl ControlService {
         }
     }
 
-    fn renewals(&self) -> MutexGuard<'_, HashMap<String, Renewal>> {
+    fn renewals(&self) -> MutexGuard<'_, HashMap<String, Tracked>> {
         self.renewals.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hands a resolved source to the mount daemon as entry `name`.
+    /// Hands a resolved source to the mount daemon as entry `name`, readable as `share` says.
     async fn add_to_mount(
         &self,
         name: &str,
         resolved: &sources::Resolved,
         replace: bool,
+        share: api::Sharing,
     ) -> Result<api::AddEntryResponse, Status> {
         let add = api::AddEntryRequest {
             entry: Some(api::EntrySpec {
@@ -120,7 +139,7 @@ impl ControlService {
                 url_expires_unix: resolved.url_expires_unix,
                 version: Some(resolved.version.clone()),
                 source: resolved.display.clone(),
-                share: api::Sharing::Private.into(),
+                share: share.into(),
             }),
             replace,
         };
@@ -178,7 +197,7 @@ impl ControlService {
                 self.restage(&name).await;
             } else {
                 let removed = self.renewals().remove(&name);
-                self.forget(removed);
+                self.forget(removed.map(|t| t.renewal));
             }
         }
         self.saver.save().await;
@@ -186,7 +205,7 @@ impl ControlService {
 
     /// Stages `name` again from its source (the mount daemon lost it).
     async fn restage(&self, name: &str) {
-        let Some(renewal) = self.renewals().get(name).cloned() else {
+        let Some(Tracked { renewal, share }) = self.renewals().get(name).cloned() else {
             return;
         };
         let resolved = match &renewal {
@@ -206,9 +225,9 @@ impl ControlService {
             }
         };
         let result = match resolved {
-            Ok(resolved) => match self.add_to_mount(name, &resolved, false).await {
+            Ok(resolved) => match self.add_to_mount(name, &resolved, false, share).await {
                 Ok(_) => {
-                    self.track(name, resolved.renewal).await;
+                    self.track(name, resolved.renewal, share).await;
                     Ok(())
                 }
                 Err(status) => {
@@ -233,8 +252,8 @@ impl ControlService {
     /// and their URLs are renewed once the mount daemon is reached (see `follow_events`).
     pub async fn adopt(&self, saved: State) {
         *self.mountd_identity() = saved.mountd;
-        for (name, entry) in saved.entries {
-            let renewal = match entry {
+        for (name, SavedEntry { source, share }) in saved.entries {
+            let renewal = match source {
                 Saved::Local { path, identity } => match self.local.register(&path, identity).await
                 {
                     Ok(resolved) => resolved.renewal,
@@ -256,21 +275,24 @@ impl ControlService {
                     }
                 },
             };
-            self.renewals().insert(name, renewal);
+            // An unknown sharing (a newer version's?) is read as private, never wider.
+            let share = api::Sharing::try_from(share).unwrap_or(api::Sharing::Private);
+            self.renewals().insert(name, Tracked { renewal, share });
         }
         self.saver.save().await;
     }
 
-    /// Records how `name` is renewed from now on; the entry it replaced stops being served.
-    async fn track(&self, name: &str, renewal: Renewal) {
+    /// Records how `name` is renewed from now on and who may read it; the entry it
+    /// replaced stops being served.
+    async fn track(&self, name: &str, renewal: Renewal, share: api::Sharing) {
         let replaced = {
             let mut renewals = self.renewals();
             match renewal {
                 Renewal::Never => renewals.remove(name),
-                renewal => renewals.insert(name.to_string(), renewal),
+                renewal => renewals.insert(name.to_string(), Tracked { renewal, share }),
             }
         };
-        self.forget(replaced);
+        self.forget(replaced.map(|t| t.renewal));
         self.saver.save().await;
     }
 
@@ -366,7 +388,7 @@ impl ControlService {
 
     /// Gives entry `name` a fresh URL. False if it has none to renew, or renewal failed.
     async fn renew(&self, name: &str) -> bool {
-        let Some(renewal) = self.renewals().get(name).cloned() else {
+        let Some(renewal) = self.renewals().get(name).map(|t| t.renewal.clone()) else {
             return false;
         };
         let signed = match &renewal {
@@ -391,7 +413,7 @@ impl ControlService {
             Err(status) if status.code() == Code::NotFound => {
                 // Unstaged behind our back (directly on the mount daemon, or it restarted).
                 let removed = self.renewals().remove(name);
-                self.forget(removed);
+                self.forget(removed.map(|t| t.renewal));
                 self.saver.save().await;
                 false
             }
@@ -410,6 +432,9 @@ impl Control for ControlService {
         request: Request<api::StageRequest>,
     ) -> Result<Response<api::StageResponse>, Status> {
         let request = request.into_inner();
+        let share = api::Sharing::try_from(request.share).map_err(|_| {
+            Status::invalid_argument(format!("share {} is not a known sharing", request.share))
+        })?;
         let kind = sources::classify(&request.source)?;
         let name = if request.name.is_empty() {
             sources::default_name(&kind)?
@@ -443,14 +468,17 @@ impl Control for ControlService {
                 resolved
             }
         };
-        let response = match self.add_to_mount(&name, &resolved, request.replace).await {
+        let response = match self
+            .add_to_mount(&name, &resolved, request.replace, share)
+            .await
+        {
             Ok(response) => response,
             Err(status) => {
                 self.forget(Some(resolved.renewal));
                 return Err(self.mountd_error(status));
             }
         };
-        self.track(&name, resolved.renewal).await;
+        self.track(&name, resolved.renewal, share).await;
         tracing::info!(name, source = %resolved.display, "staged");
         Ok(Response::new(api::StageResponse {
             entry: response.entry,
@@ -468,7 +496,7 @@ impl Control for ControlService {
             .await
             .map_err(|s| self.mountd_error(s))?;
         let removed = self.renewals().remove(&name);
-        self.forget(removed);
+        self.forget(removed.map(|t| t.renewal));
         self.saver.save().await;
         tracing::info!(name, "unstaged");
         Ok(Response::new(api::UnstageResponse {}))

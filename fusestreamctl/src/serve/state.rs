@@ -56,6 +56,20 @@ impl Saved {
     }
 }
 
+/// A staged entry as saved: its source, and who besides its stager may read it (a
+/// `Sharing` of the API; absent, as in state files from before sharing, is private).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedEntry {
+    #[serde(flatten)]
+    pub source: Saved,
+    #[serde(default, skip_serializing_if = "is_private")]
+    pub share: i32,
+}
+
+fn is_private(share: &i32) -> bool {
+    *share == 0
+}
+
 /// Which mount daemon the entries were staged on: a restarted one has none of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountdIdentity {
@@ -73,7 +87,7 @@ impl MountdIdentity {
 /// What is saved.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
-    pub entries: BTreeMap<String, Saved>,
+    pub entries: BTreeMap<String, SavedEntry>,
     #[serde(default)]
     pub mountd: Option<MountdIdentity>,
 }
@@ -178,22 +192,28 @@ mod tests {
         let entries = BTreeMap::from([
             (
                 "a.bin".to_string(),
-                Saved::Local {
-                    path: "/home/u/a.bin".into(),
-                    identity: Some(FileIdentity {
-                        dev: 1,
-                        ino: 2,
-                        size: 3,
-                        mtime: 4,
-                        mtime_nsec: 5,
-                    }),
+                SavedEntry {
+                    source: Saved::Local {
+                        path: "/home/u/a.bin".into(),
+                        identity: Some(FileIdentity {
+                            dev: 1,
+                            ino: 2,
+                            size: 3,
+                            mtime: 4,
+                            mtime_nsec: 5,
+                        }),
+                    },
+                    share: 0,
                 },
             ),
             (
                 "dir/b.bin".to_string(),
-                Saved::Remote {
-                    remote: "archive".into(),
-                    path: "c/b.bin".into(),
+                SavedEntry {
+                    source: Saved::Remote {
+                        remote: "archive".into(),
+                        path: "c/b.bin".into(),
+                    },
+                    share: 2,
                 },
             ),
         ]);
@@ -223,10 +243,14 @@ mod tests {
         let state = load(&path);
         assert_eq!(
             state.entries["a.bin"],
-            Saved::Local {
-                path: "/home/u/a.bin".into(),
-                identity: None
-            }
+            SavedEntry {
+                source: Saved::Local {
+                    path: "/home/u/a.bin".into(),
+                    identity: None
+                },
+                share: 0,
+            },
+            "no identity, and private: what entries from before both were"
         );
         // Written files are private.
         use std::os::unix::fs::PermissionsExt;
