@@ -334,14 +334,12 @@ async fn mount_barrage(mount: &mut MountClient<Channel>, model: &mut Model, rng:
                     brief(&url)
                 );
                 let outcome = bounded(&what, mount.add_entry(request)).await;
-                // Sizes past off_t are invalid; ones the cache's file system cannot hold
-                // (but off_t can) are refused as RESOURCE_EXHAUSTED.
-                let size_ok = size <= 1 << 40;
+                // Sizes past the largest object FuseStream stages (1 PiB) are invalid.
+                let size_ok = size <= fusestream_shared::limits::MAX_OBJECT_SIZE;
                 // HTTP dates end with the year 9999.
                 let time_ok = last_modified_unix < 253_402_300_800;
                 if let Err(status) = &outcome
-                    && (!name_ok
-                        || (with_entry && with_version && (size > i64::MAX as u64 || !time_ok)))
+                    && (!name_ok || (with_entry && with_version && (!size_ok || !time_ok)))
                 {
                     assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
                 }

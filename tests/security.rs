@@ -614,3 +614,170 @@ fn daemons_hold_secrets_without_core_dumps() {
     let out = fs.ctl(["swift-set-temp-url-key", "archive", "--key", "s3cret"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+/// mallory: a uid allowed on the mount daemon's socket, who is not alice.
+const MALLORY: u32 = 65533;
+
+/// Runs `method` of the Mount API as `uid` with grpcurl (reflection), `json` as request.
+fn mount_call_as(
+    uid: u32,
+    grpcurl: &Path,
+    socket: &Path,
+    method: &str,
+    json: &str,
+) -> (bool, String) {
+    let out = command_as(uid, grpcurl)
+        .args(["-unix", "-plaintext", "-d", json])
+        .arg(socket)
+        .arg(format!("fusestream.v1.Mount/{method}"))
+        .output()
+        .expect("run grpcurl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &stderr(&out);
+    (out.status.success(), text)
+}
+
+/// Attacks 2 and 3: alice's entries are hers. mallory, allowed on the mount daemon, can
+/// not remove, replace or renew them, nor see them in listings; eve, any local user,
+/// can not read them through the mount (mode 0400) unless alice shared them
+/// (`--share all`). mallory's own entry is hers alone in turn.
+#[test]
+fn entries_belong_to_their_stager() {
+    // Calls and reads as other uids (setpriv).
+    if skip_unless_root("security::entries_belong_to_their_stager") {
+        return;
+    }
+    let tools = tempfile::tempdir().unwrap();
+    let grpcurl = grpcurl_for_others(tools.path());
+    let fs = FuseStream::start_with(Options {
+        allow_uids: vec![MALLORY],
+        mountd_args: vec!["--allow-other".into()],
+        ..Options::default()
+    });
+    open_dir_to_others(&fs);
+    let private = fs.input("private.bin");
+    let private_data = random_file(&private, 200_000);
+    let shared = fs.input("shared.bin");
+    let shared_data = random_file(&shared, 100_000);
+    fs.ctl_ok(["stage", private.to_str().unwrap()]);
+    fs.ctl_ok(["stage", "--share", "all", shared.to_str().unwrap()]);
+    let ls = fs.ctl_ok(["ls"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("private.bin") && l.contains(" private ")),
+        "{ls}"
+    );
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("shared.bin") && l.contains(" all ")),
+        "{ls}"
+    );
+
+    // eve reads the shared file, and not the private one.
+    let cat_as = |uid: u32, name: &str| {
+        command_as(uid, "/bin/cat")
+            .arg(fs.mountpoint.join(name))
+            .output()
+            .expect("run cat")
+    };
+    let out = cat_as(EVE, "private.bin");
+    assert!(
+        !out.status.success() && stderr(&out).contains("Permission denied"),
+        "{out:?}"
+    );
+    let out = cat_as(EVE, "shared.bin");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(sha256(&out.stdout), sha256(&shared_data));
+
+    // mallory can not touch alice's entries.
+    let socket = &fs.mountd_socket;
+    let (ok, text) = mount_call_as(MALLORY, &grpcurl, socket, "ListEntries", "{}");
+    assert!(
+        ok && !text.contains("private.bin") && !text.contains("shared.bin"),
+        "{text}"
+    );
+    let (ok, text) = mount_call_as(
+        MALLORY,
+        &grpcurl,
+        socket,
+        "RemoveEntry",
+        r#"{"name":"private.bin"}"#,
+    );
+    assert!(!ok && text.contains("PermissionDenied"), "remove: {text}");
+    let hijack = r#"{"name":"private.bin","url":"http://127.0.0.1:9/evil","urlExpiresUnix":"0"}"#;
+    let (ok, text) = mount_call_as(MALLORY, &grpcurl, socket, "UpdateUrl", hijack);
+    assert!(!ok && text.contains("PermissionDenied"), "renew: {text}");
+    let entry = |name: &str| {
+        format!(
+            r#"{{"entry":{{"name":"{name}","url":"http://127.0.0.1:9/evil","version":{{"size":"5","etag":"\"x\""}}}},"replace":true}}"#
+        )
+    };
+    let (ok, text) = mount_call_as(MALLORY, &grpcurl, socket, "AddEntry", &entry("private.bin"));
+    assert!(!ok && text.contains("PermissionDenied"), "replace: {text}");
+    // Her own entry is hers: listed for her, private to her, and not alice's to list.
+    let (ok, text) = mount_call_as(MALLORY, &grpcurl, socket, "AddEntry", &entry("mallory.bin"));
+    assert!(ok, "her own entry: {text}");
+    let (_, text) = mount_call_as(MALLORY, &grpcurl, socket, "ListEntries", "{}");
+    assert!(
+        text.contains("mallory.bin") && text.contains(&format!("\"ownerUid\": {MALLORY}")),
+        "{text}"
+    );
+    let meta = std::fs::metadata(fs.mountpoint.join("mallory.bin")).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (MALLORY, 0o400));
+    let out = cat_as(EVE, "mallory.bin");
+    assert!(
+        !out.status.success() && stderr(&out).contains("Permission denied"),
+        "{out:?}"
+    );
+
+    // alice's work goes on with the right bytes.
+    assert_eq!(
+        sha256_file(&fs.mountpoint.join("private.bin")),
+        sha256(&private_data)
+    );
+    assert!(fs.ctl_ok(["ls"]).contains("private.bin"));
+}
+
+/// Attack 4: a remote that declares an absurd size (the staging probe answers
+/// `Content-Range: bytes 0-0/9223372036854775807`) is refused with an error naming it,
+/// the mount daemon refuses such a size from any caller, and both daemons live on.
+#[test]
+fn an_absurd_size_from_a_remote_is_refused_and_everything_lives_on() {
+    let liar = Recorder::start(|_| {
+        "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-0/9223372036854775807\r\n\
+         Content-Length: 1\r\nETag: \"v1\"\r\nConnection: close\r\n\r\nh"
+            .to_string()
+    });
+    let fs = FuseStream::start();
+    let url = format!("http://127.0.0.1:{}/huge.bin", liar.port);
+    let out = fs.ctl(["stage", &url]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("invalid argument")
+            && err.contains(&url)
+            && err.contains("9223372036854775807"),
+        "{err}"
+    );
+    // Straight to the mount daemon, past the control plane: refused as well.
+    let spec = format!(
+        r#"{{"entry":{{"name":"huge.bin","url":"{url}","version":{{"size":"9223372036854775807"}}}}}}"#
+    );
+    let out = grpcurl(&[
+        "-unix",
+        "-plaintext",
+        "-d",
+        &spec,
+        fs.mountd_socket.to_str().unwrap(),
+        "fusestream.v1.Mount/AddEntry",
+    ]);
+    let text = stderr(&out);
+    assert!(
+        !out.status.success() && text.contains("InvalidArgument"),
+        "{text}"
+    );
+    // Both daemons are alive and serve.
+    let ok = fs.input("ok.bin");
+    let data = random_file(&ok, 50_000);
+    fs.ctl_ok(["stage", ok.to_str().unwrap()]);
+    assert_eq!(sha256_file(&fs.mountpoint.join("ok.bin")), sha256(&data));
+}

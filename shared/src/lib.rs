@@ -24,3 +24,12 @@ pub mod telemetry;
 
 /// Version of this build, reported by both daemons' status calls.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Limits both daemons enforce on what comes from outside.
+pub mod limits {
+    /// The largest object that can be staged: 1 PiB, beyond any real object store's
+    /// objects. A remote declaring more is refused by the control plane (naming the
+    /// remote) and by the mount daemon (whatever the caller), so a hostile size never
+    /// reaches a file system or a counter; memory never depends on the size anyway.
+    pub const MAX_OBJECT_SIZE: u64 = 1 << 50;
+}

@@ -14,6 +14,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use super::ServeConfig;
+use fusestream_shared::limits::MAX_OBJECT_SIZE;
+
 use super::state::{MountdIdentity, Saved, SavedEntry, Saver, State};
 use crate::power::{PowerManager, PowerState};
 use crate::sources::http::HttpSource;
@@ -132,6 +134,13 @@ impl ControlService {
         replace: bool,
         share: api::Sharing,
     ) -> Result<api::AddEntryResponse, Status> {
+        let size = resolved.version.size;
+        if size > MAX_OBJECT_SIZE {
+            return Err(Status::invalid_argument(format!(
+                "{} declares a size of {size} bytes, more than the largest object FuseStream stages ({MAX_OBJECT_SIZE} bytes)",
+                resolved.display
+            )));
+        }
         let add = api::AddEntryRequest {
             entry: Some(api::EntrySpec {
                 name: name.to_string(),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fusestream_shared::api::{self, mount_server::Mount};
+use fusestream_shared::limits::MAX_OBJECT_SIZE;
 use fusestream_shared::{grpc, http, names};
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
@@ -179,15 +180,15 @@ fn check_url(url: &str) -> Result<(), Status> {
     }
 }
 
-/// Sizes a file can have (`off_t` is signed); larger ones are a caller's mistake, not a
-/// resource the daemon lacks.
+/// Sizes a staged file may have (see `limits::MAX_OBJECT_SIZE`); larger ones are a
+/// caller's mistake or a remote's lie, not a resource the daemon lacks.
 fn check_size(size: u64) -> Result<(), Status> {
-    match i64::try_from(size) {
-        Ok(_) => Ok(()),
-        Err(_) => Err(Status::invalid_argument(format!(
-            "entry.version.size {size} is larger than a file can be ({} bytes)",
-            i64::MAX
-        ))),
+    if size <= MAX_OBJECT_SIZE {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "entry.version.size {size} is larger than the largest object FuseStream stages ({MAX_OBJECT_SIZE} bytes)"
+        )))
     }
 }
 
@@ -435,10 +436,10 @@ mod tests {
     }
 
     #[test]
-    fn sizes_beyond_off_t_are_invalid_arguments() {
+    fn sizes_beyond_the_limit_are_invalid_arguments() {
         assert!(check_size(0).is_ok());
-        assert!(check_size(i64::MAX as u64).is_ok());
-        for size in [i64::MAX as u64 + 1, u64::MAX] {
+        assert!(check_size(MAX_OBJECT_SIZE).is_ok());
+        for size in [MAX_OBJECT_SIZE + 1, i64::MAX as u64, u64::MAX] {
             let status = check_size(size).unwrap_err();
             assert_eq!(status.code(), tonic::Code::InvalidArgument);
             assert!(status.message().contains(&size.to_string()), "{status:?}");
