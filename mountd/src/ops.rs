@@ -397,6 +397,11 @@ impl Op {
         &self.span
     }
 
+    /// The op's span, shared (see `DataReply::span`).
+    pub fn span_handle(&self) -> Arc<tracing::Span> {
+        self.span.clone()
+    }
+
     /// Says what the op is about, for the in-flight listing.
     pub fn describe(&self, detail: String) {
         if let Some(op) = self.registry.shard(self.unique).get_mut(&self.unique) {

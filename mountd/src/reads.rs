@@ -18,8 +18,9 @@
 //! whichever comes second sees the first. Remembered interrupts are bounded: a read
 //! answered before its interrupt arrives leaves one behind, which expires.
 //!
-//! Locks: a shard of the table and a read's reply slot are leaves, never held together
-//! and never held while a reply is sent. Proven by the shuttle model in `tests` (every
+//! Locks: a shard of the table and a read's reply slot are never held together and never
+//! held while a reply is sent; under a reply slot only the op registry's shard lock (a
+//! leaf) is taken, to say what the read waits for. Proven by the shuttle model in `tests` (every
 //! interleaving of begin, interrupt, data, deadline answers once) and by the reference
 //! test of the core (`fs::tests`).
 
@@ -36,8 +37,9 @@ pub trait DataReply: Send {
     /// The read is parked, waiting for `what` (for the in-flight listing).
     fn waiting(&self, _what: String) {}
     /// The span of the op this reply answers: fetches it starts are traced as its children.
-    fn span(&self) -> tracing::Span {
-        tracing::Span::none()
+    /// Behind an `Arc`, so handing it out calls nothing of the tracing layers.
+    fn span(&self) -> Option<Arc<tracing::Span>> {
+        None
     }
     /// Called once, when a path claims the reply to answer it, before the read leaves the
     /// table (so before an interrupt can find it gone). Lets the model test observe that
@@ -218,17 +220,19 @@ impl PendingRead {
         self.take().map(|reply| reply.error(error)).is_some()
     }
 
-    /// Says what the read waits for (for the in-flight listing), if it still waits.
+    /// Says what the read waits for (for the in-flight listing), if it still waits. The
+    /// one call made under the reply slot: it takes the op registry's shard lock, a leaf
+    /// (order: reply slot, then registry shard).
     pub fn waiting(&self, what: String) {
         if let Some(reply) = lock(&self.reply).as_ref() {
             reply.waiting(what);
         }
     }
 
-    pub fn span(&self) -> tracing::Span {
-        lock(&self.reply)
-            .as_ref()
-            .map_or_else(tracing::Span::none, |r| r.span())
+    /// The span of the read's op, while it is unanswered. Hold it briefly: a read's span
+    /// ends when its last holder lets go, which must be before the reply is sent.
+    pub fn span(&self) -> Option<Arc<tracing::Span>> {
+        lock(&self.reply).as_ref().and_then(|r| r.span())
     }
 
     /// Completes once the read is answered (by any path).

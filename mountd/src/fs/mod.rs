@@ -8,7 +8,8 @@
 //! - a handle's `readahead`, then a store's state lock (see `store`), under which only a
 //!   parked read's reply slot is looked at (`reads`, a leaf). Metadata ops never take a
 //!   store lock (the fetched-byte count they report is an atomic).
-//! - a shard of the read table and a read's reply slot (`reads`) are leaves, taken alone.
+//! - a shard of the read table and a read's reply slot (`reads`), each taken alone; under
+//!   a reply slot only the op registry's shard (a leaf).
 //! - an object's `fetch_spans` (only while spans are exported) is a leaf, taken alone.
 //!
 //! Every operation here returns promptly: metadata is in memory, present data is a pread
@@ -376,10 +377,12 @@ impl Fs {
         // Fetches are parented on the read's place in the trace, and fetches already
         // running for these bytes (the read will share them) are linked now. The span is
         // let go of before the read can be answered (a read ends with its reply).
-        let cause = {
-            let read_span = read.span();
-            object.link_running_fetches(&read_span, chunks_of(offset, len));
-            TraceParent::of(&read_span)
+        let cause = match read.span() {
+            Some(read_span) => {
+                object.link_running_fetches(&read_span, chunks_of(offset, len));
+                TraceParent::of(&read_span)
+            }
+            None => TraceParent::of(&tracing::Span::none()),
         };
         let (plan, fetches) = object
             .store

@@ -133,8 +133,8 @@ impl DataReply for FuseReadReply {
         self.op.waiting_for(what);
     }
 
-    fn span(&self) -> tracing::Span {
-        self.op.span().clone()
+    fn span(&self) -> Option<Arc<tracing::Span>> {
+        Some(self.op.span_handle())
     }
 
     fn data(self: Box<Self>, data: &[u8]) {
