@@ -6,10 +6,12 @@
 //! - Teardown happens in `Drop`, so a failing (panicking) test still stops its daemons
 //!   and leaves no mount behind.
 
+pub mod browser;
 pub mod faulty;
 pub mod nginx;
 pub mod otlp;
 pub mod swift;
+pub mod upload;
 
 use std::ffi::OsStr;
 use std::io::Read;
