@@ -23,7 +23,8 @@ use fusestream_tests::{FuseStream, Options, completes, names_in, random_bytes, s
 const MIB: usize = 1 << 20;
 /// The mount daemon's read deadline: the stuck upload's file read fails after it.
 const READ_TIMEOUT: u64 = 10;
-/// How long after its read deadline the stuck upload may take to end: a liveness bound.
+/// How long after its first read deadline the stuck upload may take to end: a liveness
+/// bound (it ends about 20 s after it here: see the end of the test).
 const END_BOUND: Duration = Duration::from_secs(40);
 
 /// Calls `f` every 50 ms until it returns something, failing after `bound`.
@@ -145,9 +146,10 @@ fn a_browser_upload_from_a_stalled_remote_never_hangs_the_mount_or_the_browser()
     );
 
     // The stuck upload ends by itself, a bounded time after its read deadline: the daemon
-    // fails the read with ETIMEDOUT at the deadline (and so, one page at a time, the reads
-    // the kernel's page cache issues again after a failed read-ahead), and Chromium aborts
-    // the request with its error page, the errno mapped to net::ERR_TIMED_OUT.
+    // fails each waiting read with ETIMEDOUT at its deadline, and so the single-page reads
+    // the kernel's page cache makes after a failed read-ahead (Chromium gets the error
+    // after three deadlines in a row here). Chromium aborts the request and shows its
+    // error page with net::ERR_TIMED_OUT, its name for that errno.
     browser.switch_to(&stuck_tab);
     let bound = Duration::from_secs(READ_TIMEOUT) + END_BOUND;
     let (url, title, text) = poll("the stuck upload ends in the browser", bound, || {
