@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fusestream_tests::faulty::{Fault, FaultyServer, Mode};
-use fusestream_tests::{FuseStream, Options, Prng, completes, random_file, sha256, sha256_file};
+use fusestream_tests::{
+    FuseStream, Options, Prng, completes, names_in, random_file, sha256, sha256_file,
+};
 
 const MIB: usize = 1 << 20;
 
@@ -72,13 +74,7 @@ fn a_stalled_remote_blocks_nothing_else_and_killed_readers_are_released() {
 
     // Everything else keeps working while they wait.
     let mnt = fs.mountpoint.clone();
-    let mut names: Vec<String> = completes("ls of the mount", 60, move || {
-        std::fs::read_dir(&mnt)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect()
-    });
-    names.sort();
+    let names = completes("ls of the mount", 60, move || names_in(&mnt));
     assert_eq!(names, ["healthy.bin", "stuck.bin"]);
     let healthy_path = fs.mountpoint.join("healthy.bin");
     let p = healthy_path.clone();

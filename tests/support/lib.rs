@@ -6,10 +6,12 @@
 //! - Teardown happens in `Drop`, so a failing (panicking) test still stops its daemons
 //!   and leaves no mount behind.
 
+pub mod browser;
 pub mod faulty;
 pub mod nginx;
 pub mod otlp;
 pub mod swift;
+pub mod upload;
 
 use std::ffi::OsStr;
 use std::io::Read;
@@ -551,6 +553,21 @@ fn flag_unless_zero(command: &mut Command, flag: &str, value: u64) {
     }
 }
 
+/// The names in directory `dir` (such as the mount point), sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("ls {}: {e}", dir.display()));
+    let mut names: Vec<String> = entries
+        .map(|e| {
+            e.expect("directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 /// True if `path` is a mount point in this mount namespace.
 pub fn is_mounted(path: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
@@ -566,21 +583,83 @@ fn force_unmount(path: &Path) {
 
 /// `GET path` from the HTTP server at `addr`: the status and the body.
 pub fn try_http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    http_exchange(addr, request.as_bytes(), Duration::from_secs(30))
+}
+
+/// `method path` with an optional JSON `body` to the HTTP/1.1 server at `addr` (one
+/// request per connection; the response must not be chunked): the status and the body.
+/// Fails if the server sends nothing for `timeout`.
+pub fn try_http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(body) = body {
+        request += "Content-Type: application/json; charset=utf-8\r\n";
+        request += &format!("Content-Length: {}\r\n\r\n{body}", body.len());
+    } else {
+        request += "Content-Length: 0\r\n\r\n";
+    }
+    http_exchange(addr, request.as_bytes(), timeout)
+}
+
+/// Sends `request` to `addr` and reads the response: its `Content-Length`, or else up to
+/// EOF (some servers, chromedriver for one, say `Connection: close` and then wait for the
+/// client to close). The status and the body.
+fn http_exchange(addr: &str, request: &[u8], timeout: Duration) -> std::io::Result<(u16, String)> {
     use std::io::Write;
     let mut stream = std::net::TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(request)?;
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let not_http = |response: &[u8]| {
+        let text = String::from_utf8_lossy(response);
+        std::io::Error::other(format!("not an HTTP response: {text:?}"))
+    };
+    let (head, body_start) = loop {
+        if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            break (
+                String::from_utf8_lossy(&response[..end]).into_owned(),
+                end + 4,
+            );
+        }
+        match stream.read(&mut chunk)? {
+            0 => return Err(not_http(&response)),
+            n => response.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let length = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        let value = value.trim().parse::<usize>().ok();
+        value.filter(|_| name.trim().eq_ignore_ascii_case("content-length"))
+    });
+    let mut body = response.split_off(body_start);
+    match length {
+        Some(length) => {
+            while body.len() < length {
+                match stream.read(&mut chunk)? {
+                    0 => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+                    n => body.extend_from_slice(&chunk[..n]),
+                }
+            }
+            body.truncate(length);
+        }
+        None => {
+            stream.read_to_end(&mut body)?;
+        }
+    }
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
-    Ok((status, body.to_string()))
+    let body = String::from_utf8(body).map_err(std::io::Error::other)?;
+    Ok((status, body))
 }
 
 /// The body of `GET path` from the HTTP server at `addr`, asserting a 200.
