@@ -20,6 +20,11 @@
 //! - Which chunks are present or being fetched is a [`ChunkSet`] of runs: memory follows
 //!   what was fetched, never the size a remote declared.
 //!
+//! Proven by: the unit tests below (parking, sharing, abandon, poison, the page-cache-only
+//! answer, eviction between judging and reading), the shuttle model below (every
+//! interleaving of a read, its completing fetch, an eviction and an interrupt answers
+//! once with fetched bytes), and the core's reference test (`fs::tests`).
+//!
 //! The temp file is created unnamed (O_TMPFILE where available) in the cache directory:
 //! it disappears with the last descriptor, even if the daemon is killed. Closing it can
 //! take long (the kernel frees its page cache: tens of ms per GiB), so it is never closed
