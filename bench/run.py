@@ -93,6 +93,36 @@ def start_stall_server(size):
     return server
 
 
+def start_silent_server(size):
+    """An HTTP server that answers the one-byte staging probe, then accepts every other
+    request and never answers it: a dead host that still accepts connections."""
+    import socketserver
+    import threading
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self):
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = self.request.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            if b"bytes=0-0" in data:
+                self.request.sendall(
+                    (f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-0/{size}\r\n"
+                     f"Content-Length: 1\r\nETag: \"dead\"\r\nConnection: close\r\n\r\nx").encode())
+                return
+            threading.Event().wait()  # never answer
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    server = Server(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 class BenchError(Exception):
     pass
 
@@ -788,6 +818,10 @@ http {{
         log("ls/stat with 8 readers stalled: FuseStream")
         R["fusestream"]["stalled_meta"] = self.stalled_metadata()
 
+        # 7 a healthy file's first read while dead-host objects are being read
+        log(f"open+4 KiB at {mid} with readers stuck on dead-host objects: FuseStream x{n}")
+        R["fusestream"]["open_mid4k_deadhosts"] = self.dead_host_latency(mid, n)
+
         # 5 peak RSS
         R["fusestream"]["rss_peak"] = vm_hwm_mib(self.mountd.pid)
         R["fusestream"]["control_rss_peak"] = vm_hwm_mib(self.ctl.pid)
@@ -841,6 +875,43 @@ http {{
             self.ctl_cmd("unstage", "stall.bin")
             return lat
         finally:
+            server.shutdown()
+            server.server_close()
+
+    def dead_host_latency(self, offset, samples, objects=6, readers=4):
+        """Stages `objects` entries of a host that accepts and never answers, parks
+        `readers` O_DIRECT reads on each (far apart: a fetch each, more than the daemon's
+        shared fetch slots in all), and times open + 4 KiB at `offset` of freshly staged
+        copies of the healthy file meanwhile, as `open_mid4k` does without them."""
+        size = 256 << 20
+        server = start_silent_server(size)
+        names = [f"dead{i}.bin" for i in range(objects)]
+        try:
+            port = server.server_address[1]
+            for name in names:
+                self.ctl_cmd("stage", "--replace", "--name", name, f"http://127.0.0.1:{port}/{name}")
+            procs = [subprocess.Popen(["dd", f"if={self.fs_mnt / name}", "of=/dev/null", "bs=4096",
+                                       "count=1", f"skip={2000 + 4000 * r}", "iflag=direct"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     for name in names for r in range(readers)]
+            try:
+                def parked():
+                    out = self.ctl_cmd("status").stdout
+                    line = [l for l in out.splitlines() if "reads waiting:" in l]
+                    return bool(line) and int(line[0].split(":")[1]) >= len(procs)
+                wait_until(parked, 30, f"{len(procs)} reads parked on dead-host objects")
+                return self.fs_first4k_samples(samples, offset)
+            finally:
+                for p in procs:
+                    p.kill()
+                for p in procs:
+                    try:
+                        p.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        self.problem("a reader killed while stuck on a dead host did not exit")
+        finally:
+            for name in names:
+                self.ctl_cmd("unstage", name, check=False)
             server.shutdown()
             server.server_close()
 
@@ -1047,6 +1118,14 @@ def main():
               f"pairs; target >= "
               f"{1 - OTLP_MAX_OVERHEAD:.2f}: {verdict}); "
               f"{results['fusestream']['otlp_spans']} spans received")
+    dead = results["fusestream"].get("open_mid4k_deadhosts")
+    alone = results["fusestream"].get("open_mid4k")
+    if dead and alone:
+        ratio = median(dead) / median(alone)
+        print(f"dead hosts: open+4 KiB mid-file of a healthy file with 24 reads stuck on 6 "
+              f"objects of a host that never answers: p50 {median(dead):.3f} ms, "
+              f"{median(alone):.3f} ms without them (with/without {ratio:.2f}; goal: equal within "
+              f"noise); p99 {percentile(dead, 99):.3f} / {percentile(alone, 99):.3f} ms")
     if bench.rclone_note:
         print(f"note: {bench.rclone_note}")
     for p in bench.problems:
