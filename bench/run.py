@@ -54,9 +54,11 @@ def log(msg):
 
 
 
-def start_stall_server(size):
-    """An HTTP server that answers the one-byte staging probe, then, for any other range,
-    sends the headers and 4 KiB and hangs: a remote that stalls mid-body."""
+def start_dead_remote(size, answers_with_headers):
+    """An HTTP server that answers the one-byte staging probe of a `size`-byte object, then
+    never finishes another request: with `answers_with_headers`, it sends the headers and
+    4 KiB of the range and hangs (a remote that stalls mid-body); without, it accepts the
+    request and never answers at all (a dead host that still accepts connections)."""
     import socketserver
     import threading
 
@@ -75,44 +77,16 @@ def start_stall_server(size):
                 a, _, b = spec.partition("-")
                 first, last = int(a), (int(b) if b else size - 1)
             n = last - first + 1
-            self.request.sendall(
-                (f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {first}-{last}/{size}\r\n"
-                 f"Content-Length: {n}\r\nETag: \"stall\"\r\n\r\n").encode())
+            if n == 1 or answers_with_headers:
+                self.request.sendall(
+                    (f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {first}-{last}/{size}\r\n"
+                     f"Content-Length: {n}\r\nETag: \"dead\"\r\n\r\n").encode())
             if n == 1:
                 self.request.sendall(b"x")
                 return
-            self.request.sendall(b"x" * 4096)
+            if answers_with_headers:
+                self.request.sendall(b"x" * 4096)
             threading.Event().wait()  # never finish
-
-    class Server(socketserver.ThreadingTCPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-
-    server = Server(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def start_silent_server(size):
-    """An HTTP server that answers the one-byte staging probe, then accepts every other
-    request and never answers it: a dead host that still accepts connections."""
-    import socketserver
-    import threading
-
-    class Handler(socketserver.BaseRequestHandler):
-        def handle(self):
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = self.request.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
-            if b"bytes=0-0" in data:
-                self.request.sendall(
-                    (f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-0/{size}\r\n"
-                     f"Content-Length: 1\r\nETag: \"dead\"\r\nConnection: close\r\n\r\nx").encode())
-                return
-            threading.Event().wait()  # never answer
 
     class Server(socketserver.ThreadingTCPServer):
         daemon_threads = True
@@ -842,7 +816,7 @@ http {{
         times `ls` of the mount and `stat` of another entry. Then kills the readers, which
         must exit (FUSE_INTERRUPT), and unstages the object."""
         size = 64 << 20
-        server = start_stall_server(size)
+        server = start_dead_remote(size, answers_with_headers=True)
         try:
             url = f"http://127.0.0.1:{server.server_address[1]}/stall.bin"
             self.ctl_cmd("stage", "--replace", "--name", "stall.bin", url)
@@ -884,7 +858,7 @@ http {{
         shared fetch slots in all), and times open + 4 KiB at `offset` of freshly staged
         copies of the healthy file meanwhile, as `open_mid4k` does without them."""
         size = 256 << 20
-        server = start_silent_server(size)
+        server = start_dead_remote(size, answers_with_headers=False)
         names = [f"dead{i}.bin" for i in range(objects)]
         try:
             port = server.server_address[1]
