@@ -3,8 +3,9 @@
 //! uses it to stage entries), so it is testable without a mount.
 //!
 //! Locks (none is ever held across I/O, and none is held while calling out of this crate):
-//! - `namespace`: tree bookkeeping; `files` and `dirs`: handle tables. Each is taken
-//!   alone, never two at once.
+//! - `namespace`: tree bookkeeping; `files` and `dirs`: handle tables; a directory
+//!   handle's `cursors`. Each is taken alone, never two at once, and the namespace lock
+//!   only for O(log n) work or a bounded page (statfs keeps running totals; readdir pages).
 //! - a handle's `readahead`, then a store's state lock (see `store`), under which only a
 //!   parked read's reply slot is looked at (`reads`, a leaf). Metadata ops never take a
 //!   store lock (the fetched-byte count they report is an atomic).
@@ -30,6 +31,7 @@ mod namespace;
 mod tests;
 
 use std::collections::HashMap;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -179,6 +181,49 @@ pub trait KernelCache: Send + Sync {
     fn forget_name(&self, unlinked: &Unlinked);
 }
 
+/// Most entries one `readdir` call returns (the kernel takes what fits its buffer).
+const READDIR_PAGE: usize = 256;
+
+/// An open directory. Nothing of it is copied at `opendir`: each `readdir` pages through
+/// the live, name-ordered directory. The FUSE offset of each entry sent is a cookie that
+/// stands for the name it follows; the cookies of the last page are kept, so the next call
+/// resumes after whichever entry the kernel took last. Cookies are never reused, and 1
+/// and 2 stand for `.` and `..`.
+#[derive(Debug)]
+struct DirHandle {
+    ino: u64,
+    cursors: Mutex<Cursors>,
+}
+
+#[derive(Debug, Default)]
+struct Cursors {
+    /// The next cookie to give (from 3).
+    next: u64,
+    /// The last page's cookies, with the name of the entry each follows.
+    page: Vec<(u64, String)>,
+}
+
+impl Cursors {
+    /// The name cookie `cookie` follows, if this handle gave it with its last page.
+    fn name_before(&self, cookie: u64) -> Option<String> {
+        self.page
+            .iter()
+            .find(|(c, _)| *c == cookie)
+            .map(|(_, name)| name.clone())
+    }
+
+    /// Gives the entries of `page` after the dots their cookies and keeps them.
+    fn remember(&mut self, page: &mut [(u64, DirEntry)]) {
+        self.next = self.next.max(3);
+        self.page.clear();
+        for (offset, entry) in page.iter_mut().filter(|(o, _)| *o == 0) {
+            *offset = self.next;
+            self.next += 1;
+            self.page.push((*offset, entry.name.clone()));
+        }
+    }
+}
+
 /// Sequential-read detection for one open handle.
 #[derive(Debug, Default)]
 struct ReadAhead {
@@ -210,7 +255,7 @@ pub struct Fs {
     config: FsConfig,
     namespace: Mutex<Namespace>,
     files: Mutex<HashMap<u64, Arc<FileHandle>>>,
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
     next_fh: AtomicU64,
     /// Open file handles of the whole mount (low 32 bits) and opens plus closes so far (high
     /// 32 bits, wrapping): one atomic, so each open and release gets its own consistent pair
@@ -448,49 +493,90 @@ impl Fs {
         HandleCount::unpack(self.handles.load(Ordering::Relaxed))
     }
 
-    /// Opens directory `ino`, taking a snapshot of its entries so that a listing in
-    /// several readdir calls is consistent even while entries are staged or removed.
+    /// Opens directory `ino`. Nothing is copied: `readdir` pages through the live
+    /// directory (see [`DirHandle`]).
     pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
-        let entries = {
-            let ns = lock(&self.namespace);
-            let node = ns.get(ino).ok_or(FsError::NotFound)?;
-            let NodeKind::Dir { children } = &node.kind else {
-                return Err(FsError::NotADirectory);
-            };
-            let mut entries = vec![
-                DirEntry {
-                    ino,
-                    kind: Kind::Dir,
-                    name: ".".into(),
-                },
-                DirEntry {
-                    ino: node.parent,
-                    kind: Kind::Dir,
-                    name: "..".into(),
-                },
-            ];
-            entries.extend(children.iter().filter_map(|(name, child)| {
-                let child = ns.get(*child)?;
-                Some(DirEntry {
-                    ino: child.ino,
-                    kind: if child.is_dir() {
-                        Kind::Dir
-                    } else {
-                        Kind::File
-                    },
-                    name: name.clone(),
-                })
-            }));
-            entries
-        };
+        match lock(&self.namespace).get(ino).map(|n| n.is_dir()) {
+            Some(true) => {}
+            Some(false) => return Err(FsError::NotADirectory),
+            None => return Err(FsError::NotFound),
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.dirs).insert(fh, Arc::new(entries));
+        let handle = DirHandle {
+            ino,
+            cursors: Mutex::default(),
+        };
+        lock(&self.dirs).insert(fh, Arc::new(handle));
         Ok(fh)
     }
 
-    /// The snapshot taken by `opendir`.
-    pub fn readdir(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
-        lock(&self.dirs).get(&fh).cloned().ok_or(FsError::BadHandle)
+    /// The next page (at most [`READDIR_PAGE`] entries) of directory handle `fh`, from the
+    /// FUSE `offset` the kernel gives (0, or one this handle gave), each entry with the
+    /// offset of the one after it. Entries are in name order and read live, so a listing
+    /// in several calls resumes after the last name the kernel took, whatever was staged
+    /// or removed meanwhile (POSIX leaves it open whether those show). Work under the
+    /// namespace lock is O(log n + page), whatever the directory's size.
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<(u64, DirEntry)>, FsError> {
+        let handle = lock(&self.dirs)
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
+        // Where to start: the dots, or after the name the offset stands for.
+        let after: Option<Option<String>> = match offset {
+            0..=2 => Some(None),
+            cookie => lock(&handle.cursors).name_before(cookie).map(Some),
+        };
+        // An offset this handle did not give (an old seekdir): the listing ends there.
+        let Some(after) = after else {
+            return Ok(Vec::new());
+        };
+        let mut page = Vec::new();
+        {
+            let ns = lock(&self.namespace);
+            let Some(node) = ns.get(handle.ino) else {
+                return Ok(Vec::new()); // the directory went away with its last entry
+            };
+            let NodeKind::Dir { children } = &node.kind else {
+                return Err(FsError::NotADirectory);
+            };
+            let dir = |ino, name: &str| DirEntry {
+                ino,
+                kind: Kind::Dir,
+                name: name.into(),
+            };
+            if offset == 0 {
+                page.push((1, dir(handle.ino, ".")));
+            }
+            if offset <= 1 {
+                page.push((2, dir(node.parent, "..")));
+            }
+            let from = match &after {
+                None => Bound::Unbounded,
+                Some(name) => Bound::Excluded(name.as_str()),
+            };
+            let rest = children
+                .range::<str, _>((from, Bound::Unbounded))
+                .filter_map(|(name, child)| {
+                    let child = ns.get(*child)?;
+                    let kind = if child.is_dir() {
+                        Kind::Dir
+                    } else {
+                        Kind::File
+                    };
+                    Some((
+                        0,
+                        DirEntry {
+                            ino: child.ino,
+                            kind,
+                            name: name.clone(),
+                        },
+                    ))
+                })
+                .take(READDIR_PAGE);
+            page.extend(rest);
+        }
+        lock(&handle.cursors).remember(&mut page);
+        Ok(page)
     }
 
     pub fn releasedir(&self, fh: u64) {

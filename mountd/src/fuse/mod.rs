@@ -389,17 +389,17 @@ impl fuser::Filesystem for FuseAdapter {
         mut reply: ReplyDirectory,
     ) {
         let op = op!(self, req, Readdir, ino.0, fh = fh.0, offset);
-        let entries = match self.fs.readdir(fh.0) {
-            Ok(entries) => entries,
+        let page = match self.fs.readdir(fh.0, offset) {
+            Ok(page) => page,
             Err(e) => return reply.error(failed(op, &e)),
         };
-        for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+        for (next, entry) in page {
             let kind = match entry.kind {
                 Kind::File => FileType::RegularFile,
                 Kind::Dir => FileType::Directory,
             };
-            // The offset given is that of the next entry.
-            if reply.add(INodeNo(entry.ino), i as u64 + 1, kind, &entry.name) {
+            // `next` is the offset of the entry after this one; the kernel sends it back.
+            if reply.add(INodeNo(entry.ino), next, kind, &entry.name) {
                 break;
             }
         }
