@@ -344,3 +344,28 @@ fn a_replaced_entry_is_what_the_next_open_sees() {
         );
     }
 }
+
+/// `fusestreamctl ls | head`: a reader that goes away ends the command as it ends any
+/// Unix tool (SIGPIPE), never with a panic.
+#[test]
+fn a_closed_stdout_ends_the_cli_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let fs = FuseStream::start();
+    let input = fs.input("a.bin");
+    random_file(&input, 10);
+    fs.ctl_ok(["stage", path_arg(&input)]);
+    let mut child = Command::new(fusestream_tests::bin("fusestreamctl"))
+        .env("FUSESTREAM_SOCKET", &fs.control_socket)
+        .arg("ls")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run fusestreamctl");
+    // The reader is gone before the listing arrives (it needs a round trip first).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{out:?}");
+}

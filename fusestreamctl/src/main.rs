@@ -145,6 +145,17 @@ impl From<Share> for fusestream_shared::api::Sharing {
     }
 }
 
+/// Lets a CLI command end as Unix tools do when its reader goes away (`fusestreamctl ls |
+/// head`): killed by SIGPIPE, quietly, instead of panicking in `println!` (Rust ignores
+/// SIGPIPE by default). Only for the CLI: the control plane's sockets must never kill it.
+fn die_quietly_on_closed_stdout() {
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -191,6 +202,7 @@ fn main() -> ExitCode {
             }
         }
         command => {
+            die_quietly_on_closed_stdout();
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
