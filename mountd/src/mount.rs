@@ -27,12 +27,16 @@ pub fn prepare(mountpoint: &Path) -> io::Result<()> {
     }
 }
 
-/// Unmounts `mountpoint`, detaching it lazily if it is busy.
+/// Unmounts `mountpoint`, detaching it lazily if it is busy (Linux; elsewhere, forcing
+/// it).
 pub fn unmount(mountpoint: &Path) -> io::Result<()> {
     let path = CString::new(mountpoint.as_os_str().as_bytes())?;
-    for flags in [0, libc::MNT_DETACH] {
-        // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
-        if unsafe { libc::umount2(path.as_ptr(), flags) } == 0 {
+    #[cfg(target_os = "linux")]
+    let attempts = [0, libc::MNT_DETACH];
+    #[cfg(not(target_os = "linux"))]
+    let attempts = [0, libc::MNT_FORCE];
+    for flags in attempts {
+        if unmount_once(&path, flags) {
             return Ok(());
         }
         let error = io::Error::last_os_error();
@@ -47,6 +51,17 @@ pub fn unmount(mountpoint: &Path) -> io::Result<()> {
         "could not unmount {}",
         mountpoint.display()
     )))
+}
+
+/// One unmount call with `flags`; true if it unmounted.
+fn unmount_once(path: &CString, flags: libc::c_int) -> bool {
+    // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
+    #[cfg(target_os = "linux")]
+    let rc = unsafe { libc::umount2(path.as_ptr(), flags) };
+    // SAFETY: as above.
+    #[cfg(not(target_os = "linux"))]
+    let rc = unsafe { libc::unmount(path.as_ptr(), flags) };
+    rc == 0
 }
 
 /// Unprivileged unmount through the setuid helper, lazily if busy.
@@ -71,7 +86,18 @@ fn fusermount_unmount(mountpoint: &Path) -> io::Result<()> {
 /// The kernel's default for FUSE (128 KiB) splits a sequential read into small requests
 /// issued one window at a time, which caps cold throughput far below the network's; a
 /// larger window keeps several large reads in flight. Needs root (writes to sysfs); the
-/// device is found in `/proc/self/mountinfo`, so the mount itself is not touched.
+/// device is found in `/proc/self/mountinfo`, so the mount itself is not touched. Linux
+/// only: elsewhere the kernel's default stays (an error says so).
+#[cfg(not(target_os = "linux"))]
+pub fn set_readahead(_mountpoint: &Path, _kib: u32) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "setting a mount's read-ahead is Linux-only",
+    ))
+}
+
+/// See above: the Linux implementation.
+#[cfg(target_os = "linux")]
 pub fn set_readahead(mountpoint: &Path, kib: u32) -> io::Result<()> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
     // mountinfo escapes spaces in paths as octal.

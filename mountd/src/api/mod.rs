@@ -16,8 +16,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::events::Events;
-use crate::fs::{Caller, EntryInfo, Fs, NamespaceError, NewEntry, StageError};
-use crate::object::Version;
+use crate::fs::{Caller, EntryInfo, Fs, NamespaceError, NewEntry, StageError, Version};
 use crate::ops::OpRegistry;
 
 pub struct MountService {

@@ -37,6 +37,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+/// The pinned version of an object, as the API hands it in with a new entry.
+pub use crate::object::Version;
 use namespace::{Namespace, NodeKind};
 pub use namespace::{NamespaceError, Unlinked};
 
@@ -44,7 +46,7 @@ use crate::FsError;
 use crate::cache::Cache;
 use crate::events::{Events, HandleCount};
 use crate::fetch::Fetcher;
-use crate::object::{Object, Version};
+use crate::object::Object;
 use crate::reads::{DataReply, Interrupt, PendingRead, ReadTable};
 use crate::store::{BackingStore, CHUNK_SIZE, MAX_FETCH_CHUNKS, ReadPlan, chunks_of};
 use fusestream_shared::telemetry::TraceParent;
