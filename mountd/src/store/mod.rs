@@ -754,15 +754,17 @@ mod tests {
         let all = ChunkRange { first: 0, end: 1 };
         fill(&store, all, 4);
         let file = store.file();
+        // Written back first: a page that writeback holds locked is not readable without
+        // waiting, which a busy disk would otherwise turn into a spurious hand-back.
+        file.get().sync_all().unwrap();
         let (r, rx) = pending();
         assert!(
             BackingStore::answer_if_cached(&file, 0, 100, &r),
-            "just written: cached"
+            "written and in the page cache"
         );
         assert_eq!(rx.try_recv().unwrap().unwrap(), vec![4; 100]);
 
-        // Written back and dropped from the page cache: reading needs the disk.
-        file.get().sync_all().unwrap();
+        // Dropped from the page cache: reading needs the disk.
         // SAFETY: advice on a descriptor we own.
         let rc =
             unsafe { libc::posix_fadvise(file.get().as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
