@@ -24,8 +24,8 @@ use crate::reads::tests::{Answer, reply};
 
 const NAMES: usize = 3;
 /// Long enough that a healthy read never meets it on a loaded machine: reads of dead
-/// remotes end sooner anyway (their fetches fail after two short stalls).
-const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// remotes end sooner anyway (their fetches fail after two short stalls, ~0.4 s).
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Remote {
@@ -504,7 +504,8 @@ fn readdir_pages_through_a_live_directory_without_losing_or_repeating_entries() 
         };
         h.runtime.block_on(h.fs.stage(entry, false)).unwrap();
     };
-    let names: Vec<String> = (0..700).map(|i| format!("f{i:04}")).collect();
+    // More than a page (256), a few times over.
+    let names: Vec<String> = (0..600).map(|i| format!("f{i:04}")).collect();
     for name in &names {
         stage(&format!("d/{name}"));
     }
@@ -523,7 +524,7 @@ fn readdir_pages_through_a_live_directory_without_losing_or_repeating_entries() 
     // once; the listing never repeats or skips one of them.
     let mut removed = Vec::new();
     let listed = list_dir(&h.fs, dir, 50, |call| {
-        let gone = format!("f{:04}", call * 37 % 700);
+        let gone = format!("f{:04}", call * 37 % 600);
         if h.runtime
             .block_on(h.fs.remove(&format!("d/{gone}"), Caller::ROOT))
             .is_ok()
