@@ -253,6 +253,9 @@ impl Drop for PendingRead {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(reply) = reply {
+            if let Some(table) = self.table.upgrade() {
+                table.answered(self.unique);
+            }
             reply.error(FsError::Store("read dropped unanswered".into()));
         }
     }
@@ -319,6 +322,16 @@ pub mod tests {
             Interrupt::Remembered,
             "gone from the table"
         );
+    }
+
+    #[cfg(not(feature = "shuttle"))]
+    #[test]
+    fn a_read_dropped_unanswered_is_answered_and_leaves_the_table() {
+        let table = Arc::new(ReadTable::default());
+        let (r, rx) = reply();
+        drop(table.begin(11, r).ok().unwrap());
+        assert!(matches!(rx.try_recv().unwrap(), Err(FsError::Store(_))));
+        assert_eq!(table.in_flight(), 0);
     }
 
     #[cfg(not(feature = "shuttle"))]

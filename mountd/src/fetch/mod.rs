@@ -257,11 +257,12 @@ impl Owed {
         self.chunks.first = self.chunks.end;
     }
 
-    /// Fails the rest with `error` (a changed object poisons the whole store).
+    /// Fails the rest with `error` (a changed object poisons the whole store). The chunks
+    /// are released either way, so even a poisoned store can be evicted.
     fn fail(&mut self, error: FsError) {
-        match error {
-            FsError::Changed(_) => self.object.store.poison(error),
-            error => self.object.store.abandon(self.chunks, error),
+        self.object.store.abandon(self.chunks, error.clone());
+        if let FsError::Changed(_) = error {
+            self.object.store.poison(error);
         }
         self.settled();
     }

@@ -717,6 +717,10 @@ mod tests {
             store.read(0, 1, 0, "test", &r).0,
             ReadPlan::Failed(FsError::Changed(_))
         ));
+        // Released chunks leave nothing in flight: the poisoned store can be evicted.
+        store.abandon(again[0], FsError::Changed("etag".into()));
+        let fresh = BackingStore::empty_file(dir.path(), 4 * CHUNK_SIZE).unwrap();
+        assert!(store.reset_if_idle(fresh, || true).is_some());
     }
 
     #[test]
