@@ -191,10 +191,6 @@ impl PendingRead {
         })
     }
 
-    pub fn unique(&self) -> u64 {
-        self.unique
-    }
-
     pub fn is_answered(&self) -> bool {
         lock(&self.reply).is_none()
     }

@@ -134,7 +134,6 @@ pub enum Behaviour {
 #[derive(Debug, Default)]
 pub struct MemorySource {
     urls: Mutex<HashMap<String, Behaviour>>,
-    requests: std::sync::atomic::AtomicU64,
 }
 
 impl MemorySource {
@@ -143,11 +142,6 @@ impl MemorySource {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(url.to_string(), behaviour);
-    }
-
-    /// Requests received so far.
-    pub fn requests(&self) -> u64 {
-        self.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -163,8 +157,6 @@ fn body_of(chunks: Vec<Bytes>, then_hang: bool) -> Body {
 
 impl RangeSource for MemorySource {
     fn get(&self, request: RangeRequest) -> Sent<'_> {
-        self.requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let behaviour = self
             .urls
             .lock()

@@ -53,27 +53,6 @@ impl ChunkSet {
             .sum()
     }
 
-    /// The first index of `range` not in the set.
-    pub fn first_missing(&self, range: Range<u64>) -> Option<u64> {
-        let i = match self.run_of(range.start) {
-            Some((_, end)) => end,
-            None => range.start,
-        };
-        (i < range.end).then_some(i)
-    }
-
-    /// The first index of `range` in the set.
-    pub fn first_present(&self, range: Range<u64>) -> Option<u64> {
-        if range.is_empty() {
-            return None;
-        }
-        if self.contains(range.start) {
-            return Some(range.start);
-        }
-        let (&start, _) = self.runs.range(range.start..range.end).next()?;
-        Some(start)
-    }
-
     pub fn insert(&mut self, range: Range<u64>) {
         if range.is_empty() {
             return;
@@ -178,8 +157,6 @@ mod tests {
             prop_assert_eq!(set.contains(query), model.contains(&query));
             prop_assert_eq!(set.contains_all(range.clone()), range.clone().all(|i| model.contains(&i)));
             prop_assert_eq!(set.count_in(range.clone()), range.clone().filter(|i| model.contains(i)).count() as u64);
-            prop_assert_eq!(set.first_missing(range.clone()), range.clone().find(|i| !model.contains(i)));
-            prop_assert_eq!(set.first_present(range.clone()), range.clone().find(|i| model.contains(i)));
             prop_assert_eq!(set.any(), !model.is_empty());
             // Runs stay disjoint and never touch.
             let runs: Vec<(u64, u64)> = set.runs.iter().map(|(&s, &e)| (s, e)).collect();
