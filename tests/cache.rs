@@ -1,5 +1,6 @@
 //! Backing-store disk use: the budget is kept by evicting entries no one has open, temp
-//! files never outlive their entry, and a full disk fails reads cleanly.
+//! files never outlive their entry, an entry holds no descriptor until it is read and
+//! idle stores beyond a bound are closed, and a full disk fails reads cleanly.
 
 use std::os::unix::fs::FileExt;
 
@@ -11,6 +12,8 @@ const MIB: usize = 1 << 20;
 fn the_budget_evicts_closed_entries_and_store_files_go_with_their_entries() {
     let fs = FuseStream::start_with(Options {
         cache_max_mib: 40,
+        // No head prefetch: a store is opened only by the reads below.
+        mountd_args: vec!["--prefetch-head-kib".into(), "0".into()],
         ..Options::default()
     });
     let mut sums = Vec::new();
@@ -19,9 +22,9 @@ fn the_budget_evicts_closed_entries_and_store_files_go_with_their_entries() {
         sums.push(sha256(&random_file(&path, 16 * MIB)));
         fs.ctl_ok(["stage", path.to_str().unwrap()]);
     }
-    // Store files are unnamed: the cache dir shows nothing, the daemon holds one per entry.
+    // Store files are unnamed (the cache dir shows nothing) and created by the first read.
     assert_eq!(std::fs::read_dir(fs.cache_dir()).unwrap().count(), 0);
-    assert_eq!(fs.open_store_files(), 4);
+    assert_eq!(fs.open_store_files(), 0, "staging opens no store");
 
     // Read each whole, one after another (each closed before the next): 64 MiB > 40.
     for (i, sum) in sums.iter().enumerate() {
@@ -49,21 +52,82 @@ fn the_budget_evicts_closed_entries_and_store_files_go_with_their_entries() {
     // Evicted data reads back correctly (fetched again).
     assert_eq!(sha256_file(&fs.mountpoint.join("f0.bin")), sums[0]);
 
-    // An entry open while unstaged keeps its store until closed.
-    let open = std::fs::File::open(fs.mountpoint.join("f1.bin")).unwrap();
-    fs.ctl_ok(["unstage", "f1.bin", "f2.bin"]);
-    assert_eq!(
-        fs.open_store_files(),
-        3,
-        "f2's store is gone, f1's is still open"
-    );
+    // An entry open while unstaged keeps its store until closed; the others' go at once.
+    // (A file not read before: the kernel's page cache could answer one read before.)
+    let path = fs.input("f4.bin");
+    random_file(&path, 16 * MIB);
+    fs.ctl_ok(["stage", path.to_str().unwrap()]);
+    let open = std::fs::File::open(fs.mountpoint.join("f4.bin")).unwrap();
     let mut buf = vec![0; 4096];
+    open.read_exact_at(&mut buf, 0).unwrap();
+    fs.ctl_ok(["unstage", "f0.bin", "f1.bin", "f2.bin", "f3.bin", "f4.bin"]);
+    assert_eq!(fs.open_store_files(), 1, "only f4's store is left");
     open.read_exact_at(&mut buf, 0).unwrap();
     drop(open);
     fs.wait_until("the unstaged entry's store is closed", |fs| {
-        fs.open_store_files() == 2
+        fs.open_store_files() == 0
     });
     assert_eq!(std::fs::read_dir(fs.cache_dir()).unwrap().count(), 0);
+}
+
+#[test]
+fn entries_cost_no_descriptors_and_idle_stores_beyond_the_bound_are_closed() {
+    const ENTRIES: usize = 600;
+    const MAX_OPEN: usize = 8;
+    let fs = FuseStream::start_with(Options {
+        mountd_args: vec!["--max-open-stores".into(), MAX_OPEN.to_string()],
+        ..Options::default()
+    });
+    let fds = |fs: &FuseStream| {
+        let dir = format!("/proc/{}/fd", fs.mountd.pid());
+        std::fs::read_dir(dir).unwrap().count()
+    };
+    let before = fds(&fs);
+    let mut paths = Vec::new();
+    let mut sums = Vec::new();
+    for i in 0..ENTRIES {
+        let path = fs.input(&format!("e{i:04}.bin"));
+        sums.push(sha256(&random_file(&path, 1000 + i * 37)));
+        paths.push(path.to_str().unwrap().to_string());
+    }
+    for batch in paths.chunks(100) {
+        let mut args = vec!["stage".to_string()];
+        args.extend(batch.iter().cloned());
+        fs.ctl_ok(args);
+    }
+    // Head prefetches open a few stores (at most 4 run at once), and idle ones are closed
+    // down to the bound: never one per entry.
+    fs.wait_until("idle stores are closed down to the bound", |fs| {
+        fs.open_store_files() <= MAX_OPEN
+    });
+    assert!(
+        fds(&fs) <= before + MAX_OPEN + 4,
+        "{} descriptors after staging {ENTRIES} entries, {before} before",
+        fds(&fs)
+    );
+    // Every entry reads back right, however often its store was closed and reopened.
+    for round in 0..2 {
+        for (i, sum) in sums.iter().enumerate() {
+            let path = fs.mountpoint.join(format!("e{i:04}.bin"));
+            assert_eq!(&sha256_file(&path), sum, "e{i:04}.bin, round {round}");
+        }
+    }
+    fs.wait_until("idle stores are closed down to the bound", |fs| {
+        fs.open_store_files() <= MAX_OPEN
+    });
+    // A file held open keeps its store however many others are read meanwhile.
+    let held = std::fs::File::open(fs.mountpoint.join("e0000.bin")).unwrap();
+    let mut first = vec![0; 1000];
+    held.read_exact_at(&mut first, 0).unwrap();
+    for i in 1..=4 * MAX_OPEN {
+        sha256_file(&fs.mountpoint.join(format!("e{i:04}.bin")));
+    }
+    fs.wait_until("idle stores are closed down to the bound", |fs| {
+        fs.open_store_files() <= MAX_OPEN + 1
+    });
+    let mut again = vec![0; 1000];
+    held.read_exact_at(&mut again, 0).unwrap();
+    assert_eq!(first, again);
 }
 
 #[test]

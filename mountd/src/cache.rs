@@ -1,48 +1,64 @@
-//! The disk budget of all backing stores, and eviction when it is exceeded.
+//! The disk budget of all backing stores and the bound on how many are open, and eviction
+//! when either is exceeded.
 //!
-//! Every object with a backing store is registered here (weakly: an unstaged object with
-//! no open handle is simply dropped, and its unnamed temp file with it). When fetched
-//! bytes push the total over the budget, a background task evicts whole objects that no
-//! one has open, least recently read first, by swapping in an empty file (see
-//! `BackingStore::reset_if_idle`, which asks again, under the store's lock, that nothing
-//! is open, parked or being fetched: a reader judged ready before the swap keeps the old
-//! file, so eviction never yields zeros). Objects that are open are never evicted: a reader
-//! would otherwise refetch what it is reading; if only open objects remain over budget,
-//! the budget is exceeded and a warning says why. Nothing here runs on a FUSE thread.
+//! A staged entry costs memory, not a descriptor: its store gets a file only when the
+//! first fetch writes (see `BackingStore::open`), and the fetch then registers the object
+//! here (weakly: an unstaged object with no open handle is simply dropped, and its unnamed
+//! temp file with it). So this list holds only objects whose stores are open, however many
+//! entries are staged, and every pass over it is bounded by the open stores.
+//!
+//! When fetched bytes push the total over the budget, or more stores are open than
+//! `max_open`, a background task evicts whole objects that no one has open, least recently
+//! read first, by closing their files (see `BackingStore::reset_if_idle`, which asks again,
+//! under the store's lock, that nothing is open, parked or being fetched: a reader judged
+//! ready before the close keeps the old file, so eviction never yields zeros). The files
+//! are unnamed, so closing one drops its bytes: the cost of the descriptor bound is that
+//! only the `max_open` most recently read idle entries stay cached. Objects that are open
+//! are never evicted: a reader would otherwise refetch what it is reading; if only open
+//! objects remain over a bound, it is exceeded and a warning says why. Nothing here runs
+//! on a FUSE thread.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::Notify;
 
 use crate::object::Object;
-use crate::store::BackingStore;
+
+/// Idle stores kept open by default: the daemon's descriptors stay within about a hundred
+/// plus the files that are open.
+pub const DEFAULT_MAX_OPEN_STORES: usize = 64;
 
 #[derive(Debug)]
 pub struct Cache {
-    dir: PathBuf,
+    dir: Arc<Path>,
     /// Budget in bytes; `None` for unlimited.
     max_bytes: Option<u64>,
-    objects: Mutex<Vec<Weak<Object>>>,
-    grew: Notify,
+    /// Stores kept open beyond those of open files.
+    max_open: usize,
+    /// Objects whose stores were opened (some may have been closed or dropped since).
+    open: Mutex<Vec<Weak<Object>>>,
+    changed: Notify,
     evictions: AtomicU64,
     warned_over_budget: AtomicBool,
 }
 
 impl Cache {
-    pub fn new(dir: PathBuf, max_bytes: Option<u64>) -> Cache {
+    pub fn new(dir: &Path, max_bytes: Option<u64>, max_open: usize) -> Cache {
         Cache {
-            dir,
+            dir: dir.into(),
             max_bytes,
-            objects: Mutex::default(),
-            grew: Notify::new(),
+            max_open,
+            open: Mutex::default(),
+            changed: Notify::new(),
             evictions: AtomicU64::new(0),
             warned_over_budget: AtomicBool::new(false),
         }
     }
 
-    pub fn dir(&self) -> &PathBuf {
+    /// Where stores create their files.
+    pub fn dir(&self) -> &Arc<Path> {
         &self.dir
     }
 
@@ -54,78 +70,94 @@ impl Cache {
         self.evictions.load(Ordering::Relaxed)
     }
 
-    pub fn register(&self, object: &Arc<Object>) {
-        let mut objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
-        objects.retain(|o| o.strong_count() > 0);
-        objects.push(Arc::downgrade(object));
+    /// `object`'s store just opened a file. Cheap; never waits.
+    pub fn opened(&self, object: &Arc<Object>) {
+        self.lock_open().push(Arc::downgrade(object));
+        self.changed.notify_one();
     }
 
-    /// Live objects (staged, or unstaged but still open).
-    fn live(&self) -> Vec<Arc<Object>> {
-        let objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
-        objects.iter().filter_map(Weak::upgrade).collect()
+    fn lock_open(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Object>>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Live objects with open stores; forgets the others.
+    fn live_open(&self) -> Vec<Arc<Object>> {
+        let mut open = self.lock_open();
+        let mut live = Vec::with_capacity(open.len());
+        open.retain(|o| match o.upgrade() {
+            Some(object) if object.store.is_open() => {
+                live.push(object);
+                true
+            }
+            _ => false,
+        });
+        live
     }
 
     /// Bytes present in all backing stores.
     pub fn used_bytes(&self) -> u64 {
-        self.live().iter().map(|o| o.store.present_bytes()).sum()
+        self.live_open()
+            .iter()
+            .map(|o| o.store.present_bytes())
+            .sum()
+    }
+
+    /// Stores holding a file now.
+    pub fn open_stores(&self) -> usize {
+        self.live_open().len()
     }
 
     /// Fetched bytes were added somewhere. Cheap; never waits.
     pub fn grew(&self) {
         if self.max_bytes.is_some() {
-            self.grew.notify_one();
+            self.changed.notify_one();
         }
     }
 
-    /// Evicts whenever the budget is exceeded, until the runtime shuts down.
+    /// Evicts whenever a bound is exceeded, until the runtime shuts down.
     pub async fn run(self: Arc<Self>) {
-        let Some(max) = self.max_bytes else { return };
         loop {
-            self.grew.notified().await;
-            self.evict_to(max).await;
+            self.changed.notified().await;
+            self.enforce_bounds();
         }
     }
 
-    pub(crate) async fn evict_to(&self, max: u64) {
-        let mut objects = self.live();
+    /// Closes idle stores, least recently read first, until the bytes present are within
+    /// the budget and the open stores within `max_open`. Never waits: closing hands the
+    /// files to the closer thread.
+    pub(crate) fn enforce_bounds(&self) {
+        let max_bytes = self.max_bytes.unwrap_or(u64::MAX);
+        let mut objects = self.live_open();
         let mut used: u64 = objects.iter().map(|o| o.store.present_bytes()).sum();
-        if used <= max {
+        let mut open = objects.len();
+        if used <= max_bytes && open <= self.max_open {
             self.warned_over_budget.store(false, Ordering::Relaxed);
             return;
         }
-        objects.retain(|o| o.open_handles() == 0 && o.store.present_bytes() > 0);
+        objects.retain(|o| o.open_handles() == 0);
         objects.sort_by_key(|o| o.store.last_read_ms());
         for object in objects {
-            if used <= max {
+            if used <= max_bytes && open <= self.max_open {
                 return;
             }
-            let (dir, size) = (self.dir.clone(), object.size());
-            let fresh =
-                match tokio::task::spawn_blocking(move || BackingStore::empty_file(&dir, size))
-                    .await
-                {
-                    Ok(Ok(file)) => file,
-                    Ok(Err(e)) => {
-                        tracing::warn!("eviction: creating an empty store: {e}");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            if let Some(freed) = object
-                .store
-                .reset_if_idle(fresh, || object.open_handles() == 0)
-            {
+            if let Some(freed) = object.store.reset_if_idle(|| object.open_handles() == 0) {
                 used -= freed.min(used);
-                self.evictions.fetch_add(1, Ordering::Relaxed);
+                open -= 1;
+                if freed > 0 {
+                    self.evictions.fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::debug!(source = %object.source, freed, "evicted");
             }
         }
-        if used > max && !self.warned_over_budget.swap(true, Ordering::Relaxed) {
+        if (used > max_bytes || open > self.max_open)
+            && !self.warned_over_budget.swap(true, Ordering::Relaxed)
+        {
             tracing::warn!(
                 used,
-                max,
-                "backing stores exceed the cache budget: everything cached is open"
+                max_bytes,
+                open,
+                max_open = self.max_open,
+                "backing stores exceed the cache bounds: everything cached is open"
             );
         }
     }

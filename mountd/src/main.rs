@@ -39,6 +39,12 @@ struct Args {
     /// has open is evicted, least recently read first, to stay within it.
     #[arg(long, default_value_t = 8192)]
     cache_max_mib: u64,
+    /// Backing stores of entries no one has open that are kept open (and so keep their
+    /// fetched bytes), the most recently read ones. A staged entry holds no descriptor
+    /// until it is first read; beyond this many, idle ones are closed and their cached
+    /// bytes dropped.
+    #[arg(long, default_value_t = fusestream_mountd::cache::DEFAULT_MAX_OPEN_STORES)]
+    max_open_stores: usize,
     /// Seconds a read may wait for data before failing with ETIMEDOUT.
     #[arg(long, default_value_t = 30)]
     read_timeout: u64,
@@ -151,7 +157,7 @@ async fn run(args: Args, telemetry: &Telemetry) -> Result<(), String> {
 
     let runtime = tokio::runtime::Handle::current();
     let cache_max = (args.cache_max_mib > 0).then_some(args.cache_max_mib << 20);
-    let cache = Arc::new(Cache::new(cache_dir, cache_max));
+    let cache = Arc::new(Cache::new(&cache_dir, cache_max, args.max_open_stores));
     tokio::spawn(cache.clone().run());
     let events = Arc::new(Events::default());
     let timers = Timers::start().map_err(|e| format!("starting the timer thread: {e}"))?;

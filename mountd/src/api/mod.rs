@@ -283,9 +283,6 @@ impl Mount for MountService {
             .await
             .map_err(|e| match e {
                 StageError::Namespace(e) => status_of(e),
-                StageError::Store(e) => {
-                    Status::resource_exhausted(format!("creating the backing store: {e}"))
-                }
             })?;
         tracing::info!(name, size, "staged");
         Ok(Response::new(api::AddEntryResponse {

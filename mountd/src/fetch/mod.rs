@@ -489,6 +489,11 @@ impl Fetcher {
     /// `owed` past every chunk delivered.
     async fn attempt(&self, owed: &mut Owed, next: &mut u64, end: u64) -> Result<(), FetchError> {
         let object = owed.object.clone();
+        // An entry's store gets its file (and descriptor) only now, at its first fetch;
+        // the cache then bounds how many stay open.
+        if object.store.open().map_err(FetchError::Store)? {
+            self.cache.opened(&object);
+        }
         // Read-ahead sized fetches only: the saving is per byte, while the call can wait on
         // the file system's journal, which a small (random) read would feel. Again on a
         // retry: cheap where already allocated, and space may have been freed.

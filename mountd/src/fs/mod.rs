@@ -172,8 +172,6 @@ pub struct Status {
 pub enum StageError {
     #[error(transparent)]
     Namespace(#[from] NamespaceError),
-    #[error("creating the backing store: {0}")]
-    Store(std::io::Error),
 }
 
 /// Tells the kernel to drop names it may have cached (entries are cached for a TTL).
@@ -379,7 +377,8 @@ impl Fs {
         }
     }
 
-    /// Opens a file for reading. No network or disk I/O: the store exists since staging.
+    /// Opens a file for reading. No network or disk I/O (a store's file is created by the
+    /// first fetch).
     pub fn open(&self, ino: u64, write: bool) -> Result<u64, FsError> {
         if write {
             return Err(FsError::ReadOnly);
@@ -587,16 +586,12 @@ impl Fs {
 
     // ----- management (gRPC) -----
 
-    /// Stages `entry`: creates its backing store (off the runtime's workers), puts it in
-    /// the tree, registers it with the cache and starts fetching its head. Once this
+    /// Stages `entry`: creates its backing store (no file yet: the first fetch opens it),
+    /// puts it in the tree and starts fetching its head. Once this
     /// returns, no process can still open an entry it replaced through a cached name.
     /// Replacing is allowed only over an entry the new one's owner may manage.
     pub async fn stage(&self, entry: NewEntry, replace: bool) -> Result<EntryInfo, StageError> {
-        let (dir, size) = (self.cache.dir().clone(), entry.version.size);
-        let store = tokio::task::spawn_blocking(move || BackingStore::create(&dir, size))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-            .map_err(StageError::Store)?;
+        let store = BackingStore::new(self.cache.dir().clone(), entry.version.size);
         let object = Arc::new(Object::new(
             entry.name.clone(),
             entry.version,
@@ -611,7 +606,6 @@ impl Fs {
             lock(&self.namespace).insert(&entry.name, object.clone(), replace, |existing| {
                 caller.may_manage(existing.uid)
             })?;
-        self.cache.register(&object);
         self.prefetch_head(&object);
         self.forget_in_kernel(replaced.into_iter().collect()).await;
         Ok(self.info(entry.name, ino, &object))

@@ -131,7 +131,7 @@ impl Harness {
             .build()
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let cache = Arc::new(Cache::new(dir.path().to_path_buf(), Some(0)));
+        let cache = Arc::new(Cache::new(dir.path(), Some(0), 4));
         let events = Arc::new(Events::default());
         let source = Arc::new(MemorySource::default());
         let config = FetchConfig {
@@ -283,7 +283,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     h.fs.release(fh);
                 }
             }
-            Step::Evict => h.runtime.block_on(h.cache.evict_to(0)),
+            Step::Evict => h.cache.enforce_bounds(),
         }
     }
 

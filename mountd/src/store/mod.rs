@@ -121,7 +121,8 @@ pub enum ReadPlan {
 #[must_use = "completed reads must be answered (BackingStore::answer_all)"]
 pub struct Completed {
     reads: Vec<ParkedRead>,
-    file: StoreFile,
+    /// Always there when `reads` is not empty: present chunks live in a file.
+    file: Option<StoreFile>,
 }
 
 impl Completed {
@@ -130,12 +131,19 @@ impl Completed {
     }
 }
 
+/// The store's file and the chunks present in it: they come and go together.
 #[derive(Debug)]
-struct State {
-    /// The sparse file. Replaced whole when the store is evicted (see `reset_if_idle`),
-    /// so a reader holding the old one still reads valid bytes.
+struct Stored {
     file: StoreFile,
     present: ChunkSet,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The sparse file and what it holds; `None` until the first fetch writes (an entry
+    /// costs no descriptor until it is read) and again once evicted (see
+    /// `reset_if_idle`): a reader holding the old file still reads valid bytes.
+    stored: Option<Stored>,
     inflight: ChunkSet,
     parked: Vec<ParkedRead>,
     /// Set once reads can never succeed again; every read fails with it.
@@ -145,19 +153,32 @@ struct State {
 impl State {
     /// Whether chunk `i` is neither present nor being fetched: a fetch may claim it.
     fn missing(&self, i: u64) -> bool {
-        !self.present.contains(i) && !self.inflight.contains(i)
+        !self.is_present(i) && !self.inflight.contains(i)
+    }
+
+    fn is_present(&self, i: u64) -> bool {
+        self.stored.as_ref().is_some_and(|s| s.present.contains(i))
+    }
+
+    /// The file, if every chunk of `range` is present in it.
+    fn file_holding(&self, range: std::ops::Range<u64>) -> Option<&StoreFile> {
+        let stored = self.stored.as_ref()?;
+        stored.present.contains_all(range).then_some(&stored.file)
+    }
+
+    fn present_in(&self, range: std::ops::Range<u64>) -> u64 {
+        self.stored
+            .as_ref()
+            .map_or(0, |s| s.present.count_in(range))
     }
 
     /// Removes and returns the parked reads whose chunk range satisfies `pred`. Reads
     /// answered meanwhile by another path (deadline, interrupt) are dropped on the way.
-    fn take_parked_where(
-        &mut self,
-        pred: impl Fn(ChunkRange, &ChunkSet) -> bool,
-    ) -> Vec<ParkedRead> {
+    fn take_parked_where(&mut self, pred: impl Fn(ChunkRange, &State) -> bool) -> Vec<ParkedRead> {
         let (taken, waiting) = std::mem::take(&mut self.parked)
             .into_iter()
             .filter(|p| !p.read.is_answered())
-            .partition(|p| pred(p.chunks(), &self.present));
+            .partition(|p| pred(p.chunks(), self));
         self.parked = waiting;
         taken
     }
@@ -165,6 +186,8 @@ impl State {
 
 #[derive(Debug)]
 pub struct BackingStore {
+    /// Where its file is created, once needed (std's `Arc`: shared with the cache).
+    dir: std::sync::Arc<Path>,
     size: u64,
     /// Bytes present, readable without the lock (getattr and listings read it).
     present_bytes: AtomicU64,
@@ -275,28 +298,56 @@ pub fn chunks_of(offset: u64, len: u32) -> ChunkRange {
 }
 
 impl BackingStore {
-    /// Creates an empty sparse store of `size` bytes in `dir`. Does disk I/O: call it
-    /// off the FUSE path (staging does). Memory does not depend on `size`.
-    pub fn create(dir: &Path, size: u64) -> io::Result<BackingStore> {
-        let file = Self::empty_file(dir, size)?;
-        Ok(BackingStore {
+    /// An empty store of `size` bytes whose file will be created in `dir` when the first
+    /// fetch needs it (see [`BackingStore::open`]). No I/O; memory does not depend on
+    /// `size`.
+    pub fn new(dir: std::sync::Arc<Path>, size: u64) -> BackingStore {
+        BackingStore {
+            dir,
             size,
             present_bytes: AtomicU64::new(0),
             last_read_ms: AtomicU64::new(now_ms()),
             state: Mutex::new(State {
-                file: StoreFile::new(file),
-                present: ChunkSet::default(),
+                stored: None,
                 inflight: ChunkSet::default(),
                 parked: Vec::new(),
                 poisoned: None,
             }),
-        })
+        }
+    }
+
+    /// Makes sure the store has a file for fetched bytes, creating it if it has none.
+    /// Returns whether it created one (the caller tells the cache, which bounds how many
+    /// stores are open). Disk I/O outside the lock: called by fetches, never on a FUSE
+    /// thread. A fetch calls it before writing; the chunks it holds in flight keep the
+    /// file from being evicted until it completes them.
+    pub fn open(&self) -> io::Result<bool> {
+        if self.lock().stored.is_some() {
+            return Ok(false);
+        }
+        let file = Self::empty_file(&self.dir, self.size)?;
+        let mut state = self.lock();
+        if state.stored.is_some() {
+            drop(state);
+            close_later(file); // another fetch was first
+            return Ok(false);
+        }
+        state.stored = Some(Stored {
+            file: StoreFile::new(file),
+            present: ChunkSet::default(),
+        });
+        Ok(true)
+    }
+
+    /// Whether the store holds a file (and so a descriptor) now.
+    pub fn is_open(&self) -> bool {
+        self.lock().stored.is_some()
     }
 
     /// An unnamed sparse file of `size` bytes in `dir`, opened so that reading it never
     /// updates its access time (on ext4 that is a journal write per read). Disk I/O: never
     /// on the FUSE path.
-    pub fn empty_file(dir: &Path, size: u64) -> io::Result<File> {
+    fn empty_file(dir: &Path, size: u64) -> io::Result<File> {
         let file = tempfile::tempfile_in(dir)?;
         file.set_len(size)?;
         no_atime(&file);
@@ -311,24 +362,32 @@ impl BackingStore {
         self.last_read_ms.load(Ordering::Relaxed)
     }
 
-    fn file(&self) -> StoreFile {
-        self.lock().file.clone()
+    fn file(&self) -> io::Result<StoreFile> {
+        let state = self.lock();
+        let stored = state.stored.as_ref();
+        stored.map(|s| s.file.clone()).ok_or_else(|| {
+            // Not reached: a fetch opens the store first and its chunks keep it open.
+            io::Error::other("the store has no file")
+        })
     }
 
-    /// Drops every present byte by swapping in `fresh` (an empty file of the same size),
-    /// if nothing is being fetched or waited for and `idle` (asked under the store's lock)
-    /// agrees. Returns the bytes freed, or `None` if the store is busy. Readers holding
-    /// the old file keep reading it; the last of them closes it (see [`StoreFile`]).
-    pub fn reset_if_idle(&self, fresh: File, idle: impl FnOnce() -> bool) -> Option<u64> {
+    /// Closes the store's file, dropping every present byte, if it has one, nothing is
+    /// being fetched or waited for and `idle` (asked under the store's lock) agrees.
+    /// Returns the bytes freed, or `None` if the store is busy or has no file. Readers
+    /// holding the old file keep reading it; the last of them closes it (see
+    /// [`StoreFile`]). The next fetch opens a fresh one.
+    pub fn reset_if_idle(&self, idle: impl FnOnce() -> bool) -> Option<u64> {
         let old = {
             let mut state = self.lock();
-            if state.parked.iter().any(|p| !p.read.is_answered()) || state.inflight.any() || !idle()
+            if state.stored.is_none()
+                || state.parked.iter().any(|p| !p.read.is_answered())
+                || state.inflight.any()
+                || !idle()
             {
                 return None;
             }
             state.parked.clear();
-            state.present = ChunkSet::default();
-            std::mem::replace(&mut state.file, StoreFile::new(fresh))
+            state.stored.take()
         };
         drop(old);
         Some(self.present_bytes.swap(0, Ordering::Relaxed))
@@ -368,10 +427,10 @@ impl BackingStore {
         }
         let fetches = self.plan_fetches(&mut state, needed, readahead_end);
         let range = needed.first..needed.end;
-        if state.present.contains_all(range.clone()) {
-            return (ReadPlan::Ready(state.file.clone()), fetches);
+        if let Some(file) = state.file_holding(range.clone()) {
+            return (ReadPlan::Ready(file.clone()), fetches);
         }
-        let missing = (range.end - range.start) - state.present.count_in(range.clone());
+        let missing = (range.end - range.start) - state.present_in(range.clone());
         let waiting_for = format!(
             "bytes {offset}..{} of {label} ({missing} of {} chunks being fetched)",
             offset + u64::from(len),
@@ -494,7 +553,7 @@ impl BackingStore {
         #[cfg(target_os = "linux")]
         {
             use std::os::fd::AsRawFd;
-            let file = self.file();
+            let file = self.file()?;
             // SAFETY: fallocate on a descriptor we own; mode 0 only allocates (the size is set).
             let rc = unsafe {
                 libc::fallocate(
@@ -518,7 +577,7 @@ impl BackingStore {
     /// Writes fetched bytes at `offset`. Called by the fetcher, never under the lock; the
     /// chunks being written are in flight, so the file can not be swapped meanwhile.
     pub fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.file().get().write_all_at(data, offset)
+        self.file()?.get().write_all_at(data, offset)
     }
 
     /// Byte range covered by `chunks`.
@@ -532,32 +591,48 @@ impl BackingStore {
     pub fn complete(&self, chunks: ChunkRange) -> Completed {
         let mut state = self.lock();
         let range = chunks.first..chunks.end;
-        let newly = (range.end - range.start) - state.present.count_in(range.clone());
+        let Some(stored) = state.stored.as_mut() else {
+            // Not reached (chunks in flight keep the file open); fail rather than panic.
+            drop(state);
+            self.abandon(
+                chunks,
+                FsError::Store("the store closed during a fetch".into()),
+            );
+            return Completed {
+                reads: Vec::new(),
+                file: None,
+            };
+        };
+        let newly = (range.end - range.start) - stored.present.count_in(range.clone());
         let mut bytes = newly * CHUNK_SIZE;
         // Every chunk holds CHUNK_SIZE bytes but the object's last, which may hold fewer.
         let last = self.size.div_ceil(CHUNK_SIZE).saturating_sub(1);
         if range.contains(&last)
-            && !state.present.contains(last)
+            && !stored.present.contains(last)
             && !self.size.is_multiple_of(CHUNK_SIZE)
         {
             bytes -= CHUNK_SIZE - self.size % CHUNK_SIZE;
         }
         self.present_bytes.fetch_add(bytes, Ordering::Relaxed);
-        state.present.insert(range.clone());
+        stored.present.insert(range.clone());
+        let file = stored.file.clone();
         state.inflight.remove(range);
-        let reads = state.take_parked_where(|c, present| {
-            c.first < chunks.end && c.end > chunks.first && present.contains_all(c.first..c.end)
+        let reads = state.take_parked_where(|c, state| {
+            c.first < chunks.end
+                && c.end > chunks.first
+                && state.file_holding(c.first..c.end).is_some()
         });
         Completed {
             reads,
-            file: state.file.clone(),
+            file: Some(file),
         }
     }
 
     /// Answers completed parked reads from the file their bytes are in.
     pub fn answer_all(completed: Completed) {
+        let Some(file) = &completed.file else { return };
         for parked in &completed.reads {
-            Self::answer(&completed.file, parked.offset, parked.len, &parked.read);
+            Self::answer(file, parked.offset, parked.len, &parked.read);
         }
     }
 
@@ -567,9 +642,9 @@ impl BackingStore {
         let failed: Vec<ParkedRead> = {
             let mut state = self.lock();
             state.inflight.remove(chunks.first..chunks.end);
-            state.take_parked_where(|c, present| {
+            state.take_parked_where(|c, state| {
                 let overlap = c.first.max(chunks.first)..c.end.min(chunks.end);
-                !present.contains_all(overlap)
+                !overlap.is_empty() && state.file_holding(overlap).is_none()
             })
         };
         for parked in failed {
@@ -620,7 +695,12 @@ mod tests {
         (PendingRead::untracked(r), rx)
     }
 
+    fn store_in(dir: &tempfile::TempDir, size: u64) -> BackingStore {
+        BackingStore::new(dir.path().into(), size)
+    }
+
     fn fill(store: &BackingStore, chunks: ChunkRange, byte: u8) {
+        store.open().unwrap();
         let r = store.byte_range(chunks);
         store
             .write(r.start, &vec![byte; (r.end - r.start) as usize])
@@ -631,7 +711,7 @@ mod tests {
     #[test]
     fn parks_a_missing_read_and_answers_it_when_the_chunk_arrives() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BackingStore::create(dir.path(), 3 * CHUNK_SIZE + 10).unwrap();
+        let store = store_in(&dir, 3 * CHUNK_SIZE + 10);
         let (r, rx) = pending();
         let (plan, fetches) = store.read(CHUNK_SIZE - 2, 4, 0, "test", &r);
         assert!(matches!(plan, ReadPlan::Parked { .. }));
@@ -653,7 +733,7 @@ mod tests {
     #[test]
     fn present_data_is_ready_and_the_last_chunk_counts_its_real_size() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BackingStore::create(dir.path(), CHUNK_SIZE + 10).unwrap();
+        let store = store_in(&dir, CHUNK_SIZE + 10);
         fill(&store, ChunkRange { first: 0, end: 2 }, 1);
         assert_eq!(store.present_bytes(), CHUNK_SIZE + 10);
         fill(&store, ChunkRange { first: 1, end: 2 }, 1);
@@ -667,9 +747,10 @@ mod tests {
     fn an_absurd_declared_size_costs_no_memory() {
         let dir = tempfile::tempdir().unwrap();
         // Sparse files this large are refused by some file systems; the point is memory.
-        let Ok(store) = BackingStore::create(dir.path(), i64::MAX as u64) else {
+        let store = store_in(&dir, i64::MAX as u64);
+        if store.open().is_err() {
             return;
-        };
+        }
         let (r, _rx) = pending();
         let (_, fetches) = store.read(i64::MAX as u64 - 10, 10, 0, "test", &r);
         assert_eq!(fetches.len(), 1);
@@ -680,7 +761,7 @@ mod tests {
     #[test]
     fn readahead_goes_out_in_large_requests_split_at_the_fetch_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BackingStore::create(dir.path(), 200 * CHUNK_SIZE).unwrap();
+        let store = store_in(&dir, 200 * CHUNK_SIZE);
         let (r, _rx) = pending();
         let (_, fetches) = store.read(0, 4096, 100 * CHUNK_SIZE, "test", &r);
         assert_eq!(
@@ -702,9 +783,10 @@ mod tests {
     #[test]
     fn abandon_fails_waiters_and_allows_a_refetch_and_poison_fails_everything() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BackingStore::create(dir.path(), 4 * CHUNK_SIZE).unwrap();
+        let store = store_in(&dir, 4 * CHUNK_SIZE);
         let (r, rx) = pending();
         let (_, fetches) = store.read(0, 10, 0, "test", &r);
+        store.open().unwrap(); // as the fetch does
         store.abandon(fetches[0], FsError::Fetch("reset".into()));
         assert_eq!(rx.try_recv().unwrap(), Err(FsError::Fetch("reset".into())));
         let (r, _rx) = pending();
@@ -719,14 +801,13 @@ mod tests {
         ));
         // Released chunks leave nothing in flight: the poisoned store can be evicted.
         store.abandon(again[0], FsError::Changed("etag".into()));
-        let fresh = BackingStore::empty_file(dir.path(), 4 * CHUNK_SIZE).unwrap();
-        assert!(store.reset_if_idle(fresh, || true).is_some());
+        assert!(store.reset_if_idle(|| true).is_some());
     }
 
     #[test]
     fn a_prefetch_is_fetched_once_and_shared_by_the_reads_that_follow() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BackingStore::create(dir.path(), 4 * CHUNK_SIZE).unwrap();
+        let store = store_in(&dir, 4 * CHUNK_SIZE);
         let head = ChunkRange { first: 0, end: 1 };
         assert_eq!(store.prefetch(head), Some(head));
         assert_eq!(store.prefetch(head), None, "already in flight");
@@ -737,7 +818,7 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap().unwrap(), vec![9; 10]);
         assert_eq!(store.prefetch(head), None, "present");
         // Only the missing part, and never more than one fetch's worth.
-        let big = BackingStore::create(dir.path(), 200 * CHUNK_SIZE).unwrap();
+        let big = store_in(&dir, 200 * CHUNK_SIZE);
         fill(&big, ChunkRange { first: 0, end: 2 }, 1);
         let all = ChunkRange { first: 0, end: 200 };
         assert_eq!(
@@ -754,10 +835,10 @@ mod tests {
         use std::os::fd::AsRawFd;
         // On disk: tmpfs would keep the pages whatever we advise.
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-        let store = BackingStore::create(dir.path(), CHUNK_SIZE).unwrap();
+        let store = store_in(&dir, CHUNK_SIZE);
         let all = ChunkRange { first: 0, end: 1 };
         fill(&store, all, 4);
-        let file = store.file();
+        let file = store.file().unwrap();
         // Written back first: a page that writeback holds locked is not readable without
         // waiting, which a busy disk would otherwise turn into a spurious hand-back.
         file.get().sync_all().unwrap();
@@ -786,7 +867,7 @@ mod tests {
     #[test]
     fn a_read_answered_elsewhere_is_not_answered_again() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BackingStore::create(dir.path(), CHUNK_SIZE).unwrap();
+        let store = store_in(&dir, CHUNK_SIZE);
         let (r, rx) = pending();
         let (ReadPlan::Parked { .. }, fetches) = store.read(0, 1, 0, "test", &r) else {
             panic!()
@@ -800,15 +881,15 @@ mod tests {
     #[test]
     fn eviction_never_turns_a_ready_read_into_zeros() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BackingStore::create(dir.path(), CHUNK_SIZE).unwrap();
+        let store = store_in(&dir, CHUNK_SIZE);
         fill(&store, ChunkRange { first: 0, end: 1 }, 8);
         let (r, rx) = pending();
         let (ReadPlan::Ready(file), _) = store.read(0, 16, 0, "test", &r) else {
             panic!("present")
         };
         // Evicted between the judgement and the answer.
-        let fresh = BackingStore::empty_file(dir.path(), CHUNK_SIZE).unwrap();
-        assert_eq!(store.reset_if_idle(fresh, || true), Some(CHUNK_SIZE));
+        assert_eq!(store.reset_if_idle(|| true), Some(CHUNK_SIZE));
+        assert!(!store.is_open(), "eviction closes the file");
         BackingStore::answer(&file, 0, 16, &r);
         assert_eq!(rx.try_recv().unwrap().unwrap(), vec![8; 16]);
         // The next read finds nothing present and fetches again.
@@ -818,11 +899,35 @@ mod tests {
             ReadPlan::Parked { .. }
         ));
         // Busy (a fetch in flight, a read parked) or not idle by the caller's word: kept.
-        let fresh = BackingStore::empty_file(dir.path(), CHUNK_SIZE).unwrap();
-        assert_eq!(store.reset_if_idle(fresh, || true), None);
-        let idle = BackingStore::create(dir.path(), CHUNK_SIZE).unwrap();
-        let fresh = BackingStore::empty_file(dir.path(), CHUNK_SIZE).unwrap();
-        assert_eq!(idle.reset_if_idle(fresh, || false), None);
+        store.open().unwrap();
+        assert_eq!(store.reset_if_idle(|| true), None);
+        let idle = store_in(&dir, CHUNK_SIZE);
+        fill(&idle, ChunkRange { first: 0, end: 1 }, 1);
+        assert_eq!(idle.reset_if_idle(|| false), None);
+    }
+
+    #[test]
+    fn a_store_has_a_file_only_from_its_first_fetch_until_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(&dir, 2 * CHUNK_SIZE);
+        assert!(!store.is_open(), "staging costs no descriptor");
+        assert_eq!(store.reset_if_idle(|| true), None, "nothing to close");
+        let (r, rx) = pending();
+        let (ReadPlan::Parked { .. }, fetches) = store.read(0, 8, 0, "test", &r) else {
+            panic!("nothing is present before a fetch")
+        };
+        assert!(store.open().unwrap(), "the first fetch opens it");
+        assert!(!store.open().unwrap(), "once");
+        fill(&store, fetches[0], 2);
+        assert_eq!(rx.try_recv().unwrap().unwrap(), vec![2; 8]);
+        assert_eq!(store.reset_if_idle(|| true), Some(CHUNK_SIZE));
+        assert!(!store.is_open());
+        // Reopened empty: what was present is fetched again.
+        let (r, _rx) = pending();
+        assert!(matches!(
+            store.read(0, 8, 0, "test", &r),
+            (ReadPlan::Parked { .. }, f) if f == fetches
+        ));
     }
 }
 
@@ -845,8 +950,7 @@ mod shuttle_model {
         let scheduler = shuttle::scheduler::RandomScheduler::new_from_seed(11, 1_000);
         shuttle::Runner::new(scheduler, config).run(|| {
             let dir = tempfile::tempdir().unwrap();
-            let store = Arc::new(BackingStore::create(dir.path(), SIZE).unwrap());
-            let fresh = BackingStore::empty_file(dir.path(), SIZE).unwrap();
+            let store = Arc::new(BackingStore::new(dir.path().into(), SIZE));
             let all = ChunkRange { first: 0, end: 1 };
             assert_eq!(store.prefetch(all), Some(all), "the fetch owns the chunk");
             let (r, rx) = reply();
@@ -864,13 +968,14 @@ mod shuttle_model {
             let fetcher = {
                 let store = store.clone();
                 thread::spawn(move || {
+                    store.open().unwrap();
                     store.write(0, &[0xab; SIZE as usize]).unwrap();
                     BackingStore::answer_all(store.complete(all));
                 })
             };
             let evictor = {
                 let store = store.clone();
-                thread::spawn(move || store.reset_if_idle(fresh, || true))
+                thread::spawn(move || store.reset_if_idle(|| true))
             };
             let interrupter = {
                 let read = read.clone();
