@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore};
 
 use crate::store::{BackingStore, ChunkRange};
 
@@ -44,7 +44,11 @@ pub struct Object {
     pub store: BackingStore,
     /// Fetch slots of this object.
     pub fetch_permits: Arc<Semaphore>,
-    temp_url: watch::Sender<TempUrl>,
+    /// A plain leaf lock and a `Notify` rather than a `watch` channel: an entry's memory
+    /// counts (100,000 staged entries), and a `watch` costs some 400 bytes more.
+    temp_url: Mutex<TempUrl>,
+    /// Woken by every renewal.
+    renewed: Notify,
     open_handles: AtomicU32,
     /// The spans of the fetches running, so a read that waits on a fetch another read
     /// started is linked to it. Only filled while spans are exported; a leaf lock.
@@ -72,11 +76,12 @@ impl Object {
             mode,
             store,
             fetch_permits: Arc::new(Semaphore::new(FETCHES_PER_OBJECT)),
-            temp_url: watch::Sender::new(TempUrl {
+            temp_url: Mutex::new(TempUrl {
                 url,
                 expires_unix: url_expires_unix,
                 generation: 0,
             }),
+            renewed: Notify::new(),
             open_handles: AtomicU32::new(0),
             fetch_spans: Mutex::default(),
         }
@@ -121,28 +126,43 @@ impl Object {
 
     /// The current temp URL (a copy: nothing is held while it is used).
     pub fn temp_url(&self) -> TempUrl {
-        self.temp_url.borrow().clone()
+        self.lock_temp_url().clone()
+    }
+
+    fn lock_temp_url(&self) -> std::sync::MutexGuard<'_, TempUrl> {
+        self.temp_url.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn url_expires_unix(&self) -> i64 {
-        self.temp_url.borrow().expires_unix
+        self.lock_temp_url().expires_unix
     }
 
     /// Installs a renewed URL and wakes fetches waiting for one.
     pub fn set_url(&self, url: String, expires_unix: i64) {
-        self.temp_url.send_modify(|current| {
+        {
+            let mut current = self.lock_temp_url();
             current.url = url;
             current.expires_unix = expires_unix;
             current.generation += 1;
-        });
+        }
+        self.renewed.notify_waiters();
     }
 
     /// Waits (asynchronously) until the URL is newer than `generation`; false on timeout.
     pub async fn url_renewed_after(&self, generation: u64, timeout: Duration) -> bool {
-        let mut rx = self.temp_url.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|u| u.generation > generation))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Registered before the check, so a renewal between the two still wakes us.
+            let notified = self.renewed.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock_temp_url().generation > generation {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
     }
 
     pub fn opened(&self) {
