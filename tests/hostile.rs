@@ -379,7 +379,11 @@ async fn mount_barrage(mount: &mut MountClient<Channel>, model: &mut Model, rng:
             }
             _ => {
                 let what = format!("#{i} Mount.ListEntries/GetStatus/ListOps");
-                succeeds(&what, mount.list_entries(api::ListEntriesRequest {})).await;
+                succeeds(
+                    &what,
+                    mount.list_entries(api::ListEntriesRequest::default()),
+                )
+                .await;
                 succeeds(&what, mount.get_status(api::GetStatusRequest {})).await;
                 succeeds(&what, mount.list_ops(api::ListOpsRequest {})).await;
             }
@@ -462,7 +466,7 @@ async fn control_barrage(
                     Err(status) => check_refusal(&what, &status),
                 }
                 let what = format!("#{i} Control.List/Status/ListOps");
-                succeeds(&what, control.list(api::ListRequest {})).await;
+                succeeds(&what, control.list(api::ListRequest::default())).await;
                 succeeds(&what, control.status(api::StatusRequest {})).await;
                 succeeds(&what, control.list_ops(api::ListOpsRequest {})).await;
             }

@@ -32,4 +32,18 @@ pub mod limits {
     /// remote) and by the mount daemon (whatever the caller), so a hostile size never
     /// reaches a file system or a counter; memory never depends on the size anyway.
     pub const MAX_OBJECT_SIZE: u64 = 1 << 50;
+
+    /// Entries per page of a listing (Mount.ListEntries, Control.List) when the caller
+    /// asks for none, and the most it may ask for: a page stays far below gRPC's 4 MiB
+    /// message limit (an entry is a few hundred bytes), whatever is staged.
+    pub const LIST_PAGE_SIZE: usize = 1000;
+    pub const MAX_LIST_PAGE_SIZE: usize = 5000;
+
+    /// The page size to use when a caller asks for `asked` (0: the default).
+    pub fn list_page_size(asked: u32) -> usize {
+        match asked {
+            0 => LIST_PAGE_SIZE,
+            n => (n as usize).min(MAX_LIST_PAGE_SIZE),
+        }
+    }
 }

@@ -186,14 +186,25 @@ impl Client {
     }
 
     pub async fn ls(&self) -> Result<(), Failure> {
-        let entries = self
-            .control
-            .clone()
-            .list(api::ListRequest {})
-            .await
-            .map_err(|s| self.failure("ls", s))?
-            .into_inner()
-            .entries;
+        let mut entries = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .control
+                .clone()
+                .list(api::ListRequest {
+                    page_token,
+                    page_size: fusestream_shared::limits::MAX_LIST_PAGE_SIZE as u32,
+                })
+                .await
+                .map_err(|s| self.failure("ls", s))?
+                .into_inner();
+            entries.extend(page.entries);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
         let rows: Vec<[String; 7]> = entries
             .iter()
             .map(|e| {

@@ -159,6 +159,28 @@ impl ControlService {
             .map(Response::into_inner)
     }
 
+    /// The names of all our entries in the mount, page by page.
+    async fn mount_entry_names(&self) -> Result<std::collections::HashSet<String>, Status> {
+        let mut names = std::collections::HashSet::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .mountd
+                .clone()
+                .list_entries(api::ListEntriesRequest {
+                    page_token,
+                    page_size: fusestream_shared::limits::MAX_LIST_PAGE_SIZE as u32,
+                })
+                .await?
+                .into_inner();
+            names.extend(page.entries.into_iter().map(|e| e.name));
+            if page.next_page_token.is_empty() {
+                return Ok(names);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
     fn mountd_identity(&self) -> MutexGuard<'_, Option<MountdIdentity>> {
         self.mountd_identity
             .lock()
@@ -175,10 +197,7 @@ impl ControlService {
                 .clone()
                 .get_status(api::GetStatusRequest {})
                 .await,
-            self.mountd
-                .clone()
-                .list_entries(api::ListEntriesRequest {})
-                .await,
+            self.mount_entry_names().await,
         ) else {
             return;
         };
@@ -192,12 +211,7 @@ impl ControlService {
         };
         let previous = self.mountd_identity().replace(current);
         let restarted = previous.is_some_and(|p| !p.same_as(&current));
-        let present: std::collections::HashSet<String> = listed
-            .into_inner()
-            .entries
-            .into_iter()
-            .map(|e| e.name)
-            .collect();
+        let present = listed;
         let names: Vec<String> = self.renewals().keys().cloned().collect();
         for name in names {
             if present.contains(&name) {
@@ -513,17 +527,23 @@ impl Control for ControlService {
 
     async fn list(
         &self,
-        _request: Request<api::ListRequest>,
+        request: Request<api::ListRequest>,
     ) -> Result<Response<api::ListResponse>, Status> {
-        let entries = self
+        let request = request.into_inner();
+        let page = self
             .mountd
             .clone()
-            .list_entries(api::ListEntriesRequest {})
+            .list_entries(api::ListEntriesRequest {
+                page_token: request.page_token,
+                page_size: request.page_size,
+            })
             .await
             .map_err(|s| self.mountd_error(s))?
-            .into_inner()
-            .entries;
-        Ok(Response::new(api::ListResponse { entries }))
+            .into_inner();
+        Ok(Response::new(api::ListResponse {
+            entries: page.entries,
+            next_page_token: page.next_page_token,
+        }))
     }
 
     async fn status(

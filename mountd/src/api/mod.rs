@@ -306,8 +306,13 @@ impl Mount for MountService {
         request: Request<api::ListEntriesRequest>,
     ) -> Result<Response<api::ListEntriesResponse>, Status> {
         let caller = caller(&request)?;
-        let entries = self.fs.entries(caller).into_iter().map(to_api).collect();
-        Ok(Response::new(api::ListEntriesResponse { entries }))
+        let request = request.into_inner();
+        let size = fusestream_shared::limits::list_page_size(request.page_size);
+        let (entries, next) = self.fs.entries_page(caller, &request.page_token, size);
+        Ok(Response::new(api::ListEntriesResponse {
+            entries: entries.into_iter().map(to_api).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
     }
 
     async fn update_url(

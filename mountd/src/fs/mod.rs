@@ -167,6 +167,10 @@ pub struct Status {
     pub uptime: Duration,
 }
 
+/// Entries looked at per hold of the namespace lock while listing (see
+/// [`Fs::entries_page`]).
+const LIST_WALK_BUDGET: usize = 1024;
+
 /// Why an entry could not be staged.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -644,14 +648,57 @@ impl Fs {
         Some(self.config.mountpoint.join(path))
     }
 
-    /// The entries `caller` may see.
-    pub fn entries(&self, caller: Caller) -> Vec<EntryInfo> {
-        let files = lock(&self.namespace).files();
-        files
+    /// Up to `limit` of the entries `caller` may see, in name order, after the entry
+    /// `after` ("" for the first); and the cursor for the next page, `None` after the last.
+    /// The namespace lock is held for at most [`LIST_WALK_BUDGET`] entries at a time,
+    /// however many are staged and however few of them are the caller's.
+    pub fn entries_page(
+        &self,
+        caller: Caller,
+        after: &str,
+        limit: usize,
+    ) -> (Vec<EntryInfo>, Option<String>) {
+        let mut found: Vec<(String, u64, Arc<Object>)> = Vec::new();
+        let mut cursor = after.to_string();
+        let next = loop {
+            let stopped_at = lock(&self.namespace).files_after(
+                &cursor,
+                LIST_WALK_BUDGET,
+                |path, ino, object| {
+                    if !caller.may_manage(object.uid) {
+                        return true;
+                    }
+                    if found.len() == limit {
+                        return false;
+                    }
+                    found.push((path.to_string(), ino, object.clone()));
+                    true
+                },
+            );
+            match stopped_at {
+                Some(at) if found.len() < limit => cursor = at,
+                // Full: the next page starts after the last entry returned.
+                Some(_) => break found.last().map(|(name, _, _)| name.clone()),
+                None => break None,
+            }
+        };
+        let entries = found
             .into_iter()
-            .filter(|(_, _, object)| caller.may_manage(object.uid))
             .map(|(name, ino, object)| self.info(name, ino, &object))
-            .collect()
+            .collect();
+        (entries, next)
+    }
+
+    /// Every entry `caller` may see, page by page (tests and small mounts).
+    #[cfg(test)]
+    pub fn entries(&self, caller: Caller) -> Vec<EntryInfo> {
+        let (mut all, mut next) = self.entries_page(caller, "", usize::MAX);
+        while let Some(after) = next {
+            let (more, then) = self.entries_page(caller, &after, usize::MAX);
+            all.extend(more);
+            next = then;
+        }
+        all
     }
 
     /// The owner of the file at `ino`, if it is one.
@@ -681,11 +728,12 @@ impl Fs {
     }
 
     pub fn status(&self) -> Status {
-        let files = lock(&self.namespace).files();
+        // Objects only (no paths), and the sums taken outside the lock.
+        let objects: Vec<Arc<Object>> = lock(&self.namespace).objects().cloned().collect();
         Status {
-            entries: files.len() as u32,
-            open_handles: files.iter().map(|(_, _, o)| o.open_handles()).sum(),
-            bytes_fetched: files.iter().map(|(_, _, o)| o.store.present_bytes()).sum(),
+            entries: objects.len() as u32,
+            open_handles: objects.iter().map(|o| o.open_handles()).sum(),
+            bytes_fetched: objects.iter().map(|o| o.store.present_bytes()).sum(),
             reads_waiting: self.reads.in_flight() as u32,
             uptime: self.started.elapsed(),
         }

@@ -75,6 +75,20 @@ impl Node {
     }
 }
 
+/// Where a walk of [`Namespace::files_after`] stands.
+struct Walk<'a, F> {
+    left: usize,
+    /// The path of the node being looked at.
+    path: String,
+    last: Option<String>,
+    visit: &'a mut F,
+}
+
+enum Flow {
+    Done,
+    Stopped,
+}
+
 #[derive(Debug)]
 pub struct Namespace {
     nodes: HashMap<u64, Node>,
@@ -266,11 +280,83 @@ impl Namespace {
         Some(names.join("/"))
     }
 
-    /// The staged files, with their names.
-    pub fn files(&self) -> Vec<(String, u64, Arc<Object>)> {
-        let mut out = Vec::new();
-        self.collect_files(ROOT_INO, "", &mut out);
-        out
+    /// The staged files' objects, in no order (no paths built: cheap for totals).
+    pub fn objects(&self) -> impl Iterator<Item = &Arc<Object>> {
+        self.nodes.values().filter_map(|n| match &n.kind {
+            NodeKind::File { object } if n.attached => Some(object),
+            _ => None,
+        })
+    }
+
+    /// Visits the staged files in path order (components compared bytewise: a folder's
+    /// files come together), starting after the file `after` ("" for the first), at most
+    /// `budget` of them, until `visit` says stop (the file it refused is not visited).
+    /// Returns the path of the last file visited if the walk stopped before the end (the
+    /// next call's `after`), `None` if it reached the end. A call costs O(depth x log
+    /// fan-out + budget), whatever the size of the tree, so callers page through a large
+    /// tree in short lock holds.
+    pub fn files_after(
+        &self,
+        after: &str,
+        budget: usize,
+        mut visit: impl FnMut(&str, u64, &Arc<Object>) -> bool,
+    ) -> Option<String> {
+        let cursor: Vec<&str> = after.split('/').filter(|c| !c.is_empty()).collect();
+        let mut walk = Walk {
+            left: budget,
+            path: String::new(),
+            last: None,
+            visit: &mut visit,
+        };
+        match self.walk_dir(ROOT_INO, &cursor, &mut walk) {
+            Flow::Stopped => Some(walk.last.unwrap_or_else(|| after.to_string())),
+            Flow::Done => None,
+        }
+    }
+
+    fn walk_dir<F: FnMut(&str, u64, &Arc<Object>) -> bool>(
+        &self,
+        dir: u64,
+        cursor: &[&str],
+        walk: &mut Walk<'_, F>,
+    ) -> Flow {
+        use std::ops::Bound;
+        let NodeKind::Dir { children } = &self.nodes[&dir].kind else {
+            return Flow::Done;
+        };
+        let from = cursor
+            .first()
+            .map_or(Bound::Unbounded, |c| Bound::Included(*c));
+        for (name, &ino) in children.range::<str, _>((from, Bound::Unbounded)) {
+            let resumes_here = cursor.first() == Some(&name.as_str());
+            let depth = walk.path.len();
+            if depth > 0 {
+                walk.path.push('/');
+            }
+            walk.path.push_str(name);
+            let flow = match &self.nodes[&ino].kind {
+                // The cursor's own file was visited by the previous call.
+                NodeKind::File { .. } if resumes_here && cursor.len() == 1 => Flow::Done,
+                NodeKind::File { object } => {
+                    if walk.left == 0 || !(walk.visit)(&walk.path, ino, object) {
+                        Flow::Stopped
+                    } else {
+                        walk.left -= 1;
+                        walk.last = Some(walk.path.clone());
+                        Flow::Done
+                    }
+                }
+                NodeKind::Dir { .. } => {
+                    let inner = if resumes_here { &cursor[1..] } else { &[][..] };
+                    self.walk_dir(ino, inner, walk)
+                }
+            };
+            walk.path.truncate(depth);
+            if let Flow::Stopped = flow {
+                return Flow::Stopped;
+            }
+        }
+        Flow::Done
     }
 
     /// The staged file at `name`.
@@ -282,22 +368,6 @@ impl Namespace {
         match &self.nodes[&ino].kind {
             NodeKind::File { object } => Some((ino, object.clone())),
             NodeKind::Dir { .. } => None,
-        }
-    }
-
-    fn collect_files(&self, dir: u64, prefix: &str, out: &mut Vec<(String, u64, Arc<Object>)>) {
-        if let NodeKind::Dir { children } = &self.nodes[&dir].kind {
-            for (name, &ino) in children {
-                let path = if prefix.is_empty() {
-                    name.clone()
-                } else {
-                    format!("{prefix}/{name}")
-                };
-                match &self.nodes[&ino].kind {
-                    NodeKind::File { object } => out.push((path, ino, object.clone())),
-                    NodeKind::Dir { .. } => self.collect_files(ino, &path, out),
-                }
-            }
         }
     }
 

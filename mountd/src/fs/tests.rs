@@ -547,3 +547,88 @@ fn readdir_pages_through_a_live_directory_without_losing_or_repeating_entries() 
     assert!(h.fs.readdir(fh, 12_345).unwrap().is_empty());
     assert_eq!(h.fs.readdir(fh + 1000, 0).err(), Some(FsError::BadHandle));
 }
+
+#[test]
+fn entry_listings_page_in_name_order_and_show_each_caller_only_its_own() {
+    let h = Harness::new();
+    let entry = |name: &str, uid: u32| NewEntry {
+        name: name.to_string(),
+        url: format!("{}/{name}", Remote::Healthy.origin()),
+        url_expires_unix: 0,
+        version: Version {
+            size: 10,
+            etag: String::new(),
+            last_modified: None,
+        },
+        source: name.to_string(),
+        owner: (uid, uid),
+        mode: 0o400,
+    };
+    let stage = |name: &str, uid| {
+        h.runtime
+            .block_on(h.fs.stage(entry(name, uid), false))
+            .unwrap();
+    };
+    // Bytewise per component: "a/..." before "a-" before "a.b", though '-' and '.' sort
+    // before '/' as whole strings.
+    let mut alice: Vec<String> = ["a.b", "a-", "b", "a/b", "a/c/d", "z/y/x/w"]
+        .map(String::from)
+        .to_vec();
+    for i in 0..300 {
+        alice.push(format!("d{}/f{i:03}", i % 7));
+    }
+    for name in &alice {
+        stage(name, 1000);
+    }
+    // Another user's entries, interleaved (more of them than a walk looks at per hold).
+    for i in 0..2 * LIST_WALK_BUDGET {
+        stage(&format!("d{}/m{i:05}", i % 5), 1001);
+    }
+    let order = |names: &mut Vec<String>| {
+        names.sort_by(|a, b| a.split('/').cmp(b.split('/')));
+    };
+    order(&mut alice);
+    let (alice_caller, mallory) = (Caller { uid: 1000 }, Caller { uid: 1001 });
+    let page = |caller, after: &str| {
+        let (entries, next) = h.fs.entries_page(caller, after, 7);
+        assert!(entries.len() <= 7);
+        let names: Vec<String> = entries.into_iter().map(|e| e.name).collect();
+        (names, next)
+    };
+    let mut listed = Vec::new();
+    let mut next = Some(String::new());
+    while let Some(after) = next {
+        let (names, then) = page(alice_caller, &after);
+        assert!(names.iter().all(|n| !n.contains("/m")), "only alice's");
+        listed.extend(names);
+        next = then;
+    }
+    assert_eq!(listed, alice, "every entry once, in order");
+
+    // Changes between pages: nothing present throughout is lost or repeated.
+    let (first, cursor) = page(alice_caller, "");
+    let cursor = cursor.unwrap();
+    let remove = |name: &str| h.runtime.block_on(h.fs.remove(name, alice_caller)).unwrap();
+    remove(&first[0]); // already listed
+    remove("z/y/x/w"); // not yet listed
+    stage("a/a", 1000); // before the cursor: not listed this time
+    stage("zz", 1000); // after it: listed
+    let mut rest = Vec::new();
+    let mut next = Some(cursor);
+    while let Some(after) = next {
+        let (names, then) = page(alice_caller, &after);
+        rest.extend(names);
+        next = then;
+    }
+    let mut expected: Vec<String> = alice[7..]
+        .iter()
+        .filter(|n| *n != "z/y/x/w")
+        .cloned()
+        .collect();
+    expected.push("zz".into());
+    assert_eq!(rest, expected);
+    // Mallory's listing pages through alice's entries without showing them.
+    let (names, _) = page(mallory, "");
+    assert_eq!(names.len(), 7);
+    assert!(names.iter().all(|n| n.contains("/m")));
+}
