@@ -252,3 +252,23 @@ fn channel_to(path: &Path, timeout: Duration, server_uid: Option<u32>) -> Channe
             }
         }))
 }
+
+/// Every item of a paged listing (Mount.ListEntries, Control.List: see
+/// `limits::LIST_PAGE_SIZE`): `page(token)` fetches the page after `token` ("" for the
+/// first) and returns its items and the next token, empty after the last page.
+pub async fn all_pages<T, F, Fut>(mut page: F) -> Result<Vec<T>, tonic::Status>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (items, next) = page(token).await?;
+        all.extend(items);
+        if next.is_empty() {
+            return Ok(all);
+        }
+        token = next;
+    }
+}

@@ -186,9 +186,7 @@ impl Client {
     }
 
     pub async fn ls(&self) -> Result<(), Failure> {
-        let mut entries = Vec::new();
-        let mut page_token = String::new();
-        loop {
+        let entries = fusestream_shared::grpc::all_pages(|page_token| async {
             let page = self
                 .control
                 .clone()
@@ -196,15 +194,12 @@ impl Client {
                     page_token,
                     page_size: fusestream_shared::limits::MAX_LIST_PAGE_SIZE as u32,
                 })
-                .await
-                .map_err(|s| self.failure("ls", s))?
+                .await?
                 .into_inner();
-            entries.extend(page.entries);
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            page_token = page.next_page_token;
-        }
+            Ok((page.entries, page.next_page_token))
+        })
+        .await
+        .map_err(|s| self.failure("ls", s))?;
         let rows: Vec<[String; 7]> = entries
             .iter()
             .map(|e| {

@@ -161,9 +161,7 @@ impl ControlService {
 
     /// The names of all our entries in the mount, page by page.
     async fn mount_entry_names(&self) -> Result<std::collections::HashSet<String>, Status> {
-        let mut names = std::collections::HashSet::new();
-        let mut page_token = String::new();
-        loop {
+        let entries = grpc::all_pages(|page_token| async {
             let page = self
                 .mountd
                 .clone()
@@ -173,12 +171,10 @@ impl ControlService {
                 })
                 .await?
                 .into_inner();
-            names.extend(page.entries.into_iter().map(|e| e.name));
-            if page.next_page_token.is_empty() {
-                return Ok(names);
-            }
-            page_token = page.next_page_token;
-        }
+            Ok((page.entries, page.next_page_token))
+        })
+        .await?;
+        Ok(entries.into_iter().map(|e| e.name).collect())
     }
 
     fn mountd_identity(&self) -> MutexGuard<'_, Option<MountdIdentity>> {

@@ -407,10 +407,9 @@ fn one_atomic_counts_handles_and_changes() {
     assert_eq!(count(HANDLE_CLOSED), HandleCount { open: 4, change: 0 });
 }
 
-#[test]
-fn entries_belong_to_their_stager_and_only_it_or_root_manages_them() {
-    let h = Harness::new();
-    let entry = |name: &str, uid: u32, mode: u16| NewEntry {
+/// A 10-byte entry of a healthy remote staged by `uid`.
+fn entry(name: &str, uid: u32, mode: u16) -> NewEntry {
+    NewEntry {
         name: name.to_string(),
         url: format!("{}/{name}", Remote::Healthy.origin()),
         url_expires_unix: 0,
@@ -422,7 +421,12 @@ fn entries_belong_to_their_stager_and_only_it_or_root_manages_them() {
         source: name.to_string(),
         owner: (uid, uid),
         mode,
-    };
+    }
+}
+
+#[test]
+fn entries_belong_to_their_stager_and_only_it_or_root_manages_them() {
+    let h = Harness::new();
     let (alice, mallory) = (Caller { uid: 1000 }, Caller { uid: 1001 });
     let stage = |e| h.runtime.block_on(h.fs.stage(e, true));
     stage(entry("alice.txt", 1000, 0o400)).unwrap();
@@ -551,22 +555,9 @@ fn readdir_pages_through_a_live_directory_without_losing_or_repeating_entries() 
 #[test]
 fn entry_listings_page_in_name_order_and_show_each_caller_only_its_own() {
     let h = Harness::new();
-    let entry = |name: &str, uid: u32| NewEntry {
-        name: name.to_string(),
-        url: format!("{}/{name}", Remote::Healthy.origin()),
-        url_expires_unix: 0,
-        version: Version {
-            size: 10,
-            etag: String::new(),
-            last_modified: None,
-        },
-        source: name.to_string(),
-        owner: (uid, uid),
-        mode: 0o400,
-    };
     let stage = |name: &str, uid| {
         h.runtime
-            .block_on(h.fs.stage(entry(name, uid), false))
+            .block_on(h.fs.stage(entry(name, uid, 0o400), false))
             .unwrap();
     };
     // Bytewise per component: "a/..." before "a-" before "a.b", though '-' and '.' sort
