@@ -5,12 +5,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
+use crate::fetch::parallelism::Gate;
 use crate::store::{BackingStore, ChunkRange};
-
-/// Fetches of one object that may run at once (the daemon-wide limit applies as well).
-const FETCHES_PER_OBJECT: usize = 4;
 
 /// The version of the remote object that reads are pinned to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +40,8 @@ pub struct Object {
     /// Permission bits in the mount (0400 unless the owner shared it, see `Sharing`).
     pub mode: u16,
     pub store: BackingStore,
-    /// Fetch slots of this object.
-    pub fetch_permits: Arc<Semaphore>,
+    /// How many fetches of this object run at once (adapted to its remote).
+    pub fetch_gate: Arc<Gate>,
     /// A plain leaf lock and a `Notify` rather than a `watch` channel: an entry's memory
     /// counts (100,000 staged entries), and a `watch` costs some 400 bytes more.
     temp_url: Mutex<TempUrl>,
@@ -75,7 +73,7 @@ impl Object {
             gid: owner.1,
             mode,
             store,
-            fetch_permits: Arc::new(Semaphore::new(FETCHES_PER_OBJECT)),
+            fetch_gate: Arc::default(),
             temp_url: Mutex::new(TempUrl {
                 url,
                 expires_unix: url_expires_unix,

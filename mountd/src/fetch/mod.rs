@@ -35,6 +35,7 @@
 //! one, within a read deadline shorter than the stall timeout; random faults).
 
 mod origins;
+pub mod parallelism;
 pub mod policy;
 pub mod source;
 
@@ -83,8 +84,10 @@ pub struct FetchConfig {
 impl Default for FetchConfig {
     fn default() -> Self {
         FetchConfig {
-            max_concurrent: 16,
-            per_origin: 8,
+            // Room for one object of a per-connection-capped remote to climb to its bound
+            // (`parallelism::MAX_STREAMS`) and for others beside it.
+            max_concurrent: 32,
+            per_origin: parallelism::MAX_STREAMS,
             max_prefetches: 4,
             stall_timeout: Duration::from_secs(10),
             max_attempts: 4,
@@ -218,9 +221,10 @@ impl FetchError {
     }
 }
 
-/// What a running attempt holds: a fetch slot of its object and one of its origin.
+/// What a running attempt holds: a place under its object's stream limit and a slot of
+/// its origin.
 struct Held {
-    _object: OwnedSemaphorePermit,
+    _object: parallelism::Pass,
     _origin: Slot,
     /// A prefetch's first attempt also holds one of the prefetch permits.
     _prefetch: Option<OwnedSemaphorePermit>,
@@ -348,7 +352,7 @@ impl Fetcher {
         let Ok(prefetch) = self.prefetch_permits.clone().try_acquire_owned() else {
             return false;
         };
-        let Ok(object_permit) = object.fetch_permits.clone().try_acquire_owned() else {
+        let Some(object_permit) = object.fetch_gate.try_enter() else {
             return false;
         };
         let Some(slot) = self.origins.try_acquire(&origin) else {
@@ -399,7 +403,7 @@ impl Fetcher {
     /// The slots for one attempt of a fetch of `object` from `origin`: the object's first
     /// (so one busy object can not hold its origin's slots idle), then the origin's.
     async fn acquire(&self, object: &Object, origin: &Origin) -> Option<Held> {
-        let object_permit = object.fetch_permits.clone().acquire_owned().await.ok()?;
+        let object_permit = object.fetch_gate.enter().await;
         let slot = self.origins.acquire(origin).await?;
         Some(Held {
             _object: object_permit,
@@ -563,6 +567,9 @@ impl Fetcher {
                 });
             };
             data.truncate((end - *next) as usize);
+            object
+                .fetch_gate
+                .received(data.len() as u64, Instant::now());
             object
                 .store
                 .write(*next, &data)

@@ -53,9 +53,18 @@ use fusestream_shared::telemetry::TraceParent;
 
 /// Attribute block size and the unit `statfs` reports in.
 pub const BLOCK_SIZE: u32 = 4096;
-/// Read-ahead window bounds for a sequential reader.
+/// Read-ahead window bounds for a sequential reader: the upper one grows with the
+/// streams the object's remote rewards (see `fetch::parallelism`): the window is refilled
+/// when half of it is consumed, so twice a fetch's worth per stream keeps every stream
+/// busy, and the climb sees them all used.
 const MIN_READAHEAD: u64 = 1 << 20;
 const MAX_READAHEAD: u64 = 64 << 20;
+const FETCH_BYTES: u64 = MAX_FETCH_CHUNKS * CHUNK_SIZE;
+
+/// The largest read-ahead window for an object fetched by up to `streams` at once.
+fn max_readahead(streams: usize) -> u64 {
+    MAX_READAHEAD.max((2 * streams as u64 + 2) * FETCH_BYTES)
+}
 /// Reads this close to where the last one ended still count as sequential (the kernel
 /// issues async reads slightly out of order).
 const SEQUENTIAL_SLACK: u64 = 1 << 20;
@@ -236,11 +245,12 @@ struct ReadAhead {
 }
 
 impl ReadAhead {
-    /// Records a read and returns how far ahead (byte offset) data should be fetched.
-    fn advance(&mut self, offset: u64, len: u32) -> u64 {
+    /// Records a read and returns how far ahead (byte offset) data should be fetched, the
+    /// window at most `max_window` bytes.
+    fn advance(&mut self, offset: u64, len: u32, max_window: u64) -> u64 {
         let end = offset + u64::from(len);
         if offset.abs_diff(self.next_offset) <= SEQUENTIAL_SLACK {
-            self.window = (self.window * 2).clamp(MIN_READAHEAD, MAX_READAHEAD);
+            self.window = (self.window * 2).clamp(MIN_READAHEAD, max_window);
         } else {
             self.window = 0;
         }
@@ -423,7 +433,8 @@ impl Fs {
             return;
         }
         let len = u64::from(size).min(object.size() - offset) as u32;
-        let readahead_end = lock(&handle.readahead).advance(offset, len);
+        let max_window = max_readahead(object.fetch_gate.limit());
+        let readahead_end = lock(&handle.readahead).advance(offset, len, max_window);
         // Fetches are parented on the read's place in the trace, and fetches already
         // running for these bytes (the read will share them) are linked now. The span is
         // let go of before the read can be answered (a read ends with its reply).

@@ -1,0 +1,424 @@
+//! How many fetches of one object run at once, adapted to what its remote gives.
+//!
+//! Object stores and CDNs cap each connection (tens of MB/s), so a sequential reader is
+//! served fastest by several ranged requests in parallel; a remote without such a cap (or
+//! a saturated link, disk or CPU) gains nothing from more streams, and every extra one
+//! costs a connection and contention on the store file. So each object climbs a hill:
+//! while its fetches use every stream the limit allows (the reader asks for at least what
+//! it gets), the bytes received in each epoch ([`EPOCH`]) are compared with the epoch
+//! before. A step up
+//! that brought at least half of what the new streams would bring at the old streams'
+//! average is kept and followed by another (doubling at first: a capped remote is climbed
+//! in a few epochs, within the first hundreds of MB; by a quarter once a doubling failed,
+//! to find a cap between); one that did not is undone. A step down that lost no more than
+//! half of what the removed streams carried on average is kept and followed by another
+//! (so a remote that got slower sheds streams); one that lost more is undone. After an
+//! undone step the limit holds for [`HOLD_EPOCHS`], then probes the other way. An epoch in
+//! which the streams were not all used (for at least three quarters of the bytes) says
+//! nothing about the remote and changes nothing.
+//!
+//! The bounds: [`MIN_STREAMS`]..=[`MAX_STREAMS`] per object; the per-origin and
+//! daemon-wide slots (`origins`) bound it further and keep other origins' share whatever
+//! one object climbs to.
+//!
+//! The climb is a pure state machine ([`Climb::epoch`]: no clock, no I/O), unit-tested
+//! below against model remotes; [`Gate`] applies its limit to an object's fetch attempts
+//! and feeds it what they receive. Locks: the gate's is a leaf, held for counter updates.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+/// Fetches of one object at once: where every object starts, and the bounds.
+pub const START_STREAMS: usize = 4;
+pub const MIN_STREAMS: usize = 2;
+pub const MAX_STREAMS: usize = 16;
+/// How long the bytes received are summed before the limit is judged. The epoch right
+/// after the limit moved is not judged: new streams are still connecting and the
+/// read-ahead window still growing, so it would undervalue them.
+pub const EPOCH: Duration = Duration::from_millis(200);
+/// Epochs the limit stays after a probe failed (or the bound was reached).
+pub const HOLD_EPOCHS: u32 = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// No measurement at the current limit yet.
+    Measure,
+    /// The limit just moved this way from `from`, where the rate was `rate`.
+    Probe {
+        direction: Direction,
+        from: usize,
+        rate: f64,
+    },
+    /// Holding for this many more epochs; then probe `next`.
+    Hold { left: u32, next: Direction },
+}
+
+/// The hill climb of one object's stream limit. Pure: fed one epoch at a time.
+#[derive(Debug, Clone)]
+pub struct Climb {
+    limit: usize,
+    phase: Phase,
+    /// A doubling failed once: steps up are a quarter from then on.
+    cautious: bool,
+}
+
+impl Default for Climb {
+    fn default() -> Self {
+        Climb {
+            limit: START_STREAMS,
+            phase: Phase::Measure,
+            cautious: false,
+        }
+    }
+}
+
+impl Climb {
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// One epoch ended in which `rate` (bytes/s) was received; `saturated` says whether
+    /// the fetches used every stream allowed through it. Returns the limit from now on.
+    pub fn epoch(&mut self, rate: f64, saturated: bool) -> usize {
+        if !saturated {
+            // The reader asked for no more than it got: nothing learned. A probe under
+            // way is judged again at the next queued epoch, against what it started from.
+            return self.limit;
+        }
+        match self.phase {
+            Phase::Measure => self.probe(Direction::Up, rate),
+            Phase::Probe {
+                direction,
+                from,
+                rate: before,
+            } => {
+                // What the streams added (or removed) would carry at the old average.
+                let share = before / from as f64 * from.abs_diff(self.limit) as f64;
+                let worth_it = match direction {
+                    Direction::Up => rate - before >= share / 2.0,
+                    Direction::Down => before - rate > share / 2.0,
+                };
+                match (direction, worth_it) {
+                    // Up paid off, or down cost little: go on the same way.
+                    (Direction::Up, true) => self.probe(Direction::Up, rate),
+                    (Direction::Down, false) => self.probe(Direction::Down, rate),
+                    // Up gained too little: undo, smaller steps up from now on, and probe
+                    // down next. Down lost too much: undo, and probe up next.
+                    (Direction::Up, false) => {
+                        self.limit = from;
+                        self.cautious = true;
+                        self.hold(Direction::Down);
+                    }
+                    (Direction::Down, true) => {
+                        self.limit = from;
+                        self.hold(Direction::Up);
+                    }
+                }
+            }
+            Phase::Hold { left, next } => {
+                if left > 1 {
+                    self.phase = Phase::Hold {
+                        left: left - 1,
+                        next,
+                    };
+                } else {
+                    self.probe(next, rate);
+                }
+            }
+        }
+        self.limit
+    }
+
+    /// Moves the limit `direction` (up: doubling, or a quarter once cautious; down: a
+    /// quarter), or holds at a bound.
+    fn probe(&mut self, direction: Direction, rate: f64) {
+        let from = self.limit;
+        let quarter = (from / 4).max(1);
+        let to = match direction {
+            Direction::Up if self.cautious => (from + quarter).min(MAX_STREAMS),
+            Direction::Up => (from * 2).min(MAX_STREAMS),
+            Direction::Down => from.saturating_sub(quarter).max(MIN_STREAMS),
+        };
+        if to == from {
+            let next = match direction {
+                Direction::Up => Direction::Down,
+                Direction::Down => Direction::Up,
+            };
+            self.hold(next);
+            return;
+        }
+        self.limit = to;
+        self.phase = Phase::Probe {
+            direction,
+            from,
+            rate,
+        };
+    }
+
+    fn hold(&mut self, next: Direction) {
+        self.phase = Phase::Hold {
+            left: HOLD_EPOCHS,
+            next,
+        };
+    }
+}
+
+#[derive(Debug)]
+struct GateState {
+    climb: Climb,
+    running: usize,
+    /// Attempts waiting for the limit now.
+    waiting: usize,
+    epoch_start: Instant,
+    epoch_bytes: u64,
+    /// Bytes of this epoch that arrived while every stream allowed was running.
+    epoch_saturated_bytes: u64,
+    /// The limit moved at the start of this epoch: it settles, unjudged.
+    settling: bool,
+}
+
+/// Applies an object's stream limit to its fetch attempts and feeds the climb.
+#[derive(Debug)]
+pub struct Gate {
+    state: Mutex<GateState>,
+    /// Woken when a stream ends or the limit grows.
+    room: Notify,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            state: Mutex::new(GateState {
+                climb: Climb::default(),
+                running: 0,
+                waiting: 0,
+                epoch_start: Instant::now(),
+                epoch_bytes: 0,
+                epoch_saturated_bytes: 0,
+                settling: false,
+            }),
+            room: Notify::new(),
+        }
+    }
+}
+
+/// One running attempt's place under the limit; dropping it frees the place.
+#[derive(Debug)]
+pub struct Pass(Arc<Gate>);
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        self.0.lock().running -= 1;
+        self.0.room.notify_waiters();
+    }
+}
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current limit (read-ahead sizes its window by it).
+    pub fn limit(&self) -> usize {
+        self.lock().climb.limit()
+    }
+
+    /// A place for one attempt, now if the limit allows. Never waits.
+    pub fn try_enter(self: &Arc<Self>) -> Option<Pass> {
+        let mut state = self.lock();
+        (state.running < state.climb.limit()).then(|| {
+            state.running += 1;
+            Pass(self.clone())
+        })
+    }
+
+    /// A place for one attempt, once the limit allows.
+    pub async fn enter(self: &Arc<Self>) -> Pass {
+        let mut counted = false;
+        loop {
+            // Registered before the check, so a place freed in between still wakes us.
+            let room = self.room.notified();
+            let mut room = std::pin::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if state.running < state.climb.limit() {
+                    state.running += 1;
+                    if counted {
+                        state.waiting -= 1;
+                    }
+                    return Pass(self.clone());
+                }
+                if !counted {
+                    state.waiting += 1;
+                    counted = true;
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// `bytes` arrived for one of the object's attempts at `now`. Ends the epoch (and
+    /// maybe moves the limit) when it has lasted [`EPOCH`]. Cheap; never waits.
+    pub fn received(&self, bytes: u64, now: Instant) {
+        let grew = {
+            let mut state = self.lock();
+            state.epoch_bytes += bytes;
+            if state.running >= state.climb.limit() || state.waiting > 0 {
+                state.epoch_saturated_bytes += bytes;
+            }
+            let elapsed = now.saturating_duration_since(state.epoch_start);
+            if elapsed < EPOCH {
+                return;
+            }
+            let rate = state.epoch_bytes as f64 / elapsed.as_secs_f64();
+            let saturated = state.epoch_saturated_bytes * 4 >= state.epoch_bytes * 3;
+            let before = state.climb.limit();
+            let after = if state.settling {
+                before
+            } else {
+                state.climb.epoch(rate, saturated)
+            };
+            state.settling = after != before;
+            if after != before {
+                tracing::debug!(from = before, to = after, rate, "fetch streams");
+            }
+            state.epoch_start = now;
+            state.epoch_bytes = 0;
+            state.epoch_saturated_bytes = 0;
+            after > before
+        };
+        if grew {
+            self.room.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    /// A remote that gives each stream at most `per_stream` and all together at most
+    /// `total` (bytes/s).
+    fn remote(per_stream: f64, total: f64) -> impl Fn(usize) -> f64 {
+        move |streams| (per_stream * streams as f64).min(total)
+    }
+
+    /// The limits over `epochs` queued epochs against `remote`.
+    fn climb(remote: impl Fn(usize) -> f64, epochs: usize) -> Vec<usize> {
+        let mut climb = Climb::default();
+        (0..epochs)
+            .map(|_| climb.epoch(remote(climb.limit()), true))
+            .collect()
+    }
+
+    #[test]
+    fn a_per_connection_cap_is_climbed_to_the_bound_in_a_few_epochs() {
+        let limits = climb(remote(40e6, f64::INFINITY), 40);
+        assert_eq!(&limits[..2], [8, 16], "doubling while each step pays");
+        assert!(limits[2..].iter().all(|&l| l >= 12), "{limits:?}");
+    }
+
+    #[test]
+    fn a_shared_bottleneck_keeps_few_streams() {
+        // One stream already gets everything (loopback, a saturated link).
+        let limits = climb(remote(1.5e9, 1.5e9), 60);
+        assert_eq!(limits[0], 8, "one probe up");
+        assert_eq!(limits[1], 4, "undone: it gained nothing");
+        assert!(
+            limits[20..].iter().all(|&l| l <= 4),
+            "probes down find fewer streams do as well: {limits:?}"
+        );
+        assert!(limits.contains(&MIN_STREAMS), "{limits:?}");
+    }
+
+    #[test]
+    fn a_cap_between_the_bounds_is_found_and_held() {
+        // Each stream 40 MB/s, but 400 MB/s at most: 10 streams are enough.
+        let limits = climb(remote(40e6, 400e6), 80);
+        let settled = &limits[20..];
+        assert!(
+            settled.iter().all(|&l| (8..=MAX_STREAMS).contains(&l)),
+            "{limits:?}"
+        );
+    }
+
+    #[test]
+    fn a_remote_that_slows_down_sheds_streams() {
+        let mut climb = Climb::default();
+        for _ in 0..10 {
+            climb.epoch(40e6 * climb.limit() as f64, true);
+        }
+        assert_eq!(climb.limit(), MAX_STREAMS);
+        // Now the remote's total is capped at what 3 streams get.
+        for _ in 0..100 {
+            let limit = climb.limit();
+            climb.epoch((40e6 * limit as f64).min(120e6), true);
+        }
+        assert!(climb.limit() <= 4, "{}", climb.limit());
+    }
+
+    #[test]
+    fn noisy_measurements_still_settle_where_the_remote_says() {
+        // Each epoch's rate off by up to 15% either way (a busy machine), fixed seed.
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut noise = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            0.85 + 0.3 * ((seed >> 11) as f64 / (1u64 << 53) as f64)
+        };
+        let mean = |limits: &[usize]| limits.iter().sum::<usize>() as f64 / limits.len() as f64;
+        let mut capped = Climb::default();
+        let limits: Vec<usize> = (0..400)
+            .map(|_| capped.epoch(40e6 * capped.limit() as f64 * noise(), true))
+            .collect();
+        assert!(mean(&limits[50..]) >= 10.0, "{limits:?}");
+        let mut shared = Climb::default();
+        let limits: Vec<usize> = (0..400)
+            .map(|_| shared.epoch(1.5e9 * noise(), true))
+            .collect();
+        assert!(mean(&limits[50..]) <= 5.0, "{limits:?}");
+    }
+
+    #[test]
+    fn epochs_without_a_queue_change_nothing() {
+        let mut climb = Climb::default();
+        for _ in 0..50 {
+            assert_eq!(climb.epoch(1e6, false), START_STREAMS);
+        }
+    }
+
+    #[test]
+    fn the_gate_admits_up_to_the_limit_and_wakes_waiters_as_places_free() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let gate = Arc::new(Gate::default());
+            let passes: Vec<Pass> = (0..START_STREAMS)
+                .map(|_| gate.try_enter().expect("within the limit"))
+                .collect();
+            assert!(gate.try_enter().is_none(), "full");
+            let mut waiter = Box::pin(gate.enter());
+            assert!((&mut waiter).now_or_never().is_none(), "waits");
+            assert_eq!(gate.lock().waiting, 1);
+            drop(passes);
+            let pass = waiter.await;
+            assert_eq!(gate.lock().waiting, 0);
+            assert_eq!(gate.lock().running, 1);
+            drop(pass);
+            assert_eq!(gate.lock().running, 0);
+        });
+    }
+}
