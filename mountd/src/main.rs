@@ -45,6 +45,11 @@ struct Args {
     /// bytes dropped.
     #[arg(long, default_value_t = fusestream_mountd::cache::DEFAULT_MAX_OPEN_STORES)]
     max_open_stores: usize,
+    /// Memory, in MiB, for what sequential readers are about to read: their fetched
+    /// chunks are kept there instead of the backing store until read (a file streamed once
+    /// is never written to disk); beyond it, chunks go to the backing store.
+    #[arg(long, default_value_t = 512)]
+    stream_memory_mib: u64,
     /// Seconds a read may wait for data before failing with ETIMEDOUT.
     #[arg(long, default_value_t = 30)]
     read_timeout: u64,
@@ -157,7 +162,12 @@ async fn run(args: Args, telemetry: &Telemetry) -> Result<(), String> {
 
     let runtime = tokio::runtime::Handle::current();
     let cache_max = (args.cache_max_mib > 0).then_some(args.cache_max_mib << 20);
-    let cache = Arc::new(Cache::new(&cache_dir, cache_max, args.max_open_stores));
+    let cache = Arc::new(Cache::new(
+        &cache_dir,
+        cache_max,
+        args.max_open_stores,
+        args.stream_memory_mib << 20,
+    ));
     tokio::spawn(cache.clone().run());
     let events = Arc::new(Events::default());
     let timers = Timers::start().map_err(|e| format!("starting the timer thread: {e}"))?;
