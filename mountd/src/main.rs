@@ -135,8 +135,7 @@ fn main() -> ExitCode {
 async fn run(args: Args, telemetry: &Telemetry) -> Result<(), String> {
     let mountpoint = &args.mountpoint;
     mount::prepare(mountpoint).map_err(|e| format!("mount point {}: {e}", mountpoint.display()))?;
-    let mountpoint = mountpoint
-        .canonicalize()
+    let mountpoint = mount::retry_if_stale(mountpoint, || mountpoint.canonicalize())
         .map_err(|e| format!("mount point {}: {e}", mountpoint.display()))?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(std::env::temp_dir);
     tempfile::tempfile_in(&cache_dir)
@@ -210,9 +209,11 @@ async fn run(args: Args, telemetry: &Telemetry) -> Result<(), String> {
         default: Duration::from_millis(args.stall_threshold_ms),
         per_kind: args.op_stall_thresholds.iter().copied().collect(),
     });
-    let adapter = FuseAdapter::new(fs.clone(), ops.clone());
-    let session = fuser::Session::new(adapter, &mountpoint, &config)
-        .map_err(|e| format!("mounting {}: {e}", mountpoint.display()))?;
+    let session = mount::retry_if_stale(&mountpoint, || {
+        let adapter = FuseAdapter::new(fs.clone(), ops.clone());
+        fuser::Session::new(adapter, &mountpoint, &config)
+    })
+    .map_err(|e| format!("mounting {}: {e}", mountpoint.display()))?;
     fs.set_kernel_cache(Arc::new(NotifierCache(session.notifier())));
     let (session_done_tx, session_done) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
