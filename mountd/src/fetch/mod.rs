@@ -694,6 +694,10 @@ impl Fetcher {
                 let ready = self.keep_in_memory(&object, first, whole)?;
                 owed.delivered_up_to(*next);
                 Self::answer(ready, *next == end);
+                if object.open_handles() == 0 {
+                    // Closed while this was on its way: no reader will consume it.
+                    object.store.drop_memory();
+                }
             }
         }
         Ok(())

@@ -1246,16 +1246,33 @@ mod shuttle_model {
 
     #[test]
     fn shuttle_park_complete_evict_and_interrupt_answer_once_with_fetched_bytes() {
+        check(Keep::File);
+    }
+
+    /// The same with the chunk kept in memory (a sequential stream), and the object
+    /// closed (its memory let go) at any point.
+    #[test]
+    fn shuttle_memory_chunks_answer_once_with_fetched_bytes() {
+        check(Keep::Memory);
+    }
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Keep {
+        File,
+        Memory,
+    }
+
+    fn check(keep: Keep) {
         let mut config = shuttle::Config::default();
         config.max_steps = shuttle::MaxSteps::FailAfter(100_000);
         let scheduler = shuttle::scheduler::RandomScheduler::new_from_seed(11, 1_000);
-        shuttle::Runner::new(scheduler, config).run(|| {
+        shuttle::Runner::new(scheduler, config).run(move || {
             let dir = tempfile::tempdir().unwrap();
             let home = std::sync::Arc::new(StoreHome {
                 dir: dir.path().to_path_buf(),
-                memory: StreamMemory::new(0),
+                memory: StreamMemory::new(SIZE),
             });
-            let store = Arc::new(BackingStore::new(home, SIZE));
+            let store = Arc::new(BackingStore::new(home.clone(), SIZE));
             let all = ChunkRange { first: 0, end: 1 };
             assert_eq!(store.prefetch(all), Some(all), "the fetch owns the chunk");
             let (r, rx) = reply();
@@ -1273,14 +1290,23 @@ mod shuttle_model {
             let fetcher = {
                 let store = store.clone();
                 thread::spawn(move || {
-                    store.open().unwrap();
-                    store.write(0, &[0xab; SIZE as usize]).unwrap();
-                    BackingStore::answer_all(store.complete(all));
+                    let completed = if keep == Keep::Memory {
+                        assert!(store.home().memory.try_take(SIZE));
+                        store.complete_in_memory(0, vec![Bytes::from(vec![0xab; SIZE as usize])])
+                    } else {
+                        store.open().unwrap();
+                        store.write(0, &[0xab; SIZE as usize]).unwrap();
+                        store.complete(all)
+                    };
+                    BackingStore::answer_all(completed);
                 })
             };
             let evictor = {
                 let store = store.clone();
-                thread::spawn(move || store.reset_if_idle(|| true))
+                thread::spawn(move || {
+                    store.reset_if_idle(|| true);
+                    store.drop_memory();
+                })
             };
             let interrupter = {
                 let read = read.clone();
@@ -1292,6 +1318,8 @@ mod shuttle_model {
             evictor.join().unwrap();
             let answers: Vec<Answer> = rx.try_iter().collect();
             assert_eq!(answers.len(), 1, "answered exactly once: {answers:?}");
+            drop(store);
+            assert_eq!(home.memory.used(), 0, "the budget comes back");
             match &answers[0] {
                 Ok(bytes) => assert_eq!(bytes, &[0xab; SIZE as usize], "only fetched bytes"),
                 Err(e) => assert_eq!(e, &FsError::Interrupted),
