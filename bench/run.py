@@ -1341,6 +1341,22 @@ http {{
                         self.problem(f"{name}: wrong bytes through the mount at {off * PAGE}")
         return out
 
+    def page_cache_write_cost(self):
+        """CPU-s (user + system) that `dd` takes to write 1 GiB of zeros into a new file on
+        the cache disk (deleted at once, never written back): what filling fresh page-cache
+        pages costs on this machine right now. On a VM it varies severalfold with the host's
+        memory state, and every byte the daemon stores or hands to a reader pays it."""
+        import resource
+        path = self.tmp / "fs-cache" / "page-cache-probe"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        try:
+            subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", "count=1024"],
+                           check=True, capture_output=True, timeout=self.timeout)
+        finally:
+            path.unlink(missing_ok=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
     def run_sustained(self):
         """Profile `sustained`: `--objects` files from nginx (no cap) read through the mount
         back to back, per run; curl reads each in the same run."""
@@ -1353,16 +1369,19 @@ http {{
             self.src_fds[name] = fd
         self.start_nginx()
         self.start_fusestream()
-        R = {"curl": [], "passes": []}
+        R = {"curl": [], "passes": [], "page_cache_write": []}
         for i in range(a.runs):
             R["curl"].append([self.curl_seq(f"http://127.0.0.1:{self.port}/{n}") for n in names])
             R["passes"].append(self.sustained_pass(names))
+            # After the pass, not before: it would warm the very pages the pass then uses.
+            R["page_cache_write"].append(self.page_cache_write_cost())
             gib = self.size / (1 << 30)
             log(f"run {i + 1}/{a.runs}: curl " + " ".join(f"{x:.0f}" for x in R["curl"][-1])
                 + " MB/s; FuseStream " + "  ".join(
                     f"{o['mbs']:.0f} MB/s {o['cpu'] / gib:.2f} CPU-s/GiB "
                     f"{o['write_bytes'] / gib / (1 << 20):.0f} MiB written/GiB"
-                    for o in R["passes"][-1]))
+                    for o in R["passes"][-1])
+                + f"; dd writing 1 GiB to the page cache: {R['page_cache_write'][-1]:.2f} CPU-s")
         if a.perf:
             log(f"one more pass recorded with perf (not in the medians): {a.perf}")
             R["perf_pass"] = self.sustained_pass(names, perf=a.perf)
@@ -1648,6 +1667,10 @@ def report_sustained(args, bench, R, started):
           + (" (no sync: --no-sync)" if args.no_sync else " and syncs") + ", then reads them with dd bs=1M with no pause; CPU = utime+stime of fusestream-mountd "
           "(/proc/PID/stat), written = its write_bytes (/proc/PID/io: pages it dirtied, "
           "cancelled = dropped before writeback), GETs and fetched bytes from its metrics.")
+    pcw = R["page_cache_write"]
+    print(f"reference, right after each run: dd writing 1 GiB of zeros into the page cache (the "
+          f"cache disk) took {min(pcw):.2f}-{max(pcw):.2f} CPU-s, median {median(pcw):.2f}: the "
+          f"machine's cost of filling fresh pages, paid by every byte stored or replied")
     if R.get("perf_top"):
         print(f"perf (one more pass, not in the medians), top self time of the mount daemon "
               f"(all: {args.perf}.top.txt; perf report -i {args.perf}):")
