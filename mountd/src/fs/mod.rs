@@ -65,9 +65,10 @@ const FETCH_BYTES: u64 = MAX_FETCH_CHUNKS * CHUNK_SIZE;
 fn max_readahead(streams: usize) -> u64 {
     MAX_READAHEAD.max((2 * streams as u64 + 2) * FETCH_BYTES)
 }
-/// Reads this close to where the last one ended still count as sequential (the kernel
-/// issues async reads slightly out of order).
+/// Reads this far past the furthest one, or this far behind it, still count as sequential
+/// (see `ReadAhead`).
 const SEQUENTIAL_SLACK: u64 = 1 << 20;
+const REORDER_SLACK: u64 = 32 << 20;
 /// Added to `Fs::handles` by an open (one more change, one more handle) and by a release
 /// (one more change, and, wrapping, one handle fewer).
 const HANDLE_OPENED: u64 = (1 << 32) + 1;
@@ -238,24 +239,34 @@ impl Cursors {
 }
 
 /// Sequential-read detection for one open handle.
+///
+/// The kernel reads ahead on its own (up to `--kernel-readahead-kib`) and hands those reads
+/// to several FUSE threads, so a sequential reader's reads arrive somewhat out of order: a
+/// read up to [`REORDER_SLACK`] behind the furthest one, or up to [`SEQUENTIAL_SLACK`]
+/// past it, continues the run. The window is anchored at the furthest read, and read-ahead
+/// starts there: what lies behind it was read already.
 #[derive(Debug, Default)]
 struct ReadAhead {
-    next_offset: u64,
+    /// The end of the furthest read of the current run.
+    furthest: u64,
     window: u64,
 }
 
 impl ReadAhead {
-    /// Records a read and returns how far ahead (byte offset) data should be fetched, the
-    /// window at most `max_window` bytes, and whether the reader is sequential.
-    fn advance(&mut self, offset: u64, len: u32, max_window: u64) -> (u64, bool) {
+    /// Records a read and returns the bytes to fetch ahead (the window at most
+    /// `max_window` bytes), and whether the reader is sequential.
+    fn advance(&mut self, offset: u64, len: u32, max_window: u64) -> (std::ops::Range<u64>, bool) {
         let end = offset + u64::from(len);
-        if offset.abs_diff(self.next_offset) <= SEQUENTIAL_SLACK {
+        let continues =
+            offset <= self.furthest + SEQUENTIAL_SLACK && offset + REORDER_SLACK >= self.furthest;
+        if continues {
             self.window = (self.window * 2).clamp(MIN_READAHEAD, max_window);
+            self.furthest = self.furthest.max(end);
         } else {
             self.window = 0;
+            self.furthest = end;
         }
-        self.next_offset = end;
-        (end + self.window, self.window > 0)
+        (self.furthest..self.furthest + self.window, self.window > 0)
     }
 }
 
@@ -434,7 +445,7 @@ impl Fs {
         }
         let len = u64::from(size).min(object.size() - offset) as u32;
         let max_window = max_readahead(object.fetch_gate.limit());
-        let (readahead_end, sequential) = lock(&handle.readahead).advance(offset, len, max_window);
+        let (readahead, sequential) = lock(&handle.readahead).advance(offset, len, max_window);
         // A sequential reader's bytes are kept in memory until read (see `store::memory`).
         let keep = if sequential { Keep::Memory } else { Keep::File };
         // Fetches are parented on the read's place in the trace, and fetches already
@@ -449,7 +460,7 @@ impl Fs {
         };
         let (plan, fetches) = object
             .store
-            .read(offset, len, readahead_end, &object.source, &read);
+            .read(offset, len, readahead, &object.source, &read);
         for &chunks in &fetches {
             self.fetcher.start(object.clone(), chunks, &cause, keep);
         }

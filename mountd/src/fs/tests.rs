@@ -623,3 +623,25 @@ fn entry_listings_page_in_name_order_and_show_each_caller_only_its_own() {
     assert_eq!(names.len(), 7);
     assert!(names.iter().all(|n| n.contains("/m")));
 }
+
+#[test]
+fn read_ahead_survives_reads_out_of_order_and_never_reaches_back() {
+    const MIB: u64 = 1 << 20;
+    let mut ahead = ReadAhead::default();
+    let max = 64 * MIB;
+    // As seen from the kernel: 1 MiB reads, the second and third swapped.
+    let mut last = 0..0;
+    for (i, at) in [0, 2, 1, 3, 4, 6, 5, 7].into_iter().enumerate() {
+        let (range, sequential) = ahead.advance(at * MIB, MIB as u32, max);
+        assert!(sequential, "read {i} at {at} MiB");
+        assert!(range.start >= last.start, "the window never moves back");
+        last = range;
+    }
+    assert_eq!(last.start, 8 * MIB, "anchored at the furthest read");
+    assert!(last.end - last.start >= 32 * MIB, "the window kept growing");
+    // A jump far away is random: no read-ahead, and a new run starts there.
+    let (range, sequential) = ahead.advance(900 * MIB, 4096, max);
+    assert!(!sequential && range.is_empty());
+    let (_, sequential) = ahead.advance(500 * MIB, 4096, max);
+    assert!(!sequential, "far behind is no continuation either");
+}

@@ -169,6 +169,10 @@ struct State {
     /// the chunk's bytes. A chunk is present if it is here or in the file.
     memory: BTreeMap<u64, Bytes>,
     inflight: ChunkSet,
+    /// The end (chunk index) of the furthest read so far: read-ahead planned for a read
+    /// that arrives after it (the kernel's reads of one stream come on several threads)
+    /// starts there, so chunks another read consumed meanwhile are not fetched again.
+    furthest_read: u64,
     parked: Vec<ParkedRead>,
     /// Set once reads can never succeed again; every read fails with it.
     poisoned: Option<FsError>,
@@ -367,6 +371,7 @@ impl BackingStore {
             state: Mutex::new(State {
                 stored: None,
                 memory: BTreeMap::new(),
+                furthest_read: 0,
                 inflight: ChunkSet::default(),
                 parked: Vec::new(),
                 poisoned: None,
@@ -515,14 +520,15 @@ impl BackingStore {
     }
 
     /// Starts a read of `len` bytes at `offset` (already clamped to the object size).
-    /// Chunks up to `readahead_end` (bytes) may be fetched ahead. Returns what to do with
+    /// Chunks in `readahead` (bytes; from the reader's furthest read on) may be fetched
+    /// ahead. Returns what to do with
     /// the read and the chunk ranges the caller must fetch (now marked in flight). `label`
     /// names the object in what a parked read says it waits for.
     pub fn read(
         &self,
         offset: u64,
         len: u32,
-        readahead_end: u64,
+        readahead: std::ops::Range<u64>,
         label: &str,
         read: &Arc<PendingRead>,
     ) -> (ReadPlan, Vec<ChunkRange>) {
@@ -532,7 +538,7 @@ impl BackingStore {
         if let Some(error) = &state.poisoned {
             return (ReadPlan::Failed(error.clone()), Vec::new());
         }
-        let fetches = self.plan_fetches(&mut state, needed, readahead_end);
+        let fetches = self.plan_fetches(&mut state, needed, readahead);
         let range = needed.first..needed.end;
         if let Some(source) = state.source_for(range.clone()) {
             self.consume(&mut state, offset, len);
@@ -569,22 +575,30 @@ impl BackingStore {
         Some(ChunkRange { first, end })
     }
 
-    /// Picks the missing chunks of `needed`, plus read-ahead up to `readahead_end` when the
+    /// Picks the missing chunks of `needed`, plus the missing ones of `readahead` when the
     /// fetched frontier is less than half the read-ahead window ahead of the reader (so
     /// read-ahead goes out in large requests, not one chunk per read), and marks them in
-    /// flight. The chunks looked at are bounded by the read and the read-ahead window.
+    /// flight. Read-ahead never reaches back before `readahead.start`: what lies behind
+    /// the reader's furthest read was read already (a streamed chunk read is let go, and
+    /// must not be fetched again for a read that arrived out of order). The chunks looked
+    /// at are bounded by the read and the read-ahead window.
     fn plan_fetches(
         &self,
         state: &mut State,
         needed: ChunkRange,
-        readahead_end: u64,
+        readahead: std::ops::Range<u64>,
     ) -> Vec<ChunkRange> {
         let mut wanted: Vec<u64> = (needed.first..needed.end)
             .filter(|&i| state.missing(i))
             .collect();
-        let ra_end = readahead_end.min(self.size).div_ceil(CHUNK_SIZE);
-        if ra_end > needed.end {
-            let frontier = (needed.end..ra_end)
+        let ra_end = readahead.end.min(self.size).div_ceil(CHUNK_SIZE);
+        let mut ahead_from = needed.end.max(readahead.start / CHUNK_SIZE);
+        if state.furthest_read < ra_end {
+            ahead_from = ahead_from.max(state.furthest_read);
+        }
+        state.furthest_read = state.furthest_read.max(needed.end);
+        if ra_end > ahead_from {
+            let frontier = (ahead_from..ra_end)
                 .find(|&i| state.missing(i))
                 .unwrap_or(ra_end);
             if (frontier - needed.end) * 2 <= ra_end - needed.end {
@@ -924,12 +938,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store_in(&dir, 3 * CHUNK_SIZE + 10);
         let (r, rx) = pending();
-        let (plan, fetches) = store.read(CHUNK_SIZE - 2, 4, 0, "test", &r);
+        let (plan, fetches) = store.read(CHUNK_SIZE - 2, 4, 0..0, "test", &r);
         assert!(matches!(plan, ReadPlan::Parked { .. }));
         assert_eq!(fetches, [ChunkRange { first: 0, end: 2 }]);
         // A second reader of the same range shares the fetch.
         let (r2, rx2) = pending();
-        let (_, fetches2) = store.read(CHUNK_SIZE, 1, 0, "test", &r2);
+        let (_, fetches2) = store.read(CHUNK_SIZE, 1, 0..0, "test", &r2);
         assert!(fetches2.is_empty());
 
         fill(&store, ChunkRange { first: 1, end: 2 }, 7);
@@ -950,7 +964,7 @@ mod tests {
         fill(&store, ChunkRange { first: 1, end: 2 }, 1);
         assert_eq!(store.present_bytes(), CHUNK_SIZE + 10, "counted once");
         let (r, _rx) = pending();
-        let (plan, fetches) = store.read(CHUNK_SIZE, 10, 0, "test", &r);
+        let (plan, fetches) = store.read(CHUNK_SIZE, 10, 0..0, "test", &r);
         assert!(matches!(plan, ReadPlan::Ready(_)) && fetches.is_empty());
     }
 
@@ -963,7 +977,7 @@ mod tests {
             return;
         }
         let (r, _rx) = pending();
-        let (_, fetches) = store.read(i64::MAX as u64 - 10, 10, 0, "test", &r);
+        let (_, fetches) = store.read(i64::MAX as u64 - 10, 10, 0..0, "test", &r);
         assert_eq!(fetches.len(), 1);
         fill(&store, fetches[0], 1);
         assert_eq!(store.present_bytes(), CHUNK_SIZE - 1);
@@ -974,7 +988,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store_in(&dir, 200 * CHUNK_SIZE);
         let (r, _rx) = pending();
-        let (_, fetches) = store.read(0, 4096, 100 * CHUNK_SIZE, "test", &r);
+        let (_, fetches) = store.read(0, 4096, 0..100 * CHUNK_SIZE, "test", &r);
         assert_eq!(
             fetches,
             [
@@ -987,8 +1001,33 @@ mod tests {
         );
         // The next read is well inside the fetched frontier: no new requests.
         let (r, _rx) = pending();
-        let (_, fetches) = store.read(4096, 4096, 4096 + 100 * CHUNK_SIZE, "test", &r);
+        let (_, fetches) = store.read(4096, 4096, 0..4096 + 100 * CHUNK_SIZE, "test", &r);
         assert!(fetches.is_empty());
+    }
+
+    #[test]
+    fn a_late_read_of_a_stream_does_not_fetch_again_what_later_reads_consumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = home(&dir, 64 * CHUNK_SIZE);
+        let store = BackingStore::new(home.clone(), 64 * CHUNK_SIZE);
+        // Chunks 0..16 arrive in memory; the reads of 8..16 come first and consume them.
+        let (r, _rx) = pending();
+        let (_, fetches) = store.read(0, CHUNK_SIZE as u32, 0..16 * CHUNK_SIZE, "t", &r);
+        assert_eq!(fetches, [ChunkRange { first: 0, end: 16 }]);
+        assert!(home.memory.try_take(16 * CHUNK_SIZE));
+        let chunks = (0..16).map(|i| chunk_bytes(&store, i)).collect();
+        BackingStore::answer_all(store.complete_in_memory(0, chunks));
+        for i in 8..16 {
+            let (r, _rx) = pending();
+            let _ = store.read(i * CHUNK_SIZE, CHUNK_SIZE as u32, 0..0, "t", &r);
+        }
+        // The read of chunk 4 arrives late, its read-ahead window computed from chunk 5:
+        // chunks 8..16 were read (and let go), so read-ahead starts after them.
+        let (r, _rx) = pending();
+        let window = 5 * CHUNK_SIZE..24 * CHUNK_SIZE;
+        let (plan, fetches) = store.read(4 * CHUNK_SIZE, CHUNK_SIZE as u32, window, "t", &r);
+        assert!(matches!(plan, ReadPlan::Ready(_)));
+        assert!(fetches.iter().all(|f| f.first >= 16), "{fetches:?}");
     }
 
     #[test]
@@ -996,18 +1035,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store_in(&dir, 4 * CHUNK_SIZE);
         let (r, rx) = pending();
-        let (_, fetches) = store.read(0, 10, 0, "test", &r);
+        let (_, fetches) = store.read(0, 10, 0..0, "test", &r);
         store.open().unwrap(); // as the fetch does
         store.abandon(fetches[0], FsError::Fetch("reset".into()));
         assert_eq!(rx.try_recv().unwrap(), Err(FsError::Fetch("reset".into())));
         let (r, _rx) = pending();
-        let (_, again) = store.read(0, 10, 0, "test", &r);
+        let (_, again) = store.read(0, 10, 0..0, "test", &r);
         assert_eq!(again, fetches, "abandoned chunks are fetched again");
 
         store.poison(FsError::Changed("etag".into()));
         let (r, _rx) = pending();
         assert!(matches!(
-            store.read(0, 1, 0, "test", &r).0,
+            store.read(0, 1, 0..0, "test", &r).0,
             ReadPlan::Failed(FsError::Changed(_))
         ));
         // Released chunks leave nothing in flight: the poisoned store can be evicted.
@@ -1023,7 +1062,7 @@ mod tests {
         assert_eq!(store.prefetch(head), Some(head));
         assert_eq!(store.prefetch(head), None, "already in flight");
         let (r, rx) = pending();
-        let (plan, fetches) = store.read(0, 10, 0, "test", &r);
+        let (plan, fetches) = store.read(0, 10, 0..0, "test", &r);
         assert!(matches!(plan, ReadPlan::Parked { .. }) && fetches.is_empty());
         fill(&store, head, 9);
         assert_eq!(rx.try_recv().unwrap().unwrap(), vec![9; 10]);
@@ -1084,7 +1123,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store_in(&dir, CHUNK_SIZE);
         let (r, rx) = pending();
-        let (ReadPlan::Parked { .. }, fetches) = store.read(0, 1, 0, "test", &r) else {
+        let (ReadPlan::Parked { .. }, fetches) = store.read(0, 1, 0..0, "test", &r) else {
             panic!()
         };
         assert!(r.error(FsError::Interrupted));
@@ -1099,7 +1138,7 @@ mod tests {
         let store = store_in(&dir, CHUNK_SIZE);
         fill(&store, ChunkRange { first: 0, end: 1 }, 8);
         let (r, rx) = pending();
-        let (ReadPlan::Ready(file), _) = store.read(0, 16, 0, "test", &r) else {
+        let (ReadPlan::Ready(file), _) = store.read(0, 16, 0..0, "test", &r) else {
             panic!("present")
         };
         // Evicted between the judgement and the answer.
@@ -1110,7 +1149,7 @@ mod tests {
         // The next read finds nothing present and fetches again.
         let (r, _rx) = pending();
         assert!(matches!(
-            store.read(0, 16, 0, "test", &r).0,
+            store.read(0, 16, 0..0, "test", &r).0,
             ReadPlan::Parked { .. }
         ));
         // Busy (a fetch in flight, a read parked) or not idle by the caller's word: kept.
@@ -1127,7 +1166,7 @@ mod tests {
         let home = home(&dir, 3 * CHUNK_SIZE);
         let store = BackingStore::new(home.clone(), 4 * CHUNK_SIZE + 100);
         let (r, rx) = pending();
-        let (ReadPlan::Parked { .. }, fetches) = store.read(0, CHUNK_SIZE as u32, 0, "t", &r)
+        let (ReadPlan::Parked { .. }, fetches) = store.read(0, CHUNK_SIZE as u32, 0..0, "t", &r)
         else {
             panic!("nothing present")
         };
@@ -1135,7 +1174,7 @@ mod tests {
         // A parked read waiting for chunk 1 too keeps it from being let go.
         let (r2, rx2) = pending();
         let across = CHUNK_SIZE - 10;
-        let _ = store.read(across, 20, 0, "t", &r2);
+        let _ = store.read(across, 20, 0..0, "t", &r2);
         let chunks = vec![chunk_bytes(&store, 0), chunk_bytes(&store, 1)];
         assert!(home.memory.try_take(2 * CHUNK_SIZE));
         BackingStore::answer_all(store.complete_in_memory(0, chunks));
@@ -1148,11 +1187,11 @@ mod tests {
         // A read of chunk 0 again is fetched again; one to chunk 1's end lets it go.
         let (r, _rx) = pending();
         assert!(matches!(
-            store.read(0, 10, 0, "t", &r).0,
+            store.read(0, 10, 0..0, "t", &r).0,
             ReadPlan::Parked { .. }
         ));
         let (r, rx) = pending();
-        let (ReadPlan::Ready(source), _) = store.read(2 * CHUNK_SIZE - 8, 8, 0, "t", &r) else {
+        let (ReadPlan::Ready(source), _) = store.read(2 * CHUNK_SIZE - 8, 8, 0..0, "t", &r) else {
             panic!("present in memory")
         };
         assert!(!source.needs_file());
@@ -1171,7 +1210,7 @@ mod tests {
         let store = BackingStore::new(home.clone(), 3 * CHUNK_SIZE);
         // Chunk 0 in the file, chunk 1 in memory.
         let (r, _rx) = pending();
-        let (_, fetches) = store.read(0, 2 * CHUNK_SIZE as u32, 0, "t", &r);
+        let (_, fetches) = store.read(0, 2 * CHUNK_SIZE as u32, 0..0, "t", &r);
         assert_eq!(fetches, [ChunkRange { first: 0, end: 2 }]);
         store.open().unwrap();
         store.write(0, &chunk_bytes(&store, 0)).unwrap();
@@ -1185,18 +1224,18 @@ mod tests {
         // Read again across both, before anything is let go... it was consumed: so read
         // the file part alone and a fresh memory chunk.
         let (r, rx) = pending();
-        let (ReadPlan::Ready(source), _) = store.read(100, 200, 0, "t", &r) else {
+        let (ReadPlan::Ready(source), _) = store.read(100, 200, 0..0, "t", &r) else {
             panic!("in the file")
         };
         BackingStore::answer(&source, 100, 200, &r);
         assert_eq!(rx.try_recv().unwrap().unwrap(), expected(100, 200));
         // An unread memory chunk: dropped on close, or with the store.
         let (r, _rx) = pending();
-        let (_, fetches) = store.read(2 * CHUNK_SIZE, 10, 0, "t", &r);
+        let (_, fetches) = store.read(2 * CHUNK_SIZE, 10, 0..0, "t", &r);
         assert_eq!(fetches, [ChunkRange { first: 2, end: 3 }]);
         assert!(home.memory.try_take(CHUNK_SIZE));
         let (w, wx) = pending();
-        let _ = store.read(2 * CHUNK_SIZE + 20, 10, 0, "t", &w);
+        let _ = store.read(2 * CHUNK_SIZE + 20, 10, 0..0, "t", &w);
         BackingStore::answer_all(store.complete_in_memory(2, vec![chunk_bytes(&store, 2)]));
         assert_eq!(
             wx.try_recv().unwrap().unwrap(),
@@ -1214,7 +1253,7 @@ mod tests {
         assert!(!store.is_open(), "staging costs no descriptor");
         assert_eq!(store.reset_if_idle(|| true), None, "nothing to close");
         let (r, rx) = pending();
-        let (ReadPlan::Parked { .. }, fetches) = store.read(0, 8, 0, "test", &r) else {
+        let (ReadPlan::Parked { .. }, fetches) = store.read(0, 8, 0..0, "test", &r) else {
             panic!("nothing is present before a fetch")
         };
         assert!(store.open().unwrap(), "the first fetch opens it");
@@ -1226,7 +1265,7 @@ mod tests {
         // Reopened empty: what was present is fetched again.
         let (r, _rx) = pending();
         assert!(matches!(
-            store.read(0, 8, 0, "test", &r),
+            store.read(0, 8, 0..0, "test", &r),
             (ReadPlan::Parked { .. }, f) if f == fetches
         ));
     }
@@ -1282,7 +1321,8 @@ mod shuttle_model {
                 let (store, read) = (store.clone(), read.clone());
                 thread::spawn(move || {
                     // Parked, or a fresh fetch it would start: the interrupt answers it.
-                    if let (ReadPlan::Ready(file), _) = store.read(0, SIZE as u32, 0, "m", &read) {
+                    if let (ReadPlan::Ready(file), _) = store.read(0, SIZE as u32, 0..0, "m", &read)
+                    {
                         BackingStore::answer(&file, 0, SIZE as u32, &read);
                     }
                 })
