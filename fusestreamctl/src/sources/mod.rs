@@ -18,7 +18,7 @@ use std::sync::Arc;
 use fusestream_shared::api::ObjectVersion;
 use thiserror::Error;
 
-use crate::config::{Config, ConfigError, RemoteConfig};
+use crate::config::{Config, ConfigError, RemoteConfig, is_remote_name};
 
 /// How a staged entry's URL is renewed.
 #[derive(Debug, Clone)]
@@ -124,14 +124,6 @@ impl Remotes {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)
     }
-}
-
-/// True for names a remote may have (letters, digits, '-', '_').
-pub fn is_remote_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// A source, resolved.
