@@ -33,9 +33,10 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
+use fusestream_shared::clock::unix_now;
 use fusestream_shared::listen::{self, HEADER_READ_TIMEOUT, Limits};
 use hmac::{Hmac, Mac};
 use http::{Method, Request, Response, StatusCode, header};
@@ -205,12 +206,6 @@ fn etag_of(meta: &std::fs::Metadata) -> String {
     )
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 impl LocalSource {
     /// Binds the file server on 127.0.0.1 (an ephemeral port) and starts serving.
     pub async fn start(url_lifetime: Duration) -> std::io::Result<LocalSource> {
@@ -284,15 +279,11 @@ impl LocalSource {
                  anew if it is the file you want)"
             )));
         }
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.serve(Served::File {
+            path: canonical.clone(),
+            identity,
+        });
         let etag = etag_of(&meta);
-        self.files().insert(
-            id,
-            Served::File {
-                path: canonical.clone(),
-                identity,
-            },
-        );
         let (url, url_expires_unix) = self.sign(id);
         Ok(Resolved {
             url,
@@ -312,10 +303,27 @@ impl LocalSource {
         })
     }
 
+    /// Serves again a file staged by an earlier run (its canonical path and pinned
+    /// identity, as saved) without opening it now: every request checks that it is still
+    /// that file, reached without a symlink. So taking up 100,000 saved entries at start
+    /// costs no I/O and no descriptor.
+    pub fn register_pinned(&self, path: PathBuf, identity: FileIdentity) -> super::Renewal {
+        let id = self.serve(Served::File {
+            path: path.clone(),
+            identity,
+        });
+        super::Renewal::Local { id, path, identity }
+    }
+
     /// Serves `proxy` under a new id.
     pub fn register_proxy(&self, proxy: Proxy) -> u64 {
+        self.serve(Served::Proxy(Arc::new(proxy)))
+    }
+
+    /// Serves `served` under a new id.
+    fn serve(&self, served: Served) -> u64 {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        self.files().insert(id, Served::Proxy(Arc::new(proxy)));
+        self.files().insert(id, served);
         id
     }
 
