@@ -29,7 +29,7 @@ use super::state::{Intent, Loaded, MountdIdentity, Saved, SavedEntry, Store};
 use super::tracking::{Intended, Staged, Tracked, Tracking};
 use crate::power::{PowerManager, PowerState};
 use crate::sources::http::HttpSource;
-use crate::sources::local::LocalSource;
+use crate::sources::local::SignedUrlServer;
 use crate::sources::{self, Remote, Remotes, Renewal, SourceError, SourceKind};
 
 /// Calls to the mount daemon (or a remote) in flight at once for work over many entries.
@@ -69,7 +69,7 @@ pub struct ToStage {
 pub struct ControlService {
     config: ServeConfig,
     bound: Bound,
-    local: LocalSource,
+    local: SignedUrlServer,
     http: HttpSource,
     /// The mount daemon; calls carry the trace context of the RPC that makes them.
     mountd: MountClient<TracedChannel>,
@@ -95,7 +95,7 @@ impl ControlService {
     pub fn new(
         config: ServeConfig,
         bound: Bound,
-        local: LocalSource,
+        local: SignedUrlServer,
         http: HttpSource,
         remotes: Remotes,
         mountd: Channel,

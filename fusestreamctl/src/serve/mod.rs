@@ -26,7 +26,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::config::Config;
 use crate::sources::Remotes;
 use crate::sources::http::HttpSource;
-use crate::sources::local::LocalSource;
+use crate::sources::local::SignedUrlServer;
 use control::ControlService;
 
 #[derive(Debug, Clone)]
@@ -83,7 +83,7 @@ pub async fn run(config: ServeConfig, telemetry: &Telemetry) -> Result<(), Strin
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let local = LocalSource::start(config.url_lifetime)
+    let local = SignedUrlServer::start(config.url_lifetime)
         .await
         .map_err(|e| format!("local file server: {e}"))?;
     let http = HttpSource::new().map_err(|e| format!("HTTP client: {e}"))?;

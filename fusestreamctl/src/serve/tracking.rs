@@ -23,7 +23,7 @@ use fusestream_shared::api;
 
 use super::state::{Change, Intent, Saved, SavedEntry, Store, StoreError};
 use crate::sources::Renewal;
-use crate::sources::local::LocalSource;
+use crate::sources::local::SignedUrlServer;
 
 /// An entry the control plane staged and renews: how its URL is renewed, who besides its
 /// stager may read it (restaged with the same), and when its URL expires.
@@ -100,11 +100,11 @@ impl Index {
 pub struct Tracking {
     index: Mutex<Index>,
     store: Store,
-    local: LocalSource,
+    local: SignedUrlServer,
 }
 
 impl Tracking {
-    pub fn new(store: Store, local: LocalSource) -> Tracking {
+    pub fn new(store: Store, local: SignedUrlServer) -> Tracking {
         Tracking {
             index: Mutex::default(),
             store,

@@ -1,7 +1,7 @@
 //! Resolving what the user stages into what the mount daemon needs: a temp URL and the
 //! object version it is pinned to.
 //!
-//! Sources: an absolute local path (served by [`local::LocalSource`]), an `http://` /
+//! Sources: an absolute local path (served by [`local::SignedUrlServer`]), an `http://` /
 //! `https://` URL (fetched directly), or `REMOTE:path` for a remote named in the config
 //! (Swift TempURLs, S3 presigned URLs). Errors are one type, [`SourceError`], mapped to
 //! gRPC status in one place.
@@ -89,7 +89,7 @@ impl Remotes {
     pub fn from_config(
         config: &Config,
         client: &reqwest::Client,
-        local: &local::LocalSource,
+        local: &local::SignedUrlServer,
     ) -> Result<Remotes, ConfigError> {
         let mut remotes = BTreeMap::new();
         for (name, remote) in &config.remotes {
