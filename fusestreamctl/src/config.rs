@@ -181,11 +181,7 @@ impl Config {
             )));
         }
         for name in config.remotes.keys() {
-            let valid = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-            if !valid {
+            if !is_remote_name(name) {
                 return Err(file_error(format!(
                     "remote name {name:?}: use letters, digits, '-' and '_'"
                 )));
@@ -193,6 +189,15 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// True for names a remote may have (letters, digits, '-', '_'): the one rule the config,
+/// `REMOTE:path` sources and the CLI apply.
+pub fn is_remote_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// A parse error of the config `text` as one line that shows no part of the file: toml's

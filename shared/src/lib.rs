@@ -1,5 +1,5 @@
 //! Code both FuseStream daemons use: the generated gRPC API, the rules for entry names,
-//! URL redaction, gRPC serving/connecting over Unix sockets, default paths and the checks
+//! the wall clock in Unix seconds, URL redaction, gRPC serving/connecting over Unix sockets, default paths and the checks
 //! of private dirs, readiness notification, telemetry (logs, spans, trace context), the
 //! metrics endpoint, and the pieces of the privilege boundary (SECURITY.md): the API token
 //! (`auth`), per-uid connection caps and timeouts on every listener (`listen`), and
@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod clock;
 pub mod grpc;
 pub mod http;
 pub mod listen;

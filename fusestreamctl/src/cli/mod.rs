@@ -446,10 +446,7 @@ fn absolute_source(source: &str) -> Result<String, Failure> {
     }
     // REMOTE:path, unless a local file of that name exists.
     if let Some((remote, _)) = source.split_once(':')
-        && !remote.is_empty()
-        && remote
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && crate::config::is_remote_name(remote)
         && !std::path::Path::new(source).exists()
     {
         return Ok(source.to_string());

@@ -1,32 +1,49 @@
 //! The `fusestream.v1.Control` service.
+//!
+//! Staging resolves a source, then hands it to the mount daemon through [`ControlService::
+//! stage_all`], the one path every stage takes (a single `Stage`, a restage after the
+//! mount daemon restarted, a batch): intents saved, the mount daemon asked, the accepted
+//! entries tracked (see `tracking`), each answered once its entry is committed. Work over
+//! many entries (renewal, reconcile, restaging) runs with bounded concurrency, so 100,000
+//! entries cost neither 100,000 tasks nor a serial crawl.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fusestream_shared::api::mount_event::Event;
 use fusestream_shared::api::{self, control_server::Control, mount_client::MountClient};
+use fusestream_shared::clock::unix_now;
 use fusestream_shared::grpc::{self, TracedChannel};
 use fusestream_shared::names;
+use futures_util::stream::{self, StreamExt};
+use std::future::Future;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use super::ServeConfig;
 use fusestream_shared::limits::MAX_OBJECT_SIZE;
 
-use super::state::{MountdIdentity, Saved, SavedEntry, Saver, State};
+use super::state::{Intent, Loaded, MountdIdentity, Saved, SavedEntry, Store};
+use super::tracking::{Intended, Staged, Tracked, Tracking};
 use crate::power::{PowerManager, PowerState};
 use crate::sources::http::HttpSource;
-use crate::sources::local::LocalSource;
-use crate::sources::{self, Remote, Remotes, Renewal, SourceKind};
+use crate::sources::local::SignedUrlServer;
+use crate::sources::{self, Remote, Remotes, Renewal, SourceError, SourceKind};
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+/// Calls to the mount daemon (or a remote) in flight at once for work over many entries.
+const CONCURRENCY: usize = 16;
+/// Runs `futures`, at most [`CONCURRENCY`] at once; their outputs in order. (The futures
+/// are made before, not by a closure of the stream: a stream holding a closure over
+/// borrowed items is not provably `Send` in the RPC handlers.)
+async fn bounded<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    stream::iter(futures).buffered(CONCURRENCY).collect().await
 }
+
+/// Entries handled per round of work over many (restaged: resolved, then handed to the
+/// mount daemon together; renewed): bounds the futures made at once.
+const CHUNK: usize = 1000;
 
 /// The addresses the control plane serves on besides its socket, as bound (a port 0
 /// asked for is resolved), for `Status`.
@@ -38,38 +55,29 @@ pub struct Bound {
     pub metrics: Option<SocketAddr>,
 }
 
-/// An entry the control plane staged and renews: how its URL is renewed, and who besides
-/// its stager may read it (restaged with the same).
-#[derive(Debug, Clone)]
-struct Tracked {
-    renewal: Renewal,
-    share: api::Sharing,
-}
-
-impl Tracked {
-    /// What is saved of it, if anything is (see `state`).
-    fn saved(&self) -> Option<SavedEntry> {
-        Some(SavedEntry {
-            source: Saved::of(&self.renewal)?,
-            share: self.share.into(),
-        })
-    }
+/// A resolved source to stage as `name`.
+pub struct ToStage {
+    pub name: String,
+    pub resolved: sources::Resolved,
+    pub share: api::Sharing,
+    pub replace: bool,
 }
 
 pub struct ControlService {
     config: ServeConfig,
     bound: Bound,
-    local: LocalSource,
+    local: SignedUrlServer,
     http: HttpSource,
     /// The mount daemon; calls carry the trace context of the RPC that makes them.
     mountd: MountClient<TracedChannel>,
     remotes: Remotes,
-    /// How to renew the URL of each staged entry that has one that expires, by name (and,
-    /// for local files, what to stop serving on unstage). Persisted by `saver`.
-    renewals: Arc<Mutex<HashMap<String, Tracked>>>,
+    /// The entries staged and renewed, in memory and in the state store.
+    tracking: Tracking,
     /// The mount daemon the entries are staged on (saved, to tell a restart apart).
-    mountd_identity: Arc<Mutex<Option<MountdIdentity>>>,
-    saver: Saver,
+    mountd_identity: Mutex<Option<MountdIdentity>>,
+    /// Stages a previous run had asked of the mount daemon without seeing the answer:
+    /// settled at the first reconcile.
+    leftover_intents: Mutex<Vec<(u64, Intent)>>,
     /// Sleep inhibition, fed from the mount daemon's handle events.
     power: PowerManager,
     started: Instant,
@@ -84,56 +92,31 @@ impl ControlService {
     pub fn new(
         config: ServeConfig,
         bound: Bound,
-        local: LocalSource,
+        local: SignedUrlServer,
         http: HttpSource,
         remotes: Remotes,
         mountd: Channel,
-        state_file: PathBuf,
+        store: Store,
     ) -> ControlService {
-        let renewals: Arc<Mutex<HashMap<String, Tracked>>> = Arc::default();
-        let mountd_identity: Arc<Mutex<Option<MountdIdentity>>> = Arc::default();
         let power = PowerManager::start(config.power);
         ControlService {
             config,
             bound,
+            tracking: Tracking::new(store, local.clone()),
             local,
             http,
             mountd: MountClient::new(grpc::traced(mountd)),
             remotes,
-            saver: Saver::start(
-                state_file,
-                Box::new({
-                    let (renewals, identity) = (renewals.clone(), mountd_identity.clone());
-                    move || State {
-                        entries: renewals
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .iter()
-                            .filter_map(|(n, t)| Some((n.clone(), t.saved()?)))
-                            .collect(),
-                        mountd: *identity.lock().unwrap_or_else(|e| e.into_inner()),
-                    }
-                }),
-            ),
-            renewals,
-            mountd_identity,
+            mountd_identity: Mutex::default(),
+            leftover_intents: Mutex::default(),
             power,
             started: Instant::now(),
         }
     }
 
-    fn renewals(&self) -> MutexGuard<'_, HashMap<String, Tracked>> {
-        self.renewals.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Hands a resolved source to the mount daemon as entry `name`, readable as `share` says.
-    async fn add_to_mount(
-        &self,
-        name: &str,
-        resolved: &sources::Resolved,
-        replace: bool,
-        share: api::Sharing,
-    ) -> Result<api::AddEntryResponse, Status> {
+    async fn add_to_mount(&self, entry: &ToStage) -> Result<api::AddEntryResponse, Status> {
+        let resolved = &entry.resolved;
         let size = resolved.version.size;
         if size > MAX_OBJECT_SIZE {
             return Err(Status::invalid_argument(format!(
@@ -143,24 +126,97 @@ impl ControlService {
         }
         let add = api::AddEntryRequest {
             entry: Some(api::EntrySpec {
-                name: name.to_string(),
+                name: entry.name.clone(),
                 url: resolved.url.clone(),
                 url_expires_unix: resolved.url_expires_unix,
                 version: Some(resolved.version.clone()),
                 source: resolved.display.clone(),
-                share: share.into(),
+                share: entry.share.into(),
             }),
-            replace,
+            replace: entry.replace,
         };
         self.mountd
             .clone()
             .add_entry(add)
             .await
             .map(Response::into_inner)
+            .map_err(|s| self.mountd_error(s))
     }
 
-    /// The names of all our entries in the mount, page by page.
-    async fn mount_entry_names(&self) -> Result<std::collections::HashSet<String>, Status> {
+    /// Hands many resolved sources to the mount daemon; an answer per entry, in order.
+    /// (Where a batch call to the mount daemon replaces the calls one by one.)
+    async fn add_all_to_mount(
+        &self,
+        batch: &[ToStage],
+    ) -> Vec<Result<api::AddEntryResponse, Status>> {
+        bounded(batch.iter().map(|entry| self.add_to_mount(entry)).collect()).await
+    }
+
+    /// Stages resolved sources: saves the intents, asks the mount daemon, tracks (and
+    /// saves) what it accepted; an answer per entry, in order, each given only once its
+    /// entry is committed to the state store. What the mount daemon refused stops being
+    /// served. The one path of every stage, one or many.
+    pub async fn stage_all(
+        &self,
+        batch: Vec<ToStage>,
+    ) -> Vec<Result<api::AddEntryResponse, Status>> {
+        let intended: Vec<Intended<'_>> = batch
+            .iter()
+            .map(|e| Intended {
+                name: &e.name,
+                renewal: &e.resolved.renewal,
+                share: e.share,
+                version: &e.resolved.version,
+            })
+            .collect();
+        let intents = match self.tracking.intend_all(&intended).await {
+            Ok(intents) => intents,
+            Err(e) => {
+                let status = Status::unavailable(format!("not staged: {e}"));
+                return batch
+                    .into_iter()
+                    .map(|entry| {
+                        self.tracking.forget(entry.resolved.renewal);
+                        Err(status.clone())
+                    })
+                    .collect();
+            }
+        };
+        let answers = self.add_all_to_mount(&batch).await;
+        let mut staged = Vec::new();
+        let mut refused = Vec::new();
+        let mut results = Vec::with_capacity(batch.len());
+        for ((entry, intent), answer) in batch.into_iter().zip(intents).zip(answers) {
+            if answer.is_ok() {
+                staged.push(Staged {
+                    name: entry.name,
+                    tracked: Tracked {
+                        renewal: entry.resolved.renewal,
+                        share: entry.share,
+                        url_expires_unix: entry.resolved.url_expires_unix,
+                    },
+                    intent,
+                });
+            } else {
+                self.tracking.forget(entry.resolved.renewal);
+                refused.push(intent);
+            }
+            results.push(answer);
+        }
+        self.tracking.abandon(refused);
+        if let Err(e) = self.tracking.track_all(staged).await {
+            let status = Status::internal(format!(
+                "staged, but not saved (not taken up again after the control plane restarts): {e}"
+            ));
+            for result in results.iter_mut().filter(|r| r.is_ok()) {
+                *result = Err(status.clone());
+            }
+        }
+        results
+    }
+
+    /// All our entries in the mount, by name, page by page.
+    async fn mount_entries(&self) -> Result<HashMap<String, api::EntryInfo>, Status> {
         let entries = grpc::all_pages(|page_token| async {
             let page = self
                 .mountd
@@ -174,7 +230,7 @@ impl ControlService {
             Ok((page.entries, page.next_page_token))
         })
         .await?;
-        Ok(entries.into_iter().map(|e| e.name).collect())
+        Ok(entries.into_iter().map(|e| (e.name.clone(), e)).collect())
     }
 
     fn mountd_identity(&self) -> MutexGuard<'_, Option<MountdIdentity>> {
@@ -184,16 +240,17 @@ impl ControlService {
     }
 
     /// Brings the mount daemon in line with what we renew, once we (re)connect to it:
-    /// present entries get fresh URLs at once (it may have waited for us); missing ones are
-    /// staged again if the daemon restarted (it lost them), else they were unstaged while
-    /// we were away and are let go.
+    /// stages a previous run left unanswered are taken up if the daemon has them (else
+    /// dropped); present entries get fresh URLs at once (it may have waited for us);
+    /// missing ones are staged again if the daemon restarted (it lost them), else they
+    /// were unstaged while we were away and are let go.
     async fn reconcile(&self) {
         let (Ok(status), Ok(listed)) = (
             self.mountd
                 .clone()
                 .get_status(api::GetStatusRequest {})
                 .await,
-            self.mount_entry_names().await,
+            self.mount_entries().await,
         ) else {
             return;
         };
@@ -207,121 +264,216 @@ impl ControlService {
         };
         let previous = self.mountd_identity().replace(current);
         let restarted = previous.is_some_and(|p| !p.same_as(&current));
-        let present = listed;
-        let names: Vec<String> = self.renewals().keys().cloned().collect();
-        for name in names {
-            if present.contains(&name) {
-                self.renew(&name).await;
-            } else if restarted {
-                self.restage(&name).await;
-            } else {
-                let removed = self.renewals().remove(&name);
-                self.forget(removed.map(|t| t.renewal));
+        self.settle_leftover_intents(&listed, restarted).await;
+
+        let (mut present, mut missing) = (Vec::new(), Vec::new());
+        for name in self.tracking.names() {
+            match listed.get(&name) {
+                Some(entry) => {
+                    self.tracking.set_expiry(&name, entry.url_expires_unix);
+                    present.push(name);
+                }
+                None => missing.push(name),
             }
         }
-        self.saver.save().await;
+        let mut renewed = 0;
+        for chunk in present.chunks(CHUNK) {
+            let results = bounded(chunk.iter().map(|name| self.renew(name)).collect()).await;
+            renewed += results.into_iter().filter(|renewed| *renewed).count();
+        }
+        let (mut staged_again, let_go) = (0, if restarted { 0 } else { missing.len() });
+        if restarted {
+            for chunk in missing.chunks(CHUNK) {
+                staged_again += self.restage_all(chunk).await;
+            }
+        } else if let Err(e) = self.tracking.untrack_all(&missing).await {
+            tracing::warn!("letting go of entries unstaged meanwhile: {e}");
+        }
+        if let Err(e) = self.tracking.set_mountd(current).await {
+            tracing::warn!("saving the mount daemon's identity: {e}");
+        }
+        tracing::info!(
+            renewed,
+            staged_again,
+            let_go,
+            tracked = self.tracking.len(),
+            "reconciled with the mount daemon"
+        );
     }
 
-    /// Stages `name` again from its source (the mount daemon lost it).
-    async fn restage(&self, name: &str) {
-        let Some(Tracked { renewal, share }) = self.renewals().get(name).cloned() else {
+    fn leftover_intents(&self) -> MutexGuard<'_, Vec<(u64, Intent)>> {
+        self.leftover_intents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Settles the stages a previous run asked for without seeing the answer: one the
+    /// mount daemon shows (same name, ETag and size, on the same daemon) happened and is
+    /// tracked from now on; any other did not, and is dropped. So the store and the mount
+    /// agree after any crash.
+    async fn settle_leftover_intents(
+        &self,
+        listed: &HashMap<String, api::EntryInfo>,
+        restarted: bool,
+    ) {
+        let intents = std::mem::take(&mut *self.leftover_intents());
+        if intents.is_empty() {
             return;
-        };
-        let resolved = match &renewal {
-            Renewal::Never => return,
-            Renewal::Url { url } => self.http.resolve(url).await.map(|mut r| {
-                r.renewal = renewal.clone();
-                r
-            }),
-            Renewal::Local { path, identity, .. } => {
-                self.local.register(path, Some(*identity)).await
+        }
+        let (mut taken_up, mut dropped) = (Vec::new(), Vec::new());
+        for (id, intent) in intents {
+            let shown = listed
+                .get(&intent.name)
+                .filter(|e| !restarted && e.etag == intent.etag && e.size == intent.size);
+            match shown {
+                Some(entry) => match self.take_up(intent.entry).await {
+                    Ok(tracked) => taken_up.push(Staged {
+                        name: intent.name,
+                        tracked: Tracked {
+                            url_expires_unix: entry.url_expires_unix,
+                            ..tracked
+                        },
+                        intent: Some(id),
+                    }),
+                    Err(e) => {
+                        tracing::warn!(name = intent.name, "not taken up again: {e}");
+                        dropped.push(Some(id));
+                    }
+                },
+                None => dropped.push(Some(id)),
             }
-            Renewal::Remote { remote, path, .. } => {
-                remote.resolve(path, &self.http).await.map(|mut r| {
-                    r.renewal = renewal.clone();
-                    r
+        }
+        tracing::info!(
+            taken_up = taken_up.len(),
+            dropped = dropped.len(),
+            "settled the stages the last run left unanswered"
+        );
+        self.tracking.abandon(dropped);
+        if let Err(e) = self.tracking.track_all(taken_up).await {
+            tracing::warn!("saving the stages taken up: {e}");
+        }
+    }
+
+    /// Stages `names` again from their sources (the mount daemon lost them); how many
+    /// were.
+    async fn restage_all(&self, names: &[String]) -> usize {
+        let resolved = bounded(
+            names
+                .iter()
+                .map(|name| async move {
+                    let tracked = self.tracking.get(name)?;
+                    match self.resolve_again(&tracked.renewal).await {
+                        Ok(resolved) => Some(ToStage {
+                            name: name.clone(),
+                            resolved,
+                            share: tracked.share,
+                            replace: false,
+                        }),
+                        Err(e) => {
+                            tracing::warn!(
+                                name,
+                                "could not stage again after the mount daemon restarted: {e}"
+                            );
+                            None
+                        }
+                    }
                 })
+                .collect(),
+        )
+        .await;
+        let batch: Vec<ToStage> = resolved.into_iter().flatten().collect();
+        let names: Vec<String> = batch.iter().map(|e| e.name.clone()).collect();
+        let mut staged = 0;
+        for (name, result) in names.iter().zip(self.stage_all(batch).await) {
+            match result {
+                Ok(_) => staged += 1,
+                Err(status) => tracing::warn!(
+                    name,
+                    "could not stage again after the mount daemon restarted: {}",
+                    status.message()
+                ),
             }
+        }
+        staged
+    }
+
+    /// Resolves the source of an entry again, as it was staged.
+    async fn resolve_again(&self, renewal: &Renewal) -> Result<sources::Resolved, SourceError> {
+        let resolved = match renewal {
+            Renewal::Never => {
+                return Err(SourceError::FailedPrecondition(
+                    "nothing to stage it again from".into(),
+                ));
+            }
+            Renewal::Url { url } => self.http.resolve(url).await,
+            Renewal::Local { path, identity, .. } => {
+                return self.local.register(path, Some(*identity)).await;
+            }
+            Renewal::Remote { remote, path, .. } => remote.resolve(path, &self.http).await,
         };
-        let result = match resolved {
-            Ok(resolved) => match self.add_to_mount(name, &resolved, false, share).await {
-                Ok(_) => {
-                    self.track(name, resolved.renewal, share).await;
-                    Ok(())
-                }
-                Err(status) => {
-                    if let Renewal::Local { id, .. } = resolved.renewal {
-                        self.local.unregister(id);
-                    }
-                    Err(status.message().to_string())
-                }
+        resolved.map(|r| sources::Resolved {
+            renewal: renewal.clone(),
+            ..r
+        })
+    }
+
+    /// What a saved entry is tracked as, taken up without touching its source (a local
+    /// file is checked on every request for it anyway).
+    async fn take_up(&self, entry: SavedEntry) -> Result<Tracked, SourceError> {
+        let renewal = match entry.source {
+            Saved::Local {
+                path,
+                identity: Some(identity),
+            } => self.local.register_pinned(path, identity),
+            // Saved before identities were: the file found now is pinned.
+            Saved::Local {
+                path,
+                identity: None,
+            } => self.local.register(&path, None).await?.renewal,
+            Saved::Url { url } => Renewal::Url { url },
+            Saved::Remote { remote, path } => Renewal::Remote {
+                remote: self.remotes.get(&remote)?,
+                name: remote,
+                path,
             },
-            Err(e) => Err(e.to_string()),
         };
-        match result {
-            Ok(()) => tracing::info!(name, "staged again after the mount daemon restarted"),
-            Err(e) => tracing::warn!(
-                name,
-                "could not stage again after the mount daemon restarted: {e}"
-            ),
-        }
-    }
-
-    /// Takes up the entries saved by an earlier run: their local files are served again
-    /// and their URLs are renewed once the mount daemon is reached (see `follow_events`).
-    pub async fn adopt(&self, saved: State) {
-        *self.mountd_identity() = saved.mountd;
-        for (name, SavedEntry { source, share }) in saved.entries {
-            let renewal = match source {
-                Saved::Local { path, identity } => match self.local.register(&path, identity).await
-                {
-                    Ok(resolved) => resolved.renewal,
-                    Err(e) => {
-                        tracing::warn!(name, "not taken up again: {e}");
-                        continue;
-                    }
-                },
-                Saved::Url { url } => Renewal::Url { url },
-                Saved::Remote { remote, path } => match self.remotes.get(&remote) {
-                    Ok(r) => Renewal::Remote {
-                        remote: r,
-                        name: remote,
-                        path,
-                    },
-                    Err(e) => {
-                        tracing::warn!(name, "not taken up again: {e}");
-                        continue;
-                    }
-                },
-            };
+        Ok(Tracked {
+            renewal,
             // An unknown sharing (a newer version's?) is read as private, never wider.
-            let share = api::Sharing::try_from(share).unwrap_or(api::Sharing::Private);
-            self.renewals().insert(name, Tracked { renewal, share });
-        }
-        self.saver.save().await;
+            share: api::Sharing::try_from(entry.share).unwrap_or(api::Sharing::Private),
+            url_expires_unix: 0,
+        })
     }
 
-    /// Records how `name` is renewed from now on and who may read it; the entry it
-    /// replaced stops being served.
-    async fn track(&self, name: &str, renewal: Renewal, share: api::Sharing) {
-        let replaced = {
-            let mut renewals = self.renewals();
-            match renewal {
-                Renewal::Never => renewals.remove(name),
-                renewal => renewals.insert(name.to_string(), Tracked { renewal, share }),
+    /// Takes up what an earlier run saved: its entries are served again and their URLs
+    /// renewed once the mount daemon is reached (see `follow_events`). Entries that can
+    /// not be (their remote is gone from the config) are let go.
+    pub async fn adopt(&self, saved: Loaded) {
+        let started = Instant::now();
+        *self.mountd_identity() = saved.mountd;
+        *self.leftover_intents() = saved.intents;
+        let mut adopted = Vec::with_capacity(saved.entries.len());
+        let mut let_go = Vec::new();
+        for (name, entry) in saved.entries {
+            match self.take_up(entry).await {
+                Ok(tracked) => adopted.push((name, tracked)),
+                Err(e) => {
+                    tracing::warn!(name, "not taken up again: {e}");
+                    let_go.push(name);
+                }
             }
-        };
-        self.forget(replaced.map(|t| t.renewal));
-        self.saver.save().await;
-    }
-
-    /// Stops serving a local file that is no longer staged.
-    fn forget(&self, renewal: Option<Renewal>) {
-        match renewal {
-            Some(Renewal::Local { id, .. }) => self.local.unregister(id),
-            Some(Renewal::Remote { remote, path, .. }) => remote.release(&path),
-            _ => {}
         }
+        let count = adopted.len();
+        self.tracking.adopt(adopted);
+        if let Err(e) = self.tracking.untrack_all(&let_go).await {
+            tracing::warn!("letting go of entries not taken up: {e}");
+        }
+        tracing::info!(
+            entries = count,
+            let_go = let_go.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "took up the saved entries"
+        );
     }
 
     /// Explains a failed call to the mount daemon: unreachable daemons say where they
@@ -341,15 +493,20 @@ impl ControlService {
         }
     }
 
-    /// Re-issues the URLs of local entries well before they expire, forever.
+    /// Re-issues URLs well before they expire, forever: each tick renews the entries
+    /// whose URL expires within two intervals (so a failed renewal is tried again before
+    /// expiry), and only those.
     pub async fn renew_urls(self: Arc<Self>) {
         let mut ticker = tokio::time::interval(self.config.renew_interval);
         ticker.tick().await;
+        let horizon = 2 * self.config.renew_interval.as_secs() as i64;
         loop {
             ticker.tick().await;
-            let names: Vec<String> = self.renewals().keys().cloned().collect();
-            for name in names {
-                self.renew(&name).await;
+            let due = self
+                .tracking
+                .expiring_before(unix_now() + horizon, usize::MAX);
+            for chunk in due.chunks(CHUNK) {
+                bounded(chunk.iter().map(|name| self.renew(name)).collect()).await;
             }
         }
     }
@@ -407,7 +564,7 @@ impl ControlService {
 
     /// Gives entry `name` a fresh URL. False if it has none to renew, or renewal failed.
     async fn renew(&self, name: &str) -> bool {
-        let Some(renewal) = self.renewals().get(name).map(|t| t.renewal.clone()) else {
+        let Some(renewal) = self.tracking.get(name).map(|t| t.renewal) else {
             return false;
         };
         let signed = match &renewal {
@@ -428,12 +585,15 @@ impl ControlService {
             url_expires_unix,
         };
         match self.mountd.clone().update_url(request).await {
-            Ok(_) => true,
+            Ok(_) => {
+                self.tracking.set_expiry(name, url_expires_unix);
+                true
+            }
             Err(status) if status.code() == Code::NotFound => {
                 // Unstaged behind our back (directly on the mount daemon, or it restarted).
-                let removed = self.renewals().remove(name);
-                self.forget(removed.map(|t| t.renewal));
-                self.saver.save().await;
+                if let Err(e) = self.tracking.untrack(name).await {
+                    tracing::warn!(name, "letting go of an entry unstaged meanwhile: {e}");
+                }
                 false
             }
             Err(status) => {
@@ -487,18 +647,15 @@ impl Control for ControlService {
                 resolved
             }
         };
-        let response = match self
-            .add_to_mount(&name, &resolved, request.replace, share)
-            .await
-        {
-            Ok(response) => response,
-            Err(status) => {
-                self.forget(Some(resolved.renewal));
-                return Err(self.mountd_error(status));
-            }
-        };
-        self.track(&name, resolved.renewal, share).await;
-        tracing::info!(name, source = %resolved.display, "staged");
+        let source = resolved.display.clone();
+        let staged = self.stage_all(vec![ToStage {
+            name: name.clone(),
+            resolved,
+            share,
+            replace: request.replace,
+        }]);
+        let response = staged.await.pop().expect("an answer per entry")?;
+        tracing::info!(name, %source, "staged");
         Ok(Response::new(api::StageResponse {
             entry: response.entry,
         }))
@@ -514,9 +671,11 @@ impl Control for ControlService {
             .remove_entry(api::RemoveEntryRequest { name: name.clone() })
             .await
             .map_err(|s| self.mountd_error(s))?;
-        let removed = self.renewals().remove(&name);
-        self.forget(removed.map(|t| t.renewal));
-        self.saver.save().await;
+        self.tracking.untrack(&name).await.map_err(|e| {
+            Status::internal(format!(
+                "unstaged, but the control plane's state could not be updated: {e}"
+            ))
+        })?;
         tracing::info!(name, "unstaged");
         Ok(Response::new(api::UnstageResponse {}))
     }

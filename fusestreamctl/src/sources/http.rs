@@ -6,7 +6,7 @@ use fusestream_shared::api::ObjectVersion;
 use fusestream_shared::redact;
 use reqwest::{StatusCode, header};
 
-use super::local::{LocalSource, Proxy};
+use super::local::{Proxy, SignedUrlServer};
 use super::{Resolved, SourceError};
 use crate::config::{self, ConfigError, HttpConfig, Secret};
 
@@ -174,7 +174,7 @@ pub struct HttpRemote {
     name: String,
     base_url: String,
     headers: Vec<(String, Secret)>,
-    local: LocalSource,
+    local: SignedUrlServer,
     client: reqwest::Client,
     /// The local server's id for each object served, by path.
     ids: std::sync::Mutex<std::collections::HashMap<String, u64>>,
@@ -184,7 +184,7 @@ impl HttpRemote {
     pub fn new(
         name: &str,
         config: &HttpConfig,
-        local: LocalSource,
+        local: SignedUrlServer,
         client: reqwest::Client,
     ) -> Result<HttpRemote, ConfigError> {
         if !fusestream_shared::http::is_http_url(&config.base_url) {

@@ -1,7 +1,7 @@
 //! Resolving what the user stages into what the mount daemon needs: a temp URL and the
 //! object version it is pinned to.
 //!
-//! Sources: an absolute local path (served by [`local::LocalSource`]), an `http://` /
+//! Sources: an absolute local path (served by [`local::SignedUrlServer`]), an `http://` /
 //! `https://` URL (fetched directly), or `REMOTE:path` for a remote named in the config
 //! (Swift TempURLs, S3 presigned URLs). Errors are one type, [`SourceError`], mapped to
 //! gRPC status in one place.
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use fusestream_shared::api::ObjectVersion;
 use thiserror::Error;
 
-use crate::config::{Config, ConfigError, RemoteConfig};
+use crate::config::{Config, ConfigError, RemoteConfig, is_remote_name};
 
 /// How a staged entry's URL is renewed.
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ impl Remotes {
     pub fn from_config(
         config: &Config,
         client: &reqwest::Client,
-        local: &local::LocalSource,
+        local: &local::SignedUrlServer,
     ) -> Result<Remotes, ConfigError> {
         let mut remotes = BTreeMap::new();
         for (name, remote) in &config.remotes {
@@ -124,14 +124,6 @@ impl Remotes {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)
     }
-}
-
-/// True for names a remote may have (letters, digits, '-', '_').
-pub fn is_remote_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// A source, resolved.

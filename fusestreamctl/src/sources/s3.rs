@@ -6,7 +6,9 @@
 //! HEAD), and S3's XML error code tells a missing object from bad credentials.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use fusestream_shared::clock::unix_now;
 
 use super::http::{HttpSource, Probe};
 use super::sigv4::{self, Credentials, Presign};
@@ -25,12 +27,6 @@ pub struct S3 {
     path_style: bool,
     credentials: Credentials,
     lifetime: Duration,
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// `[section]` → key → value of an AWS-style INI file.

@@ -11,7 +11,9 @@
 //! two concurrent logins may happen, and the later one wins.
 
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
+
+use fusestream_shared::clock::unix_now;
 
 use hmac::{Hmac, Mac};
 use reqwest::{StatusCode, header};
@@ -62,12 +64,6 @@ fn split_url(url: &str) -> Option<(&str, String)> {
         .map_or(url.len(), |i| after_scheme + i);
     let path = &url[path_start..];
     Some((&url[..path_start], super::percent_decode(path)))
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Swift {
