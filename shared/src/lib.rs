@@ -32,4 +32,12 @@ pub mod limits {
     /// remote) and by the mount daemon (whatever the caller), so a hostile size never
     /// reaches a file system or a counter; memory never depends on the size anyway.
     pub const MAX_OBJECT_SIZE: u64 = 1 << 50;
+
+    /// Entries one `Mount.AddEntries` call may carry (the control plane also ends a batch
+    /// early when it nears 1 MiB, to stay well within gRPC's 4 MiB message limit).
+    pub const MAX_ADD_ENTRIES: usize = 256;
+
+    /// Items (sources) one `Control.StageMany` call may carry; a folder or prefix among
+    /// them may expand to any number of entries, which are streamed, never collected.
+    pub const MAX_STAGE_ITEMS: usize = 10_000;
 }

@@ -1,9 +1,12 @@
-//! The `fusestream.v1.Control` service.
+//! The `fusestream.v1.Control` service. Staging many sources at once (folders, remote
+//! prefixes) is its own module, `stage_many`; browsing remotes is `super::browse`.
+
+mod stage_many;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use fusestream_shared::api::mount_event::Event;
@@ -73,6 +76,8 @@ pub struct ControlService {
     /// Sleep inhibition, fed from the mount daemon's handle events.
     power: PowerManager,
     started: Instant,
+    /// This service, for calls that go on after they answer (StageMany's stream).
+    me: Weak<ControlService>,
 }
 
 impl ControlService {
@@ -89,6 +94,7 @@ impl ControlService {
         remotes: Remotes,
         mountd: Channel,
         state_file: PathBuf,
+        me: Weak<ControlService>,
     ) -> ControlService {
         let renewals: Arc<Mutex<HashMap<String, Tracked>>> = Arc::default();
         let mountd_identity: Arc<Mutex<Option<MountdIdentity>>> = Arc::default();
@@ -119,6 +125,7 @@ impl ControlService {
             mountd_identity,
             power,
             started: Instant::now(),
+            me,
         }
     }
 
@@ -134,29 +141,41 @@ impl ControlService {
         replace: bool,
         share: api::Sharing,
     ) -> Result<api::AddEntryResponse, Status> {
-        let size = resolved.version.size;
-        if size > MAX_OBJECT_SIZE {
-            return Err(Status::invalid_argument(format!(
-                "{} declares a size of {size} bytes, more than the largest object FuseStream stages ({MAX_OBJECT_SIZE} bytes)",
-                resolved.display
-            )));
-        }
-        let add = api::AddEntryRequest {
-            entry: Some(api::EntrySpec {
-                name: name.to_string(),
-                url: resolved.url.clone(),
-                url_expires_unix: resolved.url_expires_unix,
-                version: Some(resolved.version.clone()),
-                source: resolved.display.clone(),
-                share: share.into(),
-            }),
-            replace,
-        };
+        let add = entry_request(name, resolved, replace, share)?;
         self.mountd
             .clone()
             .add_entry(add)
             .await
             .map(Response::into_inner)
+    }
+
+    /// Resolves `source` (as `Stage` takes it) into what the mount daemon needs, and how
+    /// its URL is renewed.
+    async fn resolve(&self, source: &str) -> Result<sources::Resolved, Status> {
+        Ok(match sources::classify(source)? {
+            SourceKind::Local(path) => self.local.register(path, None).await?,
+            SourceKind::Url(url) => {
+                let mut resolved = self.http.resolve(url).await?;
+                resolved.renewal = Renewal::Url {
+                    url: url.to_string(),
+                };
+                resolved
+            }
+            SourceKind::Remote {
+                remote: remote_name,
+                path,
+            } => {
+                let name = remote_name.to_string();
+                let remote = self.remotes.get(remote_name)?;
+                let mut resolved = remote.resolve(path, &self.http).await?;
+                resolved.renewal = Renewal::Remote {
+                    remote,
+                    name,
+                    path: path.to_string(),
+                };
+                resolved
+            }
+        })
     }
 
     fn mountd_identity(&self) -> MutexGuard<'_, Option<MountdIdentity>> {
@@ -294,6 +313,12 @@ impl ControlService {
     /// Records how `name` is renewed from now on and who may read it; the entry it
     /// replaced stops being served.
     async fn track(&self, name: &str, renewal: Renewal, share: api::Sharing) {
+        self.remember(name, renewal, share);
+        self.saver.save().await;
+    }
+
+    /// [`ControlService::track`] without saving: for a batch, saved once at its end.
+    fn remember(&self, name: &str, renewal: Renewal, share: api::Sharing) {
         let replaced = {
             let mut renewals = self.renewals();
             match renewal {
@@ -302,7 +327,36 @@ impl ControlService {
             }
         };
         self.forget(replaced.map(|t| t.renewal));
+    }
+
+    /// Unstages all of the caller's entries under `folder` in one call to the mount daemon
+    /// (which removes only the caller's own), and stops renewing those we track.
+    async fn unstage_folder(&self, folder: &str) -> Result<api::UnstageResponse, Status> {
+        let removed = self
+            .mountd
+            .clone()
+            .remove_entries(api::RemoveEntriesRequest {
+                folder: folder.to_string(),
+            })
+            .await
+            .map_err(|s| self.mountd_error(s))?
+            .into_inner()
+            .removed;
+        let forgotten: Vec<Tracked> = {
+            let mut renewals = self.renewals();
+            let names: Vec<String> = renewals
+                .keys()
+                .filter(|name| names::is_under(name, folder))
+                .cloned()
+                .collect();
+            names.iter().filter_map(|n| renewals.remove(n)).collect()
+        };
+        for tracked in forgotten {
+            self.forget(Some(tracked.renewal));
+        }
         self.saver.save().await;
+        tracing::info!(folder, removed, "unstaged a folder");
+        Ok(api::UnstageResponse { removed })
     }
 
     /// Stops serving a local file that is no longer staged.
@@ -453,30 +507,7 @@ impl Control for ControlService {
         names::validate(&name).map_err(|e| {
             Status::invalid_argument(format!("invalid name {}: {e}", names::shown(&name)))
         })?;
-        let resolved = match kind {
-            SourceKind::Local(path) => self.local.register(path, None).await?,
-            SourceKind::Url(url) => {
-                let mut resolved = self.http.resolve(url).await?;
-                resolved.renewal = Renewal::Url {
-                    url: url.to_string(),
-                };
-                resolved
-            }
-            SourceKind::Remote {
-                remote: remote_name,
-                path,
-            } => {
-                let name = remote_name.to_string();
-                let remote = self.remotes.get(remote_name)?;
-                let mut resolved = remote.resolve(path, &self.http).await?;
-                resolved.renewal = Renewal::Remote {
-                    remote,
-                    name,
-                    path: path.to_string(),
-                };
-                resolved
-            }
-        };
+        let resolved = self.resolve(&request.source).await?;
         let response = match self
             .add_to_mount(&name, &resolved, request.replace, share)
             .await
@@ -498,7 +529,11 @@ impl Control for ControlService {
         &self,
         request: Request<api::UnstageRequest>,
     ) -> Result<Response<api::UnstageResponse>, Status> {
-        let name = request.into_inner().name;
+        let request = request.into_inner();
+        let name = request.name;
+        if request.recursive {
+            return self.unstage_folder(&name).await.map(Response::new);
+        }
         self.mountd
             .clone()
             .remove_entry(api::RemoveEntryRequest { name: name.clone() })
@@ -508,7 +543,29 @@ impl Control for ControlService {
         self.forget(removed.map(|t| t.renewal));
         self.saver.save().await;
         tracing::info!(name, "unstaged");
-        Ok(Response::new(api::UnstageResponse {}))
+        Ok(Response::new(api::UnstageResponse { removed: 1 }))
+    }
+
+    type StageManyStream = stage_many::ResultStream;
+
+    async fn stage_many(
+        &self,
+        request: Request<api::StageManyRequest>,
+    ) -> Result<Response<Self::StageManyStream>, Status> {
+        let me = self
+            .me
+            .upgrade()
+            .ok_or_else(|| Status::unavailable("the control plane is shutting down"))?;
+        stage_many::start(me, request.into_inner()).map(Response::new)
+    }
+
+    type ListRemoteStream = super::browse::PageStream;
+
+    async fn list_remote(
+        &self,
+        request: Request<api::ListRemoteRequest>,
+    ) -> Result<Response<Self::ListRemoteStream>, Status> {
+        super::browse::list(&self.remotes, request.into_inner()).map(Response::new)
     }
 
     async fn list(
@@ -601,6 +658,34 @@ impl Control for ControlService {
             .await
             .map_err(|s| self.mountd_error(s))
     }
+}
+
+/// The request that stages `resolved` as entry `name`, readable as `share` says; a size
+/// beyond what FuseStream stages is refused here, naming the source.
+fn entry_request(
+    name: &str,
+    resolved: &sources::Resolved,
+    replace: bool,
+    share: api::Sharing,
+) -> Result<api::AddEntryRequest, Status> {
+    let size = resolved.version.size;
+    if size > MAX_OBJECT_SIZE {
+        return Err(Status::invalid_argument(format!(
+            "{} declares a size of {size} bytes, more than the largest object FuseStream stages ({MAX_OBJECT_SIZE} bytes)",
+            resolved.display
+        )));
+    }
+    Ok(api::AddEntryRequest {
+        entry: Some(api::EntrySpec {
+            name: name.to_string(),
+            url: resolved.url.clone(),
+            url_expires_unix: resolved.url_expires_unix,
+            version: Some(resolved.version.clone()),
+            source: resolved.display.clone(),
+            share: share.into(),
+        }),
+        replace,
+    })
 }
 
 /// The power manager's state as the API reports it.

@@ -7,6 +7,7 @@
 //! (`--listen`, loopback only), whoever shows the API token (`auth`), which only its user
 //! can read.
 
+mod browse;
 mod control;
 mod metrics;
 mod state;
@@ -95,18 +96,21 @@ pub async fn run(config: ServeConfig, telemetry: &Telemetry) -> Result<(), Strin
         None => Remotes::default(),
     };
     let mountd = grpc::unix_channel(&config.mountd_socket, Duration::from_secs(30));
-    let service = Arc::new(ControlService::new(
-        config.clone(),
-        control::Bound {
-            listen,
-            metrics: metrics_addr,
-        },
-        local,
-        http,
-        remotes,
-        mountd,
-        config.state_dir.join("control-state.json"),
-    ));
+    let service = Arc::new_cyclic(|me| {
+        ControlService::new(
+            config.clone(),
+            control::Bound {
+                listen,
+                metrics: metrics_addr,
+            },
+            local,
+            http,
+            remotes,
+            mountd,
+            config.state_dir.join("control-state.json"),
+            me.clone(),
+        )
+    });
     service
         .adopt(state::load(&config.state_dir.join("control-state.json")))
         .await;
