@@ -94,7 +94,6 @@ impl ControlService {
         remotes: Remotes,
         mountd: Channel,
         state_file: PathBuf,
-        me: Weak<ControlService>,
     ) -> ControlService {
         let renewals: Arc<Mutex<HashMap<String, Tracked>>> = Arc::default();
         let mountd_identity: Arc<Mutex<Option<MountdIdentity>>> = Arc::default();
@@ -125,8 +124,14 @@ impl ControlService {
             mountd_identity,
             power,
             started: Instant::now(),
-            me,
+            me: Weak::new(),
         }
+    }
+
+    /// The service, knowing its own `Arc` (see `me`): built with `Arc::new_cyclic`.
+    pub fn knowing(mut self, me: &Weak<ControlService>) -> ControlService {
+        self.me = me.clone();
+        self
     }
 
     fn renewals(&self) -> MutexGuard<'_, HashMap<String, Tracked>> {

@@ -108,8 +108,8 @@ pub async fn run(config: ServeConfig, telemetry: &Telemetry) -> Result<(), Strin
             remotes,
             mountd,
             config.state_dir.join("control-state.json"),
-            me.clone(),
         )
+        .knowing(me)
     });
     service
         .adopt(state::load(&config.state_dir.join("control-state.json")))

@@ -554,9 +554,9 @@ impl ListedRow {
     }
 }
 
-/// The marker the page after `last` starts from. After a directory `a/` it is `a0` ('/'
-/// + 1): every name from `a/` to `a0` lies in that directory, which a marker of `a/` would
-/// list (rolled up) again.
+/// The marker the page after `last` starts from. After a directory `a/` it is `a0` (the
+/// character after '/'): every name from `a/` to `a0` lies in that directory, which a
+/// marker of `a/` would list (rolled up) again.
 fn marker_after(last: &Item) -> String {
     match last.name.strip_suffix('/') {
         Some(directory) if last.kind == Kind::Directory => format!("{directory}0"),
