@@ -441,7 +441,10 @@ async fn control_barrage(
                 let what = format!("#{i} Control.Unstage name={}", brief(&name));
                 let outcome = bounded(
                     &what,
-                    control.unstage(api::UnstageRequest { name: name.clone() }),
+                    control.unstage(api::UnstageRequest {
+                        name: name.clone(),
+                        recursive: false,
+                    }),
                 )
                 .await;
                 model.removed(&what, &name, &outcome);

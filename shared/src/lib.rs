@@ -47,4 +47,12 @@ pub mod limits {
             n => (n as usize).min(MAX_LIST_PAGE_SIZE),
         }
     }
+
+    /// Entries one `Mount.AddEntries` call may carry (the control plane also ends a batch
+    /// early when it nears 1 MiB, to stay well within gRPC's 4 MiB message limit).
+    pub const MAX_ADD_ENTRIES: usize = 256;
+
+    /// Items (sources) one `Control.StageMany` call may carry; a folder or prefix among
+    /// them may expand to any number of entries, which are streamed, never collected.
+    pub const MAX_STAGE_ITEMS: usize = 10_000;
 }

@@ -5,11 +5,18 @@
 //! mount daemon restarted, a batch): intents saved, the mount daemon asked, the accepted
 //! entries tracked (see `tracking`), each answered once its entry is committed. Work over
 //! many entries (renewal, reconcile, restaging) runs with bounded concurrency, so 100,000
-//! entries cost neither 100,000 tasks nor a serial crawl.
+//! entries cost neither 100,000 tasks nor a serial crawl. The mount daemon is handed
+//! entries in `Mount.AddEntries` batches ([`ControlService::add_all_to_mount`]), so
+//! staging a folder costs a call per few hundred entries, not one each.
+//!
+//! Staging many sources at once (folders, remote prefixes: `Control.StageMany`) is its
+//! own module, `stage_many`, feeding `stage_all`; browsing remotes is `super::browse`.
+
+mod stage_many;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use fusestream_shared::api::mount_event::Event;
@@ -23,7 +30,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use super::ServeConfig;
-use fusestream_shared::limits::MAX_OBJECT_SIZE;
+use fusestream_shared::limits::{MAX_ADD_ENTRIES, MAX_OBJECT_SIZE};
+use prost::Message;
 
 use super::state::{Intent, Loaded, MountdIdentity, Saved, SavedEntry, Store};
 use super::tracking::{Intended, Staged, Tracked, Tracking};
@@ -44,6 +52,9 @@ async fn bounded<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
 /// Entries handled per round of work over many (restaged: resolved, then handed to the
 /// mount daemon together; renewed): bounds the futures made at once.
 const CHUNK: usize = 1000;
+/// A `Mount.AddEntries` batch is sent once its entries reach about this many bytes,
+/// whatever their number (long names and URLs): well within gRPC's 4 MiB message limit.
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// The addresses the control plane serves on besides its socket, as bound (a port 0
 /// asked for is resolved), for `Status`.
@@ -81,6 +92,8 @@ pub struct ControlService {
     /// Sleep inhibition, fed from the mount daemon's handle events.
     power: PowerManager,
     started: Instant,
+    /// This service, for calls that go on after they answer (StageMany's stream).
+    me: Weak<ControlService>,
 }
 
 impl ControlService {
@@ -111,45 +124,136 @@ impl ControlService {
             leftover_intents: Mutex::default(),
             power,
             started: Instant::now(),
+            me: Weak::new(),
         }
     }
 
-    /// Hands a resolved source to the mount daemon as entry `name`, readable as `share` says.
-    async fn add_to_mount(&self, entry: &ToStage) -> Result<api::AddEntryResponse, Status> {
-        let resolved = &entry.resolved;
-        let size = resolved.version.size;
-        if size > MAX_OBJECT_SIZE {
-            return Err(Status::invalid_argument(format!(
-                "{} declares a size of {size} bytes, more than the largest object FuseStream stages ({MAX_OBJECT_SIZE} bytes)",
-                resolved.display
-            )));
-        }
-        let add = api::AddEntryRequest {
-            entry: Some(api::EntrySpec {
-                name: entry.name.clone(),
-                url: resolved.url.clone(),
-                url_expires_unix: resolved.url_expires_unix,
-                version: Some(resolved.version.clone()),
-                source: resolved.display.clone(),
-                share: entry.share.into(),
-            }),
-            replace: entry.replace,
-        };
-        self.mountd
-            .clone()
-            .add_entry(add)
-            .await
-            .map(Response::into_inner)
-            .map_err(|s| self.mountd_error(s))
+    /// The service, knowing its own `Arc` (see `me`): built with `Arc::new_cyclic`.
+    pub fn knowing(mut self, me: &Weak<ControlService>) -> ControlService {
+        self.me = me.clone();
+        self
     }
 
-    /// Hands many resolved sources to the mount daemon; an answer per entry, in order.
-    /// (Where a batch call to the mount daemon replaces the calls one by one.)
+    /// Hands resolved sources to the mount daemon in `Mount.AddEntries` batches (at most
+    /// `MAX_ADD_ENTRIES` entries and about [`MAX_BATCH_BYTES`] each); an answer per entry,
+    /// in order. A batch the mount daemon could not be asked fails each of its entries.
     async fn add_all_to_mount(
         &self,
         batch: &[ToStage],
     ) -> Vec<Result<api::AddEntryResponse, Status>> {
-        bounded(batch.iter().map(|entry| self.add_to_mount(entry)).collect()).await
+        let mut answers: Vec<Option<Result<api::AddEntryResponse, Status>>> =
+            Vec::with_capacity(batch.len());
+        // Indices (into `answers`) and requests of the batch being filled.
+        let (mut sent, mut requests, mut bytes) = (Vec::new(), Vec::new(), 0);
+        for (i, entry) in batch.iter().enumerate() {
+            match entry_request(entry) {
+                Ok(request) => {
+                    bytes += request.encoded_len();
+                    sent.push(i);
+                    requests.push(request);
+                    answers.push(None);
+                }
+                Err(status) => answers.push(Some(Err(status))),
+            }
+            let last = i + 1 == batch.len();
+            if !requests.is_empty()
+                && (last || requests.len() >= MAX_ADD_ENTRIES || bytes >= MAX_BATCH_BYTES)
+            {
+                let results = self.add_entries(std::mem::take(&mut requests)).await;
+                for (i, result) in std::mem::take(&mut sent).into_iter().zip(results) {
+                    answers[i] = Some(result);
+                }
+                bytes = 0;
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(Status::internal("not sent to the mount daemon"))))
+            .collect()
+    }
+
+    /// One `Mount.AddEntries` call: an answer per request, in order.
+    async fn add_entries(
+        &self,
+        requests: Vec<api::AddEntryRequest>,
+    ) -> Vec<Result<api::AddEntryResponse, Status>> {
+        let count = requests.len();
+        let results = match self
+            .mountd
+            .clone()
+            .add_entries(api::AddEntriesRequest { entries: requests })
+            .await
+        {
+            Ok(response) => response.into_inner().results,
+            Err(status) => return vec![Err(self.mountd_error(status)); count],
+        };
+        let mut results = results.into_iter().map(|r| match r.result {
+            Some(api::entry_result::Result::Entry(info)) => {
+                Ok(api::AddEntryResponse { entry: Some(info) })
+            }
+            Some(api::entry_result::Result::Failed(failure)) => {
+                Err(Status::new(Code::from(failure.code), failure.message))
+            }
+            None => Err(Status::internal("the mount daemon gave no answer for it")),
+        });
+        (0..count)
+            .map(|_| {
+                results.next().unwrap_or_else(|| {
+                    Err(Status::internal("the mount daemon gave no answer for it"))
+                })
+            })
+            .collect()
+    }
+
+    /// Resolves `source` (as `Stage` takes it) into what the mount daemon needs, and how
+    /// its URL is renewed.
+    async fn resolve(&self, source: &str) -> Result<sources::Resolved, Status> {
+        Ok(match sources::classify(source)? {
+            SourceKind::Local(path) => self.local.register(path, None).await?,
+            SourceKind::Url(url) => {
+                let mut resolved = self.http.resolve(url).await?;
+                resolved.renewal = Renewal::Url {
+                    url: url.to_string(),
+                };
+                resolved
+            }
+            SourceKind::Remote {
+                remote: remote_name,
+                path,
+            } => {
+                let name = remote_name.to_string();
+                let remote = self.remotes.get(remote_name)?;
+                let mut resolved = remote.resolve(path, &self.http).await?;
+                resolved.renewal = Renewal::Remote {
+                    remote,
+                    name,
+                    path: path.to_string(),
+                };
+                resolved
+            }
+        })
+    }
+
+    /// Unstages all of the caller's entries under `folder` in one call to the mount daemon
+    /// (which removes only the caller's own), and stops tracking those we track.
+    async fn unstage_folder(&self, folder: &str) -> Result<api::UnstageResponse, Status> {
+        let removed = self
+            .mountd
+            .clone()
+            .remove_entries(api::RemoveEntriesRequest {
+                folder: folder.to_string(),
+            })
+            .await
+            .map_err(|s| self.mountd_error(s))?
+            .into_inner()
+            .removed;
+        let names = self.tracking.names_under(folder);
+        self.tracking
+            .untrack_all(&names)
+            .await
+            .map_err(|e| not_saved_after_unstage(&e))?;
+        tracing::info!(folder, removed, "unstaged a folder");
+        Ok(api::UnstageResponse { removed })
     }
 
     /// Stages resolved sources: saves the intents, asks the mount daemon, tracks (and
@@ -623,30 +727,7 @@ impl Control for ControlService {
         names::validate(&name).map_err(|e| {
             Status::invalid_argument(format!("invalid name {}: {e}", names::shown(&name)))
         })?;
-        let resolved = match kind {
-            SourceKind::Local(path) => self.local.register(path, None).await?,
-            SourceKind::Url(url) => {
-                let mut resolved = self.http.resolve(url).await?;
-                resolved.renewal = Renewal::Url {
-                    url: url.to_string(),
-                };
-                resolved
-            }
-            SourceKind::Remote {
-                remote: remote_name,
-                path,
-            } => {
-                let name = remote_name.to_string();
-                let remote = self.remotes.get(remote_name)?;
-                let mut resolved = remote.resolve(path, &self.http).await?;
-                resolved.renewal = Renewal::Remote {
-                    remote,
-                    name,
-                    path: path.to_string(),
-                };
-                resolved
-            }
-        };
+        let resolved = self.resolve(&request.source).await?;
         let source = resolved.display.clone();
         let staged = self.stage_all(vec![ToStage {
             name: name.clone(),
@@ -665,19 +746,44 @@ impl Control for ControlService {
         &self,
         request: Request<api::UnstageRequest>,
     ) -> Result<Response<api::UnstageResponse>, Status> {
-        let name = request.into_inner().name;
+        let request = request.into_inner();
+        let name = request.name;
+        if request.recursive {
+            return self.unstage_folder(&name).await.map(Response::new);
+        }
         self.mountd
             .clone()
             .remove_entry(api::RemoveEntryRequest { name: name.clone() })
             .await
             .map_err(|s| self.mountd_error(s))?;
-        self.tracking.untrack(&name).await.map_err(|e| {
-            Status::internal(format!(
-                "unstaged, but the control plane's state could not be updated: {e}"
-            ))
-        })?;
+        self.tracking
+            .untrack(&name)
+            .await
+            .map_err(|e| not_saved_after_unstage(&e))?;
         tracing::info!(name, "unstaged");
-        Ok(Response::new(api::UnstageResponse {}))
+        Ok(Response::new(api::UnstageResponse { removed: 1 }))
+    }
+
+    type StageManyStream = stage_many::ResultStream;
+
+    async fn stage_many(
+        &self,
+        request: Request<api::StageManyRequest>,
+    ) -> Result<Response<Self::StageManyStream>, Status> {
+        let me = self
+            .me
+            .upgrade()
+            .ok_or_else(|| Status::unavailable("the control plane is shutting down"))?;
+        stage_many::start(me, request.into_inner()).map(Response::new)
+    }
+
+    type ListRemoteStream = super::browse::PageStream;
+
+    async fn list_remote(
+        &self,
+        request: Request<api::ListRemoteRequest>,
+    ) -> Result<Response<Self::ListRemoteStream>, Status> {
+        super::browse::list(&self.remotes, request.into_inner()).map(Response::new)
     }
 
     async fn list(
@@ -776,6 +882,37 @@ impl Control for ControlService {
             .await
             .map_err(|s| self.mountd_error(s))
     }
+}
+
+/// The request that stages `entry`; a size beyond what FuseStream stages is refused here,
+/// naming the source.
+fn entry_request(entry: &ToStage) -> Result<api::AddEntryRequest, Status> {
+    let resolved = &entry.resolved;
+    let size = resolved.version.size;
+    if size > MAX_OBJECT_SIZE {
+        return Err(Status::invalid_argument(format!(
+            "{} declares a size of {size} bytes, more than the largest object FuseStream stages ({MAX_OBJECT_SIZE} bytes)",
+            resolved.display
+        )));
+    }
+    Ok(api::AddEntryRequest {
+        entry: Some(api::EntrySpec {
+            name: entry.name.clone(),
+            url: resolved.url.clone(),
+            url_expires_unix: resolved.url_expires_unix,
+            version: Some(resolved.version.clone()),
+            source: resolved.display.clone(),
+            share: entry.share.into(),
+        }),
+        replace: entry.replace,
+    })
+}
+
+/// The error of an unstage the mount daemon did, but the state store did not record.
+fn not_saved_after_unstage(e: &super::state::StoreError) -> Status {
+    Status::internal(format!(
+        "unstaged, but the control plane's state could not be updated: {e}"
+    ))
 }
 
 /// The power manager's state as the API reports it.

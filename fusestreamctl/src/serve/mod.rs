@@ -7,6 +7,7 @@
 //! (`--listen`, loopback only), whoever shows the API token (`auth`), which only its user
 //! can read.
 
+mod browse;
 mod control;
 mod metrics;
 mod state;
@@ -101,18 +102,21 @@ pub async fn run(config: ServeConfig, telemetry: &Telemetry) -> Result<(), Strin
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let mountd = grpc::unix_channel(&config.mountd_socket, Duration::from_secs(30));
-    let service = Arc::new(ControlService::new(
-        config.clone(),
-        control::Bound {
-            listen,
-            metrics: metrics_addr,
-        },
-        local,
-        http,
-        remotes,
-        mountd,
-        store,
-    ));
+    let service = Arc::new_cyclic(|me| {
+        ControlService::new(
+            config.clone(),
+            control::Bound {
+                listen,
+                metrics: metrics_addr,
+            },
+            local,
+            http,
+            remotes,
+            mountd,
+            store,
+        )
+        .knowing(me)
+    });
     service.adopt(saved).await;
     let renewal = tokio::spawn(service.clone().renew_urls());
     let events = tokio::spawn(service.clone().follow_events());

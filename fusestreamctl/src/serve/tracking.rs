@@ -19,7 +19,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
-use fusestream_shared::api;
+use fusestream_shared::{api, names};
 
 use super::state::{Change, Intent, Saved, SavedEntry, Store, StoreError};
 use crate::sources::Renewal;
@@ -122,6 +122,16 @@ impl Tracking {
 
     pub fn names(&self) -> Vec<String> {
         self.index().by_name.keys().cloned().collect()
+    }
+
+    /// The tracked entries under `folder` (see `names::is_under`).
+    pub fn names_under(&self, folder: &str) -> Vec<String> {
+        self.index()
+            .by_name
+            .keys()
+            .filter(|name| names::is_under(name, folder))
+            .cloned()
+            .collect()
     }
 
     pub fn len(&self) -> usize {
