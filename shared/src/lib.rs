@@ -52,6 +52,10 @@ pub mod limits {
     /// early when it nears 1 MiB, to stay well within gRPC's 4 MiB message limit).
     pub const MAX_ADD_ENTRIES: usize = 256;
 
+    /// URLs one `Mount.UpdateUrls` call may carry (the control plane also ends a batch
+    /// early when it nears 1 MiB).
+    pub const MAX_UPDATE_URLS: usize = 1000;
+
     /// Items (sources) one `Control.StageMany` call may carry; a folder or prefix among
     /// them may expand to any number of entries, which are streamed, never collected.
     pub const MAX_STAGE_ITEMS: usize = 10_000;

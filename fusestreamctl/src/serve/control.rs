@@ -6,8 +6,10 @@
 //! entries tracked (see `tracking`), each answered once its entry is committed. Work over
 //! many entries (renewal, reconcile, restaging) runs with bounded concurrency, so 100,000
 //! entries cost neither 100,000 tasks nor a serial crawl. The mount daemon is handed
-//! entries in `Mount.AddEntries` batches ([`ControlService::add_all_to_mount`]), so
-//! staging a folder costs a call per few hundred entries, not one each.
+//! entries in `Mount.AddEntries` batches ([`ControlService::add_all_to_mount`]) and fresh
+//! URLs in `Mount.UpdateUrls` batches ([`ControlService::renew_all`]), so staging a
+//! folder or renewing every entry after a restart costs a call per few hundred entries,
+//! not one each.
 //!
 //! Staging many sources at once (folders, remote prefixes: `Control.StageMany`) is its
 //! own module, `stage_many`, feeding `stage_all`; browsing remotes is `super::browse`.
@@ -30,7 +32,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use super::ServeConfig;
-use fusestream_shared::limits::{MAX_ADD_ENTRIES, MAX_OBJECT_SIZE};
+use fusestream_shared::limits::{MAX_ADD_ENTRIES, MAX_OBJECT_SIZE, MAX_UPDATE_URLS};
 use prost::Message;
 
 use super::state::{Intent, Loaded, MountdIdentity, Saved, SavedEntry, Store};
@@ -52,8 +54,9 @@ async fn bounded<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
 /// Entries handled per round of work over many (restaged: resolved, then handed to the
 /// mount daemon together; renewed): bounds the futures made at once.
 const CHUNK: usize = 1000;
-/// A `Mount.AddEntries` batch is sent once its entries reach about this many bytes,
-/// whatever their number (long names and URLs): well within gRPC's 4 MiB message limit.
+/// A batch for the mount daemon (`Mount.AddEntries`, `Mount.UpdateUrls`) ends once its
+/// requests reach about this many bytes, whatever their number (long names and URLs):
+/// well within gRPC's 4 MiB message limit.
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// The addresses the control plane serves on besides its socket, as bound (a port 0
@@ -134,42 +137,33 @@ impl ControlService {
         self
     }
 
-    /// Hands resolved sources to the mount daemon in `Mount.AddEntries` batches (at most
-    /// `MAX_ADD_ENTRIES` entries and about [`MAX_BATCH_BYTES`] each); an answer per entry,
-    /// in order. A batch the mount daemon could not be asked fails each of its entries.
+    /// Hands resolved sources to the mount daemon in `Mount.AddEntries` batches (see
+    /// [`batches`]); an answer per entry, in order. A batch the mount daemon could not be
+    /// asked fails each of its entries.
     async fn add_all_to_mount(
         &self,
         batch: &[ToStage],
     ) -> Vec<Result<api::AddEntryResponse, Status>> {
-        let mut answers: Vec<Option<Result<api::AddEntryResponse, Status>>> =
-            Vec::with_capacity(batch.len());
-        // Indices (into `answers`) and requests of the batch being filled.
-        let (mut sent, mut requests, mut bytes) = (Vec::new(), Vec::new(), 0);
-        for (i, entry) in batch.iter().enumerate() {
+        let mut answers = Vec::with_capacity(batch.len());
+        // Where each request's answer goes in `answers`.
+        let (mut sent, mut requests) = (Vec::new(), Vec::new());
+        for entry in batch {
             match entry_request(entry) {
                 Ok(request) => {
-                    bytes += request.encoded_len();
-                    sent.push(i);
+                    sent.push(answers.len());
                     requests.push(request);
-                    answers.push(None);
+                    answers.push(Err(Status::internal("not sent to the mount daemon")));
                 }
-                Err(status) => answers.push(Some(Err(status))),
+                Err(status) => answers.push(Err(status)),
             }
-            let last = i + 1 == batch.len();
-            if !requests.is_empty()
-                && (last || requests.len() >= MAX_ADD_ENTRIES || bytes >= MAX_BATCH_BYTES)
-            {
-                let results = self.add_entries(std::mem::take(&mut requests)).await;
-                for (i, result) in std::mem::take(&mut sent).into_iter().zip(results) {
-                    answers[i] = Some(result);
-                }
-                bytes = 0;
+        }
+        let mut sent = sent.into_iter();
+        for requests in batches(requests, MAX_ADD_ENTRIES) {
+            for (answer, i) in self.add_entries(requests).await.into_iter().zip(&mut sent) {
+                answers[i] = answer;
             }
         }
         answers
-            .into_iter()
-            .map(|a| a.unwrap_or_else(|| Err(Status::internal("not sent to the mount daemon"))))
-            .collect()
     }
 
     /// One `Mount.AddEntries` call: an answer per request, in order.
@@ -382,8 +376,7 @@ impl ControlService {
         }
         let mut renewed = 0;
         for chunk in present.chunks(CHUNK) {
-            let results = bounded(chunk.iter().map(|name| self.renew(name)).collect()).await;
-            renewed += results.into_iter().filter(|renewed| *renewed).count();
+            renewed += self.renew_all(chunk).await;
         }
         let (mut staged_again, let_go) = (0, if restarted { 0 } else { missing.len() });
         if restarted {
@@ -610,7 +603,7 @@ impl ControlService {
                 .tracking
                 .expiring_before(unix_now() + horizon, usize::MAX);
             for chunk in due.chunks(CHUNK) {
-                bounded(chunk.iter().map(|name| self.renew(name)).collect()).await;
+                self.renew_all(chunk).await;
             }
         }
     }
@@ -668,41 +661,72 @@ impl ControlService {
 
     /// Gives entry `name` a fresh URL. False if it has none to renew, or renewal failed.
     async fn renew(&self, name: &str) -> bool {
-        let Some(renewal) = self.tracking.get(name).map(|t| t.renewal) else {
-            return false;
-        };
+        self.renew_all(&[name.to_string()]).await == 1
+    }
+
+    /// Gives entries `names` fresh URLs: signed (with bounded concurrency), then handed to
+    /// the mount daemon in `Mount.UpdateUrls` batches. How many were renewed; those the
+    /// mount daemon no longer has were unstaged behind our back (directly on it, or it
+    /// restarted) and are let go.
+    async fn renew_all(&self, names: &[String]) -> usize {
+        let signed = bounded(names.iter().map(|name| self.sign_again(name)).collect()).await;
+        let updates: Vec<api::UpdateUrlRequest> = signed.into_iter().flatten().collect();
+        let (mut renewed, mut gone) = (0, Vec::new());
+        for updates in batches(updates, MAX_UPDATE_URLS) {
+            let sent: Vec<(String, i64)> = updates
+                .iter()
+                .map(|u| (u.name.clone(), u.url_expires_unix))
+                .collect();
+            let results = match self
+                .mountd
+                .clone()
+                .update_urls(api::UpdateUrlsRequest { updates })
+                .await
+            {
+                Ok(response) => response.into_inner().results,
+                Err(status) => {
+                    let status = self.mountd_error(status);
+                    let count = sent.len();
+                    tracing::warn!(count, "URL renewal failed: {}", status.message());
+                    continue;
+                }
+            };
+            for ((name, expires), result) in sent.into_iter().zip(results) {
+                match result.failed {
+                    None => {
+                        self.tracking.set_expiry(&name, expires);
+                        renewed += 1;
+                    }
+                    Some(failure) if failure.code == Code::NotFound as i32 => gone.push(name),
+                    Some(failure) => {
+                        tracing::warn!(name, "URL renewal failed: {}", failure.message)
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.tracking.untrack_all(&gone).await {
+            tracing::warn!("letting go of entries unstaged meanwhile: {e}");
+        }
+        renewed
+    }
+
+    /// A fresh URL for entry `name`, if it has one to renew (and signing worked).
+    async fn sign_again(&self, name: &str) -> Option<api::UpdateUrlRequest> {
+        let renewal = self.tracking.get(name)?.renewal;
         let signed = match &renewal {
-            Renewal::Never | Renewal::Url { .. } => return false,
+            Renewal::Never | Renewal::Url { .. } => return None,
             Renewal::Local { id, .. } => Ok(self.local.sign(*id)),
             Renewal::Remote { remote, path, .. } => remote.sign(path).await,
         };
-        let (url, url_expires_unix) = match signed {
-            Ok(signed) => signed,
+        match signed {
+            Ok((url, url_expires_unix)) => Some(api::UpdateUrlRequest {
+                name: name.to_string(),
+                url,
+                url_expires_unix,
+            }),
             Err(e) => {
                 tracing::warn!(name, "URL renewal failed: {e}");
-                return false;
-            }
-        };
-        let request = api::UpdateUrlRequest {
-            name: name.to_string(),
-            url,
-            url_expires_unix,
-        };
-        match self.mountd.clone().update_url(request).await {
-            Ok(_) => {
-                self.tracking.set_expiry(name, url_expires_unix);
-                true
-            }
-            Err(status) if status.code() == Code::NotFound => {
-                // Unstaged behind our back (directly on the mount daemon, or it restarted).
-                if let Err(e) = self.tracking.untrack(name).await {
-                    tracing::warn!(name, "letting go of an entry unstaged meanwhile: {e}");
-                }
-                false
-            }
-            Err(status) => {
-                tracing::warn!(name, "URL renewal failed: {}", status.message());
-                false
+                None
             }
         }
     }
@@ -882,6 +906,25 @@ impl Control for ControlService {
             .await
             .map_err(|s| self.mountd_error(s))
     }
+}
+
+/// `requests` in batches for one call each: at most `max` requests and about
+/// [`MAX_BATCH_BYTES`] encoded (long names and URLs make a batch shorter).
+fn batches<T: Message>(requests: Vec<T>, max: usize) -> Vec<Vec<T>> {
+    let mut all = Vec::new();
+    let (mut batch, mut bytes) = (Vec::new(), 0);
+    for request in requests {
+        if batch.len() == max || (bytes >= MAX_BATCH_BYTES && !batch.is_empty()) {
+            all.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += request.encoded_len();
+        batch.push(request);
+    }
+    if !batch.is_empty() {
+        all.push(batch);
+    }
+    all
 }
 
 /// The request that stages `entry`; a size beyond what FuseStream stages is refused here,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fusestream_shared::api::{self, mount_server::Mount};
-use fusestream_shared::limits::{MAX_ADD_ENTRIES, MAX_OBJECT_SIZE};
+use fusestream_shared::limits::{MAX_ADD_ENTRIES, MAX_OBJECT_SIZE, MAX_UPDATE_URLS};
 use fusestream_shared::{grpc, http, names};
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
@@ -194,6 +194,25 @@ fn check_size(size: u64) -> Result<(), Status> {
     }
 }
 
+/// Refuses a batch call carrying more than `max` items (`what`, for the message).
+fn check_batch(len: usize, max: usize, what: &str) -> Result<(), Status> {
+    if len <= max {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{len} {what} in one call; at most {max}"
+        )))
+    }
+}
+
+/// One entry's refusal in a batch answer, as the single call would have answered it.
+fn failure(status: Status) -> api::EntryFailure {
+    api::EntryFailure {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+    }
+}
+
 fn to_api(info: EntryInfo) -> api::EntryInfo {
     api::EntryInfo {
         name: info.name,
@@ -212,6 +231,15 @@ fn to_api(info: EntryInfo) -> api::EntryInfo {
 }
 
 impl MountService {
+    /// Checks one URL update and applies it for `caller`: the one path of UpdateUrl and
+    /// UpdateUrls.
+    fn update_url_for(&self, caller: Caller, update: api::UpdateUrlRequest) -> Result<(), Status> {
+        check_url(&update.url)?;
+        self.fs
+            .update_url(&update.name, caller, update.url, update.url_expires_unix)
+            .map_err(status_of)
+    }
+
     /// Checks one entry and stages it for `owner`: the one path of AddEntry and AddEntries.
     async fn stage(
         &self,
@@ -308,20 +336,12 @@ impl Mount for MountService {
     ) -> Result<Response<api::AddEntriesResponse>, Status> {
         let owner = peer(&request)?;
         let entries = request.into_inner().entries;
-        if entries.len() > MAX_ADD_ENTRIES {
-            return Err(Status::invalid_argument(format!(
-                "{} entries in one call; at most {MAX_ADD_ENTRIES}",
-                entries.len()
-            )));
-        }
+        check_batch(entries.len(), MAX_ADD_ENTRIES, "entries")?;
         let mut results = Vec::with_capacity(entries.len());
         for entry in entries {
             let result = match self.stage(owner, entry).await {
                 Ok(info) => api::entry_result::Result::Entry(info),
-                Err(status) => api::entry_result::Result::Failed(api::EntryFailure {
-                    code: status.code() as i32,
-                    message: status.message().to_string(),
-                }),
+                Err(status) => api::entry_result::Result::Failed(failure(status)),
             };
             results.push(api::EntryResult {
                 result: Some(result),
@@ -394,12 +414,24 @@ impl Mount for MountService {
         request: Request<api::UpdateUrlRequest>,
     ) -> Result<Response<api::UpdateUrlResponse>, Status> {
         let caller = caller(&request)?;
-        let request = request.into_inner();
-        check_url(&request.url)?;
-        self.fs
-            .update_url(&request.name, caller, request.url, request.url_expires_unix)
-            .map_err(status_of)?;
+        self.update_url_for(caller, request.into_inner())?;
         Ok(Response::new(api::UpdateUrlResponse {}))
+    }
+
+    async fn update_urls(
+        &self,
+        request: Request<api::UpdateUrlsRequest>,
+    ) -> Result<Response<api::UpdateUrlsResponse>, Status> {
+        let caller = caller(&request)?;
+        let updates = request.into_inner().updates;
+        check_batch(updates.len(), MAX_UPDATE_URLS, "updates")?;
+        let results = updates
+            .into_iter()
+            .map(|update| api::UpdateUrlResult {
+                failed: self.update_url_for(caller, update).err().map(failure),
+            })
+            .collect();
+        Ok(Response::new(api::UpdateUrlsResponse { results }))
     }
 
     async fn list_ops(

@@ -660,7 +660,12 @@ fn names_under_a_folder_page_through_the_folder_and_only_the_owners_entries() {
             }
         }
     };
-    let photos = ["photos/2024/b", "photos/2024/c", "photos/2024/sub/f", "photos/a"];
+    let photos = [
+        "photos/2024/b",
+        "photos/2024/c",
+        "photos/2024/sub/f",
+        "photos/a",
+    ];
     assert_eq!(all_under("photos", 1000), photos);
     assert_eq!(all_under("photos/", 1000), photos);
     assert_eq!(all_under("photos/2024", 1000), photos[..3]);
