@@ -556,8 +556,11 @@ async fn raw_barrage(mount: &Channel, control: &Channel) {
             mount,
             &[
                 "/fusestream.v1.Mount/AddEntry",
+                "/fusestream.v1.Mount/AddEntries",
                 "/fusestream.v1.Mount/RemoveEntry",
+                "/fusestream.v1.Mount/RemoveEntries",
                 "/fusestream.v1.Mount/UpdateUrl",
+                "/fusestream.v1.Mount/UpdateUrls",
                 "/fusestream.v1.Mount/ListEntries",
                 "/fusestream.v1.Mount/WatchEvents",
                 "/grpc.health.v1.Health/Check",
@@ -569,6 +572,8 @@ async fn raw_barrage(mount: &Channel, control: &Channel) {
             control,
             &[
                 "/fusestream.v1.Control/Stage",
+                "/fusestream.v1.Control/StageMany",
+                "/fusestream.v1.Control/ListRemote",
                 "/fusestream.v1.Control/Unstage",
                 "/fusestream.v1.Control/SetTempUrlKey",
                 "/fusestream.v1.Control/Status",
