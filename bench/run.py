@@ -1,13 +1,23 @@
 #!/usr/bin/env python3
-"""FuseStream benchmark: FuseStream vs curl vs rclone mount, one file served by a real nginx.
+"""FuseStream benchmark: profiles that read files through FuseStream next to curl (and
+rclone mount, aria2c), each from a server the benchmark starts on 127.0.0.1.
 
 Run as root from anywhere (the repo is found from this file's location):
 
-    sudo bench/run.py [--size-mib 1024] [--runs 5] [--no-rclone] [--json PATH] [--keep]
+    sudo bench/run.py [--profile loopback|remote|sustained] [--runs N] [--json PATH] [--keep]
 
-Everything (nginx config and root, mount points, caches, sockets, logs) lives in one
-temp dir that is removed at the end; daemons are SIGTERMed and waited for and every mount
-is unmounted, also on Ctrl-C, SIGTERM and errors. See bench/README.md.
+- loopback (default): one file from a real nginx: cold and warm sequential reads, first-read
+  and random-read latency, peak RSS, metadata with stalled readers, span export, dead hosts.
+- remote: a paced server that caps every connection's rate and delays every response, like
+  an object store: curl, aria2c -x16, rclone mount and FuseStream side by side.
+- sustained: several large objects from nginx read back to back through the mount: MB/s of
+  each, the mount daemon's CPU-s and disk writes per GiB.
+
+One script, shared helpers (servers, mounts, timing); each profile is a `Bench.run_*`
+method and a `report_*` function. Everything (sources, server configs, mount points,
+caches, sockets, logs) lives in one temp dir that is removed at the end; servers and daemons
+are stopped and waited for and every mount is unmounted, also on Ctrl-C, SIGTERM and errors.
+See bench/README.md.
 """
 
 import argparse
@@ -34,6 +44,7 @@ FILE = "bench.bin"  # name of the file in nginx's root and in the FuseStream mou
 PAGE = 4096
 HEAD_PREFETCH = 128 * 1024  # what the mount daemon fetches of a file at staging (its default)
 SETTLE = 0.25  # seconds of pause between (re-)mounting/staging and a timed sequential read
+ARIA2_CONNECTIONS = 16  # aria2c -x/-s in the remote profile (16 is aria2c's maximum)
 
 # Targets from the project's issue. kind: which column/ratio is checked, and how.
 TARGETS = {
@@ -47,6 +58,15 @@ TARGETS = {
 }
 # Sequential throughput with span export on may cost at most this fraction.
 OTLP_MAX_OVERHEAD = 0.05
+# Profile remote: cold read against curl's single stream; a random read's p50 at most
+# this fraction above the added delay (one round trip).
+REMOTE_COLD_RATIO = 8.0
+REMOTE_RAND_SLACK = 0.10
+# The paced server alone, 16 connections at once: each must get this fraction of its cap.
+REMOTE_CHECK_MIN = 0.8
+# Profile sustained: the slowest object against curl, and the mount daemon's CPU per GiB.
+SUSTAINED_SLOWEST_RATIO = 0.5
+SUSTAINED_CPU_PER_GIB = 1.0
 
 
 def log(msg):
@@ -54,46 +74,201 @@ def log(msg):
 
 
 
-def start_dead_remote(size, answers_with_headers):
-    """An HTTP server that answers the one-byte staging probe of a `size`-byte object, then
-    never finishes another request: with `answers_with_headers`, it sends the headers and
-    4 KiB of the range and hangs (a remote that stalls mid-body); without, it accepts the
-    request and never answers at all (a dead host that still accepts connections)."""
+def read_request(sock, buf=b""):
+    """Reads one HTTP/1.1 request head from `sock` (`buf`: bytes already received).
+    Returns (method, path, headers with lower-case names, the bytes after the head), or
+    None when the peer closed the connection or sent more than 64 KiB of head."""
+    while b"\r\n\r\n" not in buf:
+        if len(buf) > 64 << 10:
+            return None
+        chunk = sock.recv(4096)
+        if not chunk:
+            return None
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split()
+    if len(parts) != 3:
+        return None
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if parts[2] == "HTTP/1.0":
+        headers.setdefault("connection", "close")
+    return parts[0], parts[1], headers, rest
+
+
+def parse_range(value, size):
+    """(first, last) of a single `bytes=` range against an object of `size` bytes; the
+    whole object when there is no Range header; None when it is not satisfiable."""
+    if not value:
+        return (0, size - 1) if size else None
+    unit, _, spec = value.partition("=")
+    a, _, b = spec.strip().partition("-")
+    try:
+        if unit.strip() != "bytes" or "," in spec:
+            return None
+        if not a:
+            first, last = max(0, size - int(b)), size - 1
+        else:
+            first, last = int(a), min(int(b), size - 1) if b else size - 1
+    except ValueError:
+        return None
+    return (first, last) if first <= last < size else None
+
+
+def serve_on_loopback(handle):
+    """A threaded TCP server on a free 127.0.0.1 port that calls `handle(sock)` for each
+    connection, running until its `shutdown()`; the caller must also `server_close()`."""
     import socketserver
     import threading
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self):
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = self.request.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
-            rng = [l for l in data.decode("latin-1").split("\r\n") if l.lower().startswith("range:")]
-            first, last = 0, size - 1
-            if rng:
-                spec = rng[0].split("=", 1)[1]
-                a, _, b = spec.partition("-")
-                first, last = int(a), (int(b) if b else size - 1)
-            n = last - first + 1
-            if n == 1 or answers_with_headers:
-                self.request.sendall(
-                    (f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {first}-{last}/{size}\r\n"
-                     f"Content-Length: {n}\r\nETag: \"dead\"\r\n\r\n").encode())
-            if n == 1:
-                self.request.sendall(b"x")
-                return
-            if answers_with_headers:
-                self.request.sendall(b"x" * 4096)
-            threading.Event().wait()  # never finish
+            # Headers and a small body are separate sends: without this, Nagle's algorithm
+            # holds the body until the client's delayed ACK (40 ms on Linux).
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                handle(self.request)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client went away mid-response (aria2c and rclone do that)
 
     class Server(socketserver.ThreadingTCPServer):
         daemon_threads = True
         allow_reuse_address = True
+        request_queue_size = 128
 
     server = Server(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def start_dead_remote(size, answers_with_headers):
+    """An HTTP server that answers the one-byte staging probe of a `size`-byte object, then
+    never finishes another request: with `answers_with_headers`, it sends the headers and
+    4 KiB of the range and hangs (a remote that stalls mid-body); without, it accepts the
+    request and never answers at all (a dead host that still accepts connections)."""
+    import threading
+
+    def handle(sock):
+        req = read_request(sock)
+        if req is None:
+            return
+        first, last = parse_range(req[2].get("range"), size) or (0, size - 1)
+        n = last - first + 1
+        if n == 1 or answers_with_headers:
+            sock.sendall(
+                (f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {first}-{last}/{size}\r\n"
+                 f"Content-Length: {n}\r\nETag: \"dead\"\r\n\r\n").encode())
+        if n == 1:
+            sock.sendall(b"x")
+            return
+        if answers_with_headers:
+            sock.sendall(b"x" * 4096)
+        threading.Event().wait()  # never finish
+
+    return serve_on_loopback(handle)
+
+
+def start_paced_remote(files, rate, delay):
+    """An HTTP/1.1 server for the files in `files` (name -> path) that, like an object
+    store, caps every connection at `rate` bytes/s (0: no cap) and waits `delay` seconds
+    before every response. Keep-alive, single Range requests, HEAD, ETag, Last-Modified,
+    If-Match, and a listing at / (for rclone's http backend). The body goes out with
+    `sendfile` from the page cache in slices of 1/100 s worth, each slice sent when the
+    bytes sent so far fall behind the rate, so the server costs little CPU even with many
+    connections. Every response is recorded in the server's `log` (conn, method, first,
+    length, sent, status, start, end; monotonic times): the fetches of a run, their sizes
+    and how many ran at once."""
+    import email.utils
+    import itertools
+    import threading
+
+    meta = {}
+    for name, path in files.items():
+        st = os.stat(path)
+        meta["/" + name] = (path, st.st_size, f'"{int(st.st_mtime):x}-{st.st_size:x}"',
+                            email.utils.formatdate(st.st_mtime, usegmt=True))
+    index = ("<html><body>\n" + "".join(f'<a href="{n}">{n}</a>\n' for n in files)
+             + "</body></html>\n").encode()
+    slice_size = max(16 << 10, min(1 << 20, int(rate / 100))) if rate else 1 << 20
+    conn_ids = itertools.count()
+    log = []
+    log_lock = threading.Lock()
+
+    def respond(sock, status, headers, body=b""):
+        head = f"HTTP/1.1 {status}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        sock.sendall((head + "\r\n").encode() + body)
+
+    def send_paced(sock, path, first, n, record):
+        start = time.monotonic()
+        with open(path, "rb") as f:
+            while record["sent"] < n:
+                if rate:
+                    ahead = start + record["sent"] / rate - time.monotonic()
+                    if ahead > 0:
+                        time.sleep(ahead)
+                k = os.sendfile(sock.fileno(), f.fileno(), first + record["sent"],
+                                min(slice_size, n - record["sent"]))
+                if k == 0:
+                    break
+                record["sent"] += k
+
+    def answer(sock, method, target, headers, record):
+        def status(line, fields, body=b""):
+            record["status"] = int(line[:3])
+            respond(sock, line, fields, body)
+
+        if method not in ("GET", "HEAD"):
+            return status("405 Method Not Allowed", {"Content-Length": 0})
+        if target == "/":
+            return status("200 OK", {"Content-Type": "text/html", "Content-Length": len(index)},
+                          index if method == "GET" else b"")
+        if target not in meta:
+            return status("404 Not Found", {"Content-Length": 0})
+        path, size, etag, modified = meta[target]
+        common = {"Accept-Ranges": "bytes", "ETag": etag, "Last-Modified": modified,
+                  "Content-Type": "application/octet-stream"}
+        rng = parse_range(headers.get("range"), size)
+        if headers.get("if-match", etag) not in (etag, "*"):
+            return status("412 Precondition Failed", {"Content-Length": 0, **common})
+        if rng is None:
+            return status("416 Range Not Satisfiable",
+                          {"Content-Range": f"bytes */{size}", "Content-Length": 0, **common})
+        first, last = rng
+        n = last - first + 1
+        if "range" in headers:
+            common["Content-Range"] = f"bytes {first}-{last}/{size}"
+        status("206 Partial Content" if "range" in headers else "200 OK",
+               {"Content-Length": n, **common})
+        if method == "GET":
+            record.update(first=first, length=n)
+            send_paced(sock, path, first, n, record)
+
+    def handle(sock):
+        conn = next(conn_ids)
+        buf = b""
+        while True:
+            req = read_request(sock, buf)
+            if req is None:
+                return
+            method, target, headers, buf = req
+            target = target.split("?", 1)[0]
+            record = dict(conn=conn, method=method, first=0, length=0, sent=0, status=0,
+                          start=time.monotonic(), end=None)
+            try:
+                time.sleep(delay)
+                answer(sock, method, target, headers, record)
+            finally:
+                record["end"] = time.monotonic()
+                with log_lock:
+                    log.append(record)
+            if headers.get("connection", "").lower() == "close":
+                return
+
+    server = serve_on_loopback(handle)
+    server.log = log
     return server
 
 
@@ -224,6 +399,110 @@ def tail(path, n=20):
         return ""
 
 
+def proc_usage(pid):
+    """What a process has used so far, all its threads together: CPU seconds (user +
+    system, from /proc/PID/stat) and bytes it had written to storage (`write_bytes`: counted
+    when a page is dirtied, whether or not it was written back yet) and of those, the ones
+    dropped before writeback (`cancelled_write_bytes`: a deleted or truncated file's)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    io = {}
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            io[k.strip()] = int(v)
+    return dict(cpu=(int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"),
+                write_bytes=io["write_bytes"], cancelled_write_bytes=io["cancelled_write_bytes"])
+
+
+def usage_delta(before, after):
+    return {k: after[k] - before[k] for k in before}
+
+
+def fetch_metrics(port):
+    """The mount daemon's fetch counters from its metrics endpoint: HTTP requests (all
+    statuses) and bytes received."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {"requests": 0, "bytes": 0}
+    for line in text.splitlines():
+        if line.startswith("fusestream_fetch_requests_total{"):
+            out["requests"] += int(float(line.split()[-1]))
+        elif line.startswith("fusestream_fetch_bytes_total "):
+            out["bytes"] = int(float(line.split()[-1]))
+    return out
+
+
+def fetches_between(log, t0, t1):
+    """What a paced remote's log (see `start_paced_remote`) says about the body-carrying
+    GETs that started in [t0, t1]: how many, on how many connections, their sizes, how
+    many ran at once (at most, and on average over the window), and each one (start and
+    end in s from t0, connection, first byte, length) for the JSON."""
+    gets = [r for r in log if r["method"] == "GET" and r["length"] > 1 and t0 <= r["start"] <= t1]
+    if not gets:
+        return {"requests": 0}
+    events = sorted([(r["start"], 1) for r in gets] + [(r["end"], -1) for r in gets])
+    now = peak = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    busy = sum(min(r["end"], t1) - r["start"] for r in gets)
+    sizes = [r["length"] for r in gets]
+    return {"requests": len(gets), "connections": len({r["conn"] for r in gets}),
+            "bytes": sum(r["sent"] for r in gets), "size_min": min(sizes),
+            "size_median": median(sizes), "size_max": max(sizes), "concurrent_max": peak,
+            "concurrent_mean": busy / (t1 - t0) if t1 > t0 else None,
+            "gets": [[round(r["start"] - t0, 4), round(r["end"] - t0, 4), r["conn"], r["first"],
+                      r["length"]] for r in sorted(gets, key=lambda r: r["start"])]}
+
+
+def describe_fetches(f):
+    if not f.get("requests"):
+        return "no GETs"
+    mib = 1 << 20
+    return (f"{f['requests']} GETs on {f['connections']} connections, size "
+            f"{f['size_min'] / mib:.2f}/{f['size_median'] / mib:.2f}/{f['size_max'] / mib:.2f} MiB "
+            f"(min/median/max), at once max {f['concurrent_max']} mean {f['concurrent_mean']:.1f}")
+
+
+# What a mount daemon's CPU time is spent in, by kernel entry: the store's pwrite/pread,
+# receiving (recvfrom; softirqs: the TCP stack), FUSE replies (writev on /dev/fuse) and
+# requests (read on /dev/fuse), closing (freeing replaced stores), futex (thread hand-offs).
+PERF_ENTRY_POINTS = ("[k] __x64_sys_", "[k] do_writev", "[k] ksys_read", "[k] ksys_write",
+                     "[k] handle_softirqs", "[k] fuse_dev_write", "[k] fuse_dev_do_read")
+
+
+def perf_record(pid, path, stack):
+    """Starts `perf record -g` on process `pid`, writing `path`; returns a function that
+    stops it (SIGINT, so it writes its file), waits for it and writes the top self-time
+    symbols next to it (`path`.top.txt), returning those lines. Also stopped by `stack`."""
+    err = open(f"{path}.stderr", "wb")
+    proc = subprocess.Popen(["perf", "record", "-g", "-e", "cpu-clock", "-p", str(pid), "-o", path],
+                            stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
+    stack.callback(stop_process, proc, "perf record", 30, signal.SIGINT)
+    stack.callback(err.close)
+    time.sleep(0.5)  # perf attaches to every thread before the measured work starts
+
+    def report(*how):
+        p = subprocess.run(["perf", "report", "-i", path, "--stdio", "--sort", "dso,sym",
+                            "-g", "none", *how], capture_output=True, text=True, timeout=600)
+        return [l for l in p.stdout.splitlines() if l.strip() and not l.startswith("#")]
+
+    def stop():
+        stop_process(proc, "perf record", 30, signal.SIGINT)
+        top = report("--no-children", "--percent-limit", "0.5")
+        # Kernel entry points with everything below them (children): where the time goes
+        # per kind of work (user-space stacks are not reliable: no frame pointers).
+        entries = [l for l in report("--children", "--percent-limit", "0.2")
+                   if any(e in l for e in PERF_ENTRY_POINTS)]
+        lines = ["self time:"] + top + ["", "by kernel entry point (children):"] + entries
+        Path(f"{path}.top.txt").write_text("\n".join(lines) + "\n")
+        return lines
+
+    return stop
+
+
 def tool_version(cmd):
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
@@ -288,24 +567,29 @@ class Bench:
         self.problems.append(msg)
 
     # ---- source file + nginx
-    def make_source(self):
-        self.www.mkdir()
-        log(f"writing {self.args.size_mib} MiB of random data")
+    def make_source(self, name=FILE):
+        """Writes `size` bytes of random data to www/`name` (fsync'ed: written back now,
+        not during the measurements, which it would load). The first one is the source
+        (`src`, `src_fd`, `sha256`) that reads are checked against."""
+        self.www.mkdir(exist_ok=True)
+        path = self.www / name
+        log(f"writing {self.args.size_mib} MiB of random data to {name}")
         h = hashlib.sha256()
         chunk = 8 << 20
-        with open(self.src, "wb") as f:
+        with open(path, "wb") as f:
             left = self.size
             while left:
                 b = os.urandom(min(chunk, left))
                 h.update(b)
                 f.write(b)
                 left -= len(b)
-            # Written back now, not during the measurements (it would load every one).
             f.flush()
             os.fsync(f.fileno())
-        self.sha256 = h.hexdigest()
-        self.src_fd = os.open(self.src, os.O_RDONLY)
-        self.stack.callback(os.close, self.src_fd)
+        if name == FILE:
+            self.sha256 = h.hexdigest()
+            self.src_fd = os.open(self.src, os.O_RDONLY)
+            self.stack.callback(os.close, self.src_fd)
+        return path
 
     def start_nginx(self):
         nginx = "/usr/sbin/nginx"
@@ -384,10 +668,12 @@ http {{
         cache.mkdir(exist_ok=True)  # restarted daemons (the OTLP runs) reuse it
         mountd_log = self.tmp / "mountd.log"
         ctl_log = self.tmp / "control.log"
+        self.metrics_port = free_port()
         self.mountd = spawn(
             [BIN / "fusestream-mountd", "--mountpoint", self.fs_mnt,
              "--socket", self.tmp / "mountd.sock", "--cache-dir", cache,
-             "--log-file", mountd_log], self.tmp / "mountd.stderr", env)
+             "--log-file", mountd_log, "--metrics-listen", f"127.0.0.1:{self.metrics_port}"],
+            self.tmp / "mountd.stderr", env)
         # LIFO: the mount is checked/unmounted after the daemon has been stopped.
         self.stack.callback(unmount, self.fs_mnt)
         self.stack.callback(stop_process, self.mountd, "fusestream-mountd")
@@ -414,13 +700,14 @@ http {{
                    "fusestreamctl status", interval=0.1, alive=ctl_alive)
         log(f"FuseStream up: mountd pid {self.mountd.pid}, control pid {self.ctl.pid}")
 
-    def fs_stage(self):
-        """Stage (or re-stage: new inode, empty backing store) the nginx URL."""
+    def fs_stage(self, name=FILE, url=None):
+        """Stage (or re-stage: new inode, empty backing store) `url` (default: the
+        benchmark's file) as `name`; returns the seconds it took."""
         t0 = time.perf_counter()
-        p = self.ctl_cmd("stage", "--replace", "--name", FILE, self.url)
+        p = self.ctl_cmd("stage", "--replace", "--name", name, url or self.url)
         dt = time.perf_counter() - t0
-        if p.stdout.strip() != str(self.fs_path):
-            self.problem(f"stage printed {p.stdout.strip()!r}, expected {self.fs_path}")
+        if p.stdout.strip() != str(self.fs_mnt / name):
+            self.problem(f"stage printed {p.stdout.strip()!r}, expected {self.fs_mnt / name}")
         return dt
 
     def fs_fetched(self):
@@ -432,14 +719,18 @@ http {{
         return None
 
     # ---- rclone
-    def cold_read(self):
-        """Re-stage the entry (new inode, empty store) and read it all once: MB/s."""
+    def make_cold(self):
+        """Re-stage the entry (new inode, empty store) and let the replaced one go."""
         self.fs_stage()
         time.sleep(SETTLE)
         st = os.stat(self.fs_path)
         if st.st_ino == self.fs_ino:
             self.problem(f"{self.fs_path} is still the replaced inode {st.st_ino}: not cold")
         self.fs_ino = st.st_ino
+
+    def cold_read(self):
+        """Re-stage the entry and read it all once: MB/s."""
+        self.make_cold()
         return self.dd(self.fs_path)
 
     def otlp_runs(self):
@@ -529,7 +820,8 @@ http {{
 
     # ---- primitive measurements
     def dd(self, path):
-        """Sequential read with dd bs=1M; returns MB/s (10^6 B/s) from our own timing."""
+        """Sequential read of `size` bytes with dd bs=1M; returns MB/s (10^6 B/s) from our
+        own timing."""
         t0 = time.perf_counter()
         p = subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True,
                            text=True, timeout=self.timeout, env=self.env)
@@ -544,10 +836,11 @@ http {{
             raise BenchError(f"dd read {got} bytes from {path}, expected {self.size}")
         return self.size / dt / 1e6
 
-    def curl_seq(self):
+    def curl_seq(self, url=None):
+        """One curl of `url` (default: the benchmark's file) to /dev/null: MB/s."""
         t0 = time.perf_counter()
         p = subprocess.run(["curl", "-s", "-S", "-f", "-o", "/dev/null", "-w", "%{size_download}",
-                            self.url], capture_output=True, text=True, timeout=self.timeout)
+                            url or self.url], capture_output=True, text=True, timeout=self.timeout)
         dt = time.perf_counter() - t0
         if p.returncode != 0 or int(float(p.stdout)) != self.size:
             raise BenchError(f"curl failed ({p.returncode}): {p.stderr.strip()} {p.stdout}")
@@ -675,6 +968,39 @@ http {{
         rng = random.Random(4242 + run)
         return [rng.randrange(self.size // PAGE) * PAGE for _ in range(self.args.random_reads)]
 
+    def rclone_open_latency(self, into, mid):
+        """open + 4 KiB at 0 and at `mid` through rclone, each on a fresh mount with an
+        empty cache (`--rclone-latency-samples` remounts each), into `into`."""
+        if not self.rclone_bin:
+            return
+        n_rc = min(self.args.latency_samples, self.args.rclone_latency_samples)
+        log(f"open+first 4 KiB (at 0 and at {mid}): rclone x{n_rc} fresh mounts each")
+        for key, off in (("open_first4k", 0), ("open_mid4k", mid)):
+            lat = []
+            for _ in range(n_rc):
+                self.rclone_mount()
+                lat.append(self.open_first4k(self.rc_mnt / FILE, off)[0])
+            into[key] = lat
+        self.rclone_unmount()
+
+    def random_read_runs(self, R):
+        """`--random-reads` random 4 KiB reads per run, the same offsets for all: curl on
+        one kept-alive connection, FuseStream on a freshly staged file, rclone on a fresh
+        mount. Into R[system]["rand4k_runs"], one list of ms per run."""
+        a = self.args
+        log(f"random 4 KiB preads: {a.random_reads} per run x{a.runs}")
+        for key in R:
+            R[key]["rand4k_runs"] = []
+        for i in range(a.runs):
+            offs = self.offsets(i)
+            R["curl"]["rand4k_runs"].append(self.curl_ranges(offs))
+            fd = self.fs_open_fresh()
+            R["fusestream"]["rand4k_runs"].append(self.random_preads(self.fs_path, offs, fd))
+            if self.rclone_bin:
+                self.rclone_mount()
+                R["rclone"]["rand4k_runs"].append(self.random_preads(self.rc_mnt / FILE, offs))
+        self.rclone_unmount()
+
     def sha_of(self, path):
         h = hashlib.sha256()
         with open(path, "rb") as f:
@@ -685,8 +1011,8 @@ http {{
                 h.update(b)
         return h.hexdigest()
 
-    # ---- the benchmark proper
-    def run(self):
+    # ---- the benchmark proper: one method per profile, each returning its raw results
+    def run_loopback(self):
         a = self.args
         R = {"curl": {}, "fusestream": {}, "rclone": {}}
         self.make_source()
@@ -762,31 +1088,10 @@ http {{
         log(f"open+first 4 KiB at {mid}: curl and FuseStream x{n}")
         R["curl"]["open_mid4k"] = [self.curl_ranges([mid])[0] for _ in range(n)]
         R["fusestream"]["open_mid4k"] = self.fs_first4k_samples(n, mid)
-        if self.rclone_bin:
-            n_rc = min(n, a.rclone_latency_samples)
-            log(f"open+first 4 KiB (at 0 and at {mid}): rclone x{n_rc} fresh mounts each")
-            for key, off in (("open_first4k", 0), ("open_mid4k", mid)):
-                lat = []
-                for _ in range(n_rc):
-                    self.rclone_mount()
-                    lat.append(self.open_first4k(self.rc_mnt / FILE, off)[0])
-                R["rclone"][key] = lat
-            self.rclone_unmount()
+        self.rclone_open_latency(R["rclone"], mid)
 
         # 4 random 4 KiB preads on a cold file
-        log(f"random 4 KiB preads: {a.random_reads} per run x{a.runs}")
-        for key in R:
-            R[key]["rand4k_runs"] = []
-        for i in range(a.runs):
-            offs = self.offsets(i)
-            R["curl"]["rand4k_runs"].append(self.curl_ranges(offs))
-            fd = self.fs_open_fresh()
-            R["fusestream"]["rand4k_runs"].append(self.random_preads(self.fs_path, offs, fd))
-            if self.rclone_bin:
-                self.rclone_mount()
-                R["rclone"]["rand4k_runs"].append(self.random_preads(self.rc_mnt / FILE, offs))
-        if self.rclone_bin:
-            self.rclone_unmount()
+        self.random_read_runs(R)
 
         # 6 metadata latency while readers are stuck on a stalled remote
         log("ls/stat with 8 readers stalled: FuseStream")
@@ -889,6 +1194,203 @@ http {{
             server.shutdown()
             server.server_close()
 
+    def aria2c(self, out_dir):
+        """One aria2c download of the benchmark's URL with ARIA2_CONNECTIONS connections,
+        into `out_dir` (aria2c writes a file; it is checked for size and removed): MB/s."""
+        out = out_dir / FILE
+        t0 = time.perf_counter()
+        p = subprocess.run(["aria2c", f"-x{ARIA2_CONNECTIONS}", f"-s{ARIA2_CONNECTIONS}", "-k1M",
+                            "--file-allocation=none", "--allow-overwrite=true",
+                            "--auto-file-renaming=false", "--console-log-level=warn",
+                            "--summary-interval=0", "-q", "-d", str(out_dir), "-o", FILE, self.url],
+                           capture_output=True, text=True, timeout=self.timeout)
+        dt = time.perf_counter() - t0
+        try:
+            got = out.stat().st_size
+        except OSError:
+            got = None
+        if p.returncode != 0 or got != self.size:
+            raise BenchError(f"aria2c failed ({p.returncode}, {got} bytes): "
+                             f"{(p.stderr or p.stdout).strip()}")
+        if self.sha_of(out) != self.sha256:
+            self.problem("sha256 of aria2c's download differs from the source")
+        out.unlink()
+        return self.size / dt / 1e6
+
+    def run_remote(self):
+        """Profile `remote`: the benchmark's file from a paced server (per-connection rate
+        cap, delay before every response): curl, aria2c, rclone mount and FuseStream side
+        by side, plus which GETs each of them made."""
+        a = self.args
+        rate, delay = a.rate_mbs * 1e6, a.delay_ms / 1e3
+        src = self.make_source()
+        server = start_paced_remote({FILE: src}, rate, delay)
+        self.stack.callback(server.server_close)
+        self.stack.callback(server.shutdown)
+        self.port = server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/{FILE}"
+        self.timeout = 120 + 3 * self.size / (rate or 1e9)
+        log(f"paced remote on 127.0.0.1:{self.port}: {a.rate_mbs:g} MB/s per connection, "
+            f"{a.delay_ms:g} ms before each response")
+        R = {"curl": {}, "aria2c": {}, "rclone": {}, "fusestream": {}}
+        R["server_check"] = self.remote_check(server, rate, delay)
+        self.start_fusestream()
+        aria2 = None if a.no_aria2 else shutil.which("aria2c")
+        self.aria2_note = (None if aria2 else "aria2c skipped: " + (
+            "--no-aria2" if a.no_aria2 else "not found on PATH (Debian package aria2)"))
+        aria_dir = self.tmp / "aria2"
+        aria_dir.mkdir()
+        windows = {k: [] for k in R}  # (t0, t1) of each timed read, for the server's log
+
+        def timed(system, fn, prepare=None):
+            if prepare:
+                prepare()
+            t0 = time.monotonic()
+            value = fn()
+            windows[system].append((t0, time.monotonic()))
+            R[system].setdefault("cold_seq", []).append(value)
+            return value
+
+        for i in range(a.runs):
+            timed("curl", self.curl_seq)
+            if aria2:
+                timed("aria2c", lambda: self.aria2c(aria_dir))
+            if self.rclone_bin:
+                timed("rclone", lambda: self.dd(self.rc_mnt / FILE),
+                      prepare=lambda: (self.rclone_mount(), time.sleep(SETTLE)))
+            timed("fusestream", lambda: self.dd(self.fs_path), prepare=self.make_cold)
+            log(f"run {i + 1}/{a.runs}: cold MB/s " + ", ".join(
+                f"{k} {R[k]['cold_seq'][-1]:.0f}" for k in R if R[k].get("cold_seq")))
+        if self.sha_of(self.fs_path) != self.sha256:
+            self.problem("sha256 of the file read through the FuseStream mount differs from the source")
+        self.rclone_unmount()
+
+        n, mid = a.latency_samples, self.mid_offset()
+        log(f"open+4 KiB at 0 and at {mid}: curl and FuseStream x{n}")
+        for key, off in (("open_first4k", 0), ("open_mid4k", mid)):
+            R["curl"][key] = [self.curl_ranges([off])[0] for _ in range(n)]
+            R["fusestream"][key] = self.fs_first4k_samples(n, off)
+        self.rclone_open_latency(R["rclone"], mid)
+        self.random_read_runs(R)
+
+        for system, spans in windows.items():
+            R[system]["fetches"] = [fetches_between(server.log, t0, t1) for t0, t1 in spans]
+        R["fusestream"]["rss_peak"] = vm_hwm_mib(self.mountd.pid)
+        if self.mountd.poll() is not None or self.ctl.poll() is not None:
+            self.problem("a FuseStream daemon exited during the benchmark")
+        return R
+
+    def remote_check(self, server, rate, delay, streams=16):
+        """The paced remote alone: `streams` curls at once, each a range of one second at
+        the cap (at most the file) at different offsets. Each connection must get its cap
+        and all of them the sum (else the server, not the client, would limit the
+        profile): returns what each and all got."""
+        length = min(self.size, int(rate) if rate else self.size // streams)
+        starts = [min(i * self.size // streams, self.size - length) for i in range(streams)]
+        n0 = len(server.log)
+        cpu0 = os.times()
+        procs = [subprocess.Popen(["curl", "-s", "-S", "-f", "-o", "/dev/null", "-r",
+                                   f"{start}-{start + length - 1}", self.url])
+                 for start in starts]
+        codes = [p.wait(timeout=self.timeout) for p in procs]
+        cpu1 = os.times()
+        gets = server.log[n0:]
+        if any(codes) or len(gets) != streams:
+            raise BenchError(f"server check: curl exit codes {codes}, {len(gets)} responses")
+        per = [r["sent"] / max(1e-9, r["end"] - r["start"] - delay) / 1e6 for r in gets]
+        span = max(r["end"] for r in gets) - min(r["start"] for r in gets)
+        # All transfers overlap: the aggregate is the sum of the rates while all run.
+        check = {"streams": streams, "per_stream_mbs": per,
+                 "aggregate_mbs": sum(per),
+                 "span_mbs": sum(r["sent"] for r in gets) / span / 1e6,
+                 "server_cpu_s": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)}
+        log(f"paced remote alone: {streams} curls at once, each {min(per):.1f}-{max(per):.1f} MB/s, "
+            f"together {check['aggregate_mbs']:.0f} MB/s, server CPU {check['server_cpu_s']:.2f} s")
+        if rate and min(per) < REMOTE_CHECK_MIN * rate / 1e6:
+            self.problem(f"the paced remote gave a connection only {min(per):.1f} MB/s of "
+                         f"{rate / 1e6:g} with {streams} at once: the server limits the profile")
+        return check
+
+    def sustained_pass(self, names, perf=None):
+        """Re-stages `names` (empty stores), syncs (every pass starts with nothing dirty;
+        not with --no-sync), then reads them through the mount back to back with no pause
+        (with `perf`, recorded into that path). Returns per object: MB/s, the mount
+        daemon's CPU-s and bytes written, and the fetches it made."""
+        for name in names:
+            self.fs_stage(name, f"http://127.0.0.1:{self.port}/{name}")
+        if not self.args.no_sync:
+            os.sync()
+        time.sleep(SETTLE)
+        stop_perf = perf_record(self.mountd.pid, perf, self.stack) if perf else None
+        out = []
+        before, fetched = proc_usage(self.mountd.pid), fetch_metrics(self.metrics_port)
+        for name in names:
+            mbs = self.dd(self.fs_mnt / name)
+            after, fetched_after = proc_usage(self.mountd.pid), fetch_metrics(self.metrics_port)
+            out.append(dict(name=name, mbs=mbs, **usage_delta(before, after),
+                            fetch_requests=fetched_after["requests"] - fetched["requests"],
+                            fetch_bytes=fetched_after["bytes"] - fetched["bytes"]))
+            before, fetched = after, fetched_after
+        if stop_perf:
+            self.perf_top = stop_perf()
+        for name in names:
+            with open(self.fs_mnt / name, "rb") as f:
+                for off in random.Random(name).sample(range(self.size // PAGE), 16):
+                    if os.pread(f.fileno(), PAGE, off * PAGE) != os.pread(
+                            self.src_fds[name], PAGE, off * PAGE):
+                        self.problem(f"{name}: wrong bytes through the mount at {off * PAGE}")
+        return out
+
+    def page_cache_write_cost(self):
+        """CPU-s (user + system) that `dd` takes to write 1 GiB of zeros into a new file on
+        the cache disk (deleted at once, never written back): what filling fresh page-cache
+        pages costs on this machine right now. On a VM it varies severalfold with the host's
+        memory state, and every byte the daemon stores or hands to a reader pays it."""
+        import resource
+        path = self.tmp / "fs-cache" / "page-cache-probe"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        try:
+            subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", "count=1024"],
+                           check=True, capture_output=True, timeout=self.timeout)
+        finally:
+            path.unlink(missing_ok=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+    def run_sustained(self):
+        """Profile `sustained`: `--objects` files from nginx (no cap) read through the mount
+        back to back, per run; curl reads each in the same run."""
+        a = self.args
+        names = [f"stream{i + 1}.bin" for i in range(a.objects)]
+        self.src_fds = {}
+        for name in names:
+            fd = os.open(self.make_source(name), os.O_RDONLY)
+            self.stack.callback(os.close, fd)
+            self.src_fds[name] = fd
+        self.start_nginx()
+        self.start_fusestream()
+        R = {"curl": [], "passes": [], "page_cache_write": []}
+        for i in range(a.runs):
+            R["curl"].append([self.curl_seq(f"http://127.0.0.1:{self.port}/{n}") for n in names])
+            R["passes"].append(self.sustained_pass(names))
+            # After the pass, not before: it would warm the very pages the pass then uses.
+            R["page_cache_write"].append(self.page_cache_write_cost())
+            gib = self.size / (1 << 30)
+            log(f"run {i + 1}/{a.runs}: curl " + " ".join(f"{x:.0f}" for x in R["curl"][-1])
+                + " MB/s; FuseStream " + "  ".join(
+                    f"{o['mbs']:.0f} MB/s {o['cpu'] / gib:.2f} CPU-s/GiB "
+                    f"{o['write_bytes'] / gib / (1 << 20):.0f} MiB written/GiB"
+                    for o in R["passes"][-1])
+                + f"; dd writing 1 GiB to the page cache: {R['page_cache_write'][-1]:.2f} CPU-s")
+        if a.perf:
+            log(f"one more pass recorded with perf (not in the medians): {a.perf}")
+            R["perf_pass"] = self.sustained_pass(names, perf=a.perf)
+            R["perf_top"] = self.perf_top
+        R["rss_peak"] = vm_hwm_mib(self.mountd.pid)
+        if self.mountd.poll() is not None or self.ctl.poll() is not None:
+            self.problem("a FuseStream daemon exited during the benchmark")
+        return R
+
     def shutdown_fusestream(self):
         """Orderly stop (also done by the clean-up stack): reports exit codes."""
         codes = {}
@@ -975,13 +1477,30 @@ def fmt_num(x, key):
     return f"{x:.3f}"
 
 
+def format_table(head, body, text_last=True):
+    """Plain-text table: the first column (and the last, a target's text, if `text_last`)
+    left-aligned, the numbers right-aligned."""
+    widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
+    lines = []
+    for j, row in enumerate([head] + body):
+        last = len(head) - 1 if text_last else len(head)
+        cells = [row[0].ljust(widths[0])]
+        cells += [row[i].rjust(widths[i]) for i in range(1, last)]
+        cells += [row[i].ljust(widths[i]) for i in range(last, len(head))]
+        lines.append("  ".join(cells).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def verdict(target, ok):
+    return (target or "-") + ("" if ok is None else "  " + ("PASS" if ok else "FAIL"))
+
+
 def table(rows, have_rclone):
     head = ["metric", "curl", "FuseStream", "rclone", "FuseStream/curl", "rclone/curl", "target"]
     body = []
     for r in rows:
-        tgt = r["target"] or "-"
-        if r["met"] is not None:
-            tgt += "  " + ("PASS" if r["met"] else "FAIL")
         body.append([
             r["metric"],
             fmt_num(r["curl"], r["key"]),
@@ -990,84 +1509,17 @@ def table(rows, have_rclone):
             "-" if r["fusestream_over_curl"] is None else f"{r['fusestream_over_curl']:.2f}",
             ("-" if r["rclone_over_curl"] is None else f"{r['rclone_over_curl']:.2f}")
             if have_rclone else "n/a",
-            tgt,
+            verdict(r["target"], r["met"]),
         ])
-    widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
-    lines = []
-    for j, row in enumerate([head] + body):
-        cells = [row[0].ljust(widths[0])] + [row[i].rjust(widths[i]) for i in range(1, 6)]
-        cells.append(row[6].ljust(widths[6]))
-        lines.append("  ".join(cells).rstrip())
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return format_table(head, body)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size-mib", type=int, default=1024, help="size of the test file (default 1024)")
-    ap.add_argument("--runs", type=int, default=5, help="repetitions per measurement (default 5)")
-    ap.add_argument("--no-rclone", action="store_true", help="skip the rclone mount")
-    ap.add_argument("--no-otlp", action="store_true",
-                    help="skip the cold reads with span export on")
-    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs) for debugging")
-    ap.add_argument("--latency-samples", type=int, default=50,
-                    help="re-stagings for the open+first 4 KiB latency (default 50)")
-    ap.add_argument("--rclone-latency-samples", type=int, default=20,
-                    help="fresh rclone mounts for the open+first 4 KiB latency (default 20)")
-    ap.add_argument("--random-reads", type=int, default=200,
-                    help="random 4 KiB preads per cold file (default 200)")
-    args = ap.parse_args()
-    if args.size_mib < 1 or args.runs < 1 or args.latency_samples < 1 or args.random_reads < 1:
-        ap.error("sizes and counts must be >= 1")
-    if os.geteuid() != 0:
-        print("bench/run.py: must run as root (the FuseStream mount daemon mounts directly; "
-              "try: sudo bench/run.py)", file=sys.stderr)
-        return 2
-    for tool in ("curl", "dd"):
-        if not shutil.which(tool):
-            print(f"bench/run.py: {tool} not found on PATH", file=sys.stderr)
-            return 2
-
-    def on_signal(signum, _frame):
-        raise Interrupted(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-
-    started = datetime.datetime.now(datetime.timezone.utc)
-    status = 0
-    results = None
-    with ExitStack() as stack:
-        try:
-            bench = Bench(args, stack)
-            stack.callback(bench.rclone_unmount)
-            try:
-                results = bench.run()
-            finally:
-                # Clean-up (including the ExitStack's) must not be cut short by Ctrl-C.
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                signal.signal(signal.SIGHUP, signal.SIG_IGN)
-                bench.rclone_unmount()
-                exit_codes = bench.shutdown_fusestream()
-        except (KeyboardInterrupt, Interrupted) as e:
-            log(f"interrupted ({str(e) or 'SIGINT'}); cleaning up")
-            status = 130
-        except (BenchError, subprocess.TimeoutExpired, OSError) as e:
-            log(f"FAILED: {e}")
-            if args.keep:
-                log("logs are in the temp dir (--keep)")
-            status = 1
-    if results is None:
-        return status or 1
-
+def report_loopback(args, bench, results, started):
+    """Prints the loopback profile's table and notes; returns the summary rows."""
     have_rclone = bench.rclone_bin is not None
     rows = summarize(results, have_rclone)
-    cores = os.cpu_count()
     print(f"FuseStream benchmark  {started:%Y-%m-%d %H:%M} UTC  file {args.size_mib} MiB from nginx "
-          f"on 127.0.0.1  runs {args.runs}  {cores} CPUs  {platform.release()}")
+          f"on 127.0.0.1  runs {args.runs}  {os.cpu_count()} CPUs  {platform.release()}")
     print(table(rows, have_rclone))
     print("medians over runs; MB/s = 10^6 bytes/s; ratios are medians / curl's median; "
           "curl latency = curl's time_total of a 4 KiB Range GET (new connection for "
@@ -1086,11 +1538,9 @@ def main():
     if on and off:
         # Each "on" read against the "off" read just before it, then the median of those.
         ratio = median([x / y for x, y in zip(on, off)])
-        verdict = "PASS" if ratio >= 1 - OTLP_MAX_OVERHEAD else "FAIL"
         print(f"span export: cold sequential, interleaved, with tracing + OTLP export on "
               f"{median(on):.0f} MB/s, off {median(off):.0f} MB/s: on/off {ratio:.2f} (median of "
-              f"pairs; target >= "
-              f"{1 - OTLP_MAX_OVERHEAD:.2f}: {verdict}); "
+              f"pairs; {verdict(f'target >= {1 - OTLP_MAX_OVERHEAD:.2f}', ratio >= 1 - OTLP_MAX_OVERHEAD)}); "
               f"{results['fusestream']['otlp_spans']} spans received")
     dead = results["fusestream"].get("open_mid4k_deadhosts")
     alone = results["fusestream"].get("open_mid4k")
@@ -1100,26 +1550,250 @@ def main():
               f"objects of a host that never answers: p50 {median(dead):.3f} ms, "
               f"{median(alone):.3f} ms without them (with/without {ratio:.2f}; goal: equal within "
               f"noise); p99 {percentile(dead, 99):.3f} / {percentile(alone, 99):.3f} ms")
-    if bench.rclone_note:
+    return rows
+
+
+def report_remote(args, bench, R, started):
+    """Prints the remote profile's table (one column per system) and what GETs each made;
+    returns the summary rows."""
+    systems = [("curl", "curl"), ("aria2c", f"aria2c -x{ARIA2_CONNECTIONS}"), ("rclone", "rclone"),
+               ("fusestream", "FuseStream")]
+    systems = [(k, label) for k, label in systems if R[k].get("cold_seq")]
+    delay = args.delay_ms
+
+    def stat(system, key):
+        d = R[system]
+        if key == "cold_seq":
+            return median(d["cold_seq"]) if d.get("cold_seq") else None
+        if key in ("open_first4k", "open_mid4k"):
+            return median(d[key]) if d.get(key) else None
+        if key in ("open_first4k_p99", "open_mid4k_p99"):
+            v = d.get(key[:-4])
+            return percentile(v, 99) if v else None
+        runs = d.get("rand4k_runs")
+        return median([percentile(r, int(key[-2:])) for r in runs]) if runs else None
+
+    rows = []
+    curl_cold = stat("curl", "cold_seq")
+    for key, label, target in [
+            ("cold_seq", "cold sequential read, MB/s", ("ratio", REMOTE_COLD_RATIO)),
+            ("open_first4k", "open+first 4 KiB p50, ms", None),
+            ("open_first4k_p99", "open+first 4 KiB p99, ms", None),
+            ("open_mid4k", "open+4 KiB mid-file p50, ms", None),
+            ("rand4k_p50", "random 4 KiB pread p50, ms", ("delay", REMOTE_RAND_SLACK)),
+            ("rand4k_p99", "random 4 KiB pread p99, ms", None)]:
+        values = {k: stat(k, key) for k, _ in systems}
+        fs = values.get("fusestream")
+        text, ok = None, None
+        if target and target[0] == "ratio":
+            text = f"FS/curl >= {target[1]:g}"
+            ok = fs / curl_cold >= target[1] if fs and curl_cold else None
+        elif target and delay:
+            text = f"FS <= {1 + target[1]:g} x {delay:g} ms"
+            ok = fs <= (1 + target[1]) * delay if fs is not None else None
+        rows.append(dict(key=key, metric=label, values=values, target=text, met=ok))
+
+    print(f"FuseStream benchmark, profile remote  {started:%Y-%m-%d %H:%M} UTC  file "
+          f"{args.size_mib} MiB from a paced server on 127.0.0.1 ({args.rate_mbs:g} MB/s per "
+          f"connection, {args.delay_ms:g} ms before each response)  runs {args.runs}  "
+          f"{os.cpu_count()} CPUs  {platform.release()}")
+    head = ["metric"] + [label for _, label in systems] + [
+        f"{label}/curl" for k, label in systems if k != "curl"] + ["target"]
+    body = []
+    for r in rows:
+        fmt = (lambda x: f"{x:.0f}") if r["key"] == "cold_seq" else (lambda x: f"{x:.2f}")
+        cells = [r["metric"]] + ["-" if r["values"][k] is None else fmt(r["values"][k])
+                                 for k, _ in systems]
+        c = r["values"].get("curl")
+        cells += ["-" if (r["values"][k] is None or not c) else f"{r['values'][k] / c:.2f}"
+                  for k, _ in systems if k != "curl"]
+        body.append(cells + [verdict(r["target"], r["met"])])
+    print(format_table(head, body))
+    print("medians over runs; MB/s = 10^6 bytes/s; curl latency = curl's time_total of a 4 KiB "
+          "Range GET (new connection for open, kept-alive for random); rclone's open latency on "
+          "fresh mounts.")
+    chk = R["server_check"]
+    print(f"paced remote alone: {chk['streams']} curls at once got "
+          f"{min(chk['per_stream_mbs']):.1f}-{max(chk['per_stream_mbs']):.1f} MB/s each, "
+          f"{chk['aggregate_mbs']:.0f} MB/s together ({chk['span_mbs']:.0f} MB/s over the whole "
+          f"span, process starts included), the server using {chk['server_cpu_s']:.2f} CPU-s")
+    for k, label in systems:
+        for i, f in enumerate(R[k].get("fetches", [])):
+            print(f"GETs of {label}'s cold read {i + 1}: {describe_fetches(f)}")
+    for note in (bench.aria2_note, bench.rclone_note):
+        if note:
+            print(f"note: {note}")
+    return rows
+
+
+def report_sustained(args, bench, R, started):
+    """Prints the sustained profile's table (one row per object position); returns the
+    summary rows."""
+    gib = args.size_mib / 1024
+    curl = median([x for run in R["curl"] for x in run])
+    rows = []
+    for i in range(args.objects):
+        col = [p[i] for p in R["passes"]]
+        mbs = median([o["mbs"] for o in col])
+        rows.append(dict(object=i + 1, mbs=mbs, over_curl=mbs / curl,
+                         cpu_s_per_gib=median([o["cpu"] / gib for o in col]),
+                         written_mib_per_gib=median([o["write_bytes"] / gib / (1 << 20) for o in col]),
+                         cancelled_mib_per_gib=median(
+                             [o["cancelled_write_bytes"] / gib / (1 << 20) for o in col]),
+                         fetch_requests=median([o["fetch_requests"] for o in col]),
+                         fetch_mib=median([o["fetch_bytes"] / (1 << 20) for o in col])))
+    # The goals, per run: its slowest object against its own curl, and the daemon's CPU
+    # over all its objects; then the median over runs.
+    slowest = [min(o["mbs"] for o in p) / median(c) for p, c in zip(R["passes"], R["curl"])]
+    cpu_runs = [sum(o["cpu"] for o in p) / (gib * len(p)) for p in R["passes"]]
+    slow, cpu = median(slowest), median(cpu_runs)
+    print(f"FuseStream benchmark, profile sustained  {started:%Y-%m-%d %H:%M} UTC  "
+          f"{args.objects} x {args.size_mib} MiB from nginx on 127.0.0.1, read back to back  "
+          f"runs {args.runs}  {os.cpu_count()} CPUs  {platform.release()}")
+    head = ["object", "MB/s", "/curl", "mountd CPU-s/GiB", "written MiB/GiB",
+            "of which cancelled", "GETs", "fetched MiB"]
+    body = [[f"{r['object']} of {args.objects}", f"{r['mbs']:.0f}", f"{r['over_curl']:.2f}",
+             f"{r['cpu_s_per_gib']:.2f}", f"{r['written_mib_per_gib']:.0f}",
+             f"{r['cancelled_mib_per_gib']:.0f}", f"{r['fetch_requests']:.0f}",
+             f"{r['fetch_mib']:.0f}"] for r in rows]
+    print(format_table(head, body, text_last=False))
+    print(f"curl, same runs: {curl:.0f} MB/s (median of {len(R['curl']) * args.objects} reads)")
+    print(f"slowest object of each run / that run's curl: {min(slowest):.2f}-{max(slowest):.2f}, "
+          f"median {slow:.2f}: "
+          + verdict(f"target >= {SUSTAINED_SLOWEST_RATIO:g}", slow >= SUSTAINED_SLOWEST_RATIO))
+    print(f"mount daemon per run: {min(cpu_runs):.2f}-{max(cpu_runs):.2f} CPU-s/GiB, median "
+          f"{cpu:.2f}: " + verdict(f"target <= {SUSTAINED_CPU_PER_GIB:g}", cpu <= SUSTAINED_CPU_PER_GIB))
+    print("medians over runs; MB/s = 10^6 bytes/s; each run re-stages the objects"
+          + (" (no sync: --no-sync)" if args.no_sync else " and syncs") + ", then reads them with dd bs=1M with no pause; CPU = utime+stime of fusestream-mountd "
+          "(/proc/PID/stat), written = its write_bytes (/proc/PID/io: pages it dirtied, "
+          "cancelled = dropped before writeback), GETs and fetched bytes from its metrics.")
+    pcw = R["page_cache_write"]
+    print(f"reference, right after each run: dd writing 1 GiB of zeros into the page cache (the "
+          f"cache disk) took {min(pcw):.2f}-{max(pcw):.2f} CPU-s, median {median(pcw):.2f}: the "
+          f"machine's cost of filling fresh pages, paid by every byte stored or replied")
+    if R.get("perf_top"):
+        print(f"perf (one more pass, not in the medians), top self time of the mount daemon "
+              f"(all: {args.perf}.top.txt; perf report -i {args.perf}):")
+        top = R["perf_top"]
+        split = top.index("")
+        for line in top[:min(split, 21)] + top[split:]:
+            print("  " + line.rstrip())
+    return {"objects": rows, "slowest_over_curl": slowest, "cpu_s_per_gib": cpu_runs}
+
+
+PROFILES = {
+    # name: (runner, reporter, default --size-mib, --runs, --random-reads)
+    "loopback": (Bench.run_loopback, report_loopback, 1024, 5, 200),
+    "remote": (Bench.run_remote, report_remote, 512, 3, 100),
+    "sustained": (Bench.run_sustained, report_sustained, 1024, 3, 0),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="loopback",
+                    help="what to measure (default loopback; see bench/README.md)")
+    ap.add_argument("--size-mib", type=int,
+                    help="size of the test file, of each object for sustained (default: loopback "
+                         "1024, remote 512, sustained 1024)")
+    ap.add_argument("--runs", type=int,
+                    help="repetitions per measurement (default: loopback 5, remote and sustained 3)")
+    ap.add_argument("--no-rclone", action="store_true", help="skip the rclone mount")
+    ap.add_argument("--no-otlp", action="store_true",
+                    help="loopback: skip the cold reads with span export on")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs) for debugging")
+    ap.add_argument("--latency-samples", type=int, default=50,
+                    help="re-stagings for the open+first 4 KiB latency (default 50)")
+    ap.add_argument("--rclone-latency-samples", type=int, default=20,
+                    help="fresh rclone mounts for the open+first 4 KiB latency (default 20)")
+    ap.add_argument("--random-reads", type=int,
+                    help="random 4 KiB preads per cold file (default: loopback 200, remote 100)")
+    ap.add_argument("--rate-mbs", type=float, default=40.0,
+                    help="remote: each connection's cap, MB/s (default 40; 0: no cap)")
+    ap.add_argument("--delay-ms", type=float, default=30.0,
+                    help="remote: delay before each response, ms (default 30)")
+    ap.add_argument("--no-aria2", action="store_true", help="remote: skip aria2c")
+    ap.add_argument("--objects", type=int, default=3,
+                    help="sustained: objects read back to back (default 3)")
+    ap.add_argument("--no-sync", action="store_true",
+                    help="sustained: no sync before each pass (starts with earlier passes' "
+                         "writeback still going)")
+    ap.add_argument("--perf", metavar="PATH",
+                    help="sustained: one more pass with `perf record -g` on the mount daemon, "
+                         "written to PATH (its top costs to PATH.top.txt)")
+    args = ap.parse_args()
+    run, report, size_mib, runs, random_reads = PROFILES[args.profile]
+    args.size_mib = size_mib if args.size_mib is None else args.size_mib
+    args.runs = runs if args.runs is None else args.runs
+    args.random_reads = random_reads if args.random_reads is None else args.random_reads
+    if (args.size_mib < 1 or args.runs < 1 or args.latency_samples < 1 or args.objects < 1
+            or (args.random_reads < 1 and args.profile != "sustained")
+            or args.rate_mbs < 0 or args.delay_ms < 0):
+        ap.error("sizes and counts must be >= 1, rate and delay >= 0")
+    if os.geteuid() != 0:
+        print("bench/run.py: must run as root (the FuseStream mount daemon mounts directly; "
+              "try: sudo bench/run.py)", file=sys.stderr)
+        return 2
+    for tool in ("curl", "dd") + (("perf",) if args.perf else ()):
+        if not shutil.which(tool):
+            print(f"bench/run.py: {tool} not found on PATH", file=sys.stderr)
+            return 2
+
+    def on_signal(signum, _frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+    started = datetime.datetime.now(datetime.timezone.utc)
+    status = 0
+    results = None
+    with ExitStack() as stack:
+        try:
+            bench = Bench(args, stack)
+            stack.callback(bench.rclone_unmount)
+            try:
+                results = run(bench)
+            finally:
+                # Clean-up (including the ExitStack's) must not be cut short by Ctrl-C.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                bench.rclone_unmount()
+                exit_codes = bench.shutdown_fusestream()
+        except (KeyboardInterrupt, Interrupted) as e:
+            log(f"interrupted ({str(e) or 'SIGINT'}); cleaning up")
+            status = 130
+        except (BenchError, subprocess.TimeoutExpired, OSError) as e:
+            log(f"FAILED: {e}")
+            if args.keep:
+                log("logs are in the temp dir (--keep)")
+            status = 1
+    if results is None:
+        return status or 1
+
+    rows = report(args, bench, results, started)
+    if bench.rclone_note and args.profile == "loopback":
         print(f"note: {bench.rclone_note}")
     for p in bench.problems:
         print(f"PROBLEM: {p}")
 
     if args.json:
+        have_rclone = bench.rclone_bin is not None
         doc = {
+            "profile": args.profile,
             "started_utc": started.isoformat(timespec="seconds"),
-            "config": {
-                "size_mib": args.size_mib, "runs": args.runs,
-                "latency_samples": args.latency_samples,
-                "rclone_latency_samples": min(args.latency_samples, args.rclone_latency_samples),
-                "random_reads": args.random_reads,
-                "rclone_cmd": [str(x) for x in getattr(bench, "rclone_cmd", [])] or None,
-            },
-            "machine": {"cpus": cores, "kernel": platform.release(), "machine": platform.machine()},
+            "config": {k: v for k, v in vars(args).items() if k not in ("json", "keep")}
+            | {"rclone_cmd": [str(x) for x in getattr(bench, "rclone_cmd", [])] or None},
+            "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                        "machine": platform.machine()},
             "versions": {
                 "nginx": tool_version(["/usr/sbin/nginx", "-v"]),
                 "curl": tool_version(["curl", "--version"]),
                 "rclone": tool_version([bench.rclone_bin, "version"]) if have_rclone else None,
+                "aria2c": tool_version(["aria2c", "--version"]) if args.profile == "remote"
+                and shutil.which("aria2c") else None,
                 "fusestream": tool_version([str(BIN / "fusestream-mountd"), "--version"]),
                 "repo_commit": tool_version(["git", "-C", str(REPO), "describe", "--always",
                                              "--dirty"]),

@@ -12,8 +12,12 @@ const MIB: usize = 1 << 20;
 fn the_budget_evicts_closed_entries_and_store_files_go_with_their_entries() {
     let fs = FuseStream::start_with(Options {
         cache_max_mib: 40,
-        // No head prefetch: a store is opened only by the reads below.
-        mountd_args: vec!["--prefetch-head-kib".into(), "0".into()],
+        // No head prefetch: a store is opened only by the reads below. No stream memory:
+        // the sequential reads below go to the backing stores (else they would be served
+        // from memory and never reach the disk budget: see the streaming test).
+        mountd_args: ["--prefetch-head-kib", "0", "--stream-memory-mib", "0"]
+            .map(String::from)
+            .to_vec(),
         ..Options::default()
     });
     let mut sums = Vec::new();
@@ -130,6 +134,44 @@ fn entries_cost_no_descriptors_and_idle_stores_beyond_the_bound_are_closed() {
     assert_eq!(first, again);
 }
 
+/// Bytes the mount daemon has caused to be written to storage (dirtied pages included).
+fn daemon_write_bytes(fs: &FuseStream) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{}/io", fs.mountd.pid())).unwrap();
+    let line = io.lines().find(|l| l.starts_with("write_bytes:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_file_streamed_once_is_served_from_memory_and_never_written_to_disk() {
+    let fs = FuseStream::start_with(Options {
+        mountd_args: vec!["--prefetch-head-kib".into(), "0".into()],
+        ..Options::default()
+    });
+    let path = fs.input("stream.bin");
+    let sum = sha256(&random_file(&path, 48 * MIB + 1234));
+    fs.ctl_ok(["stage", path.to_str().unwrap()]);
+    let before = daemon_write_bytes(&fs);
+    assert_eq!(sha256_file(&fs.mountpoint.join("stream.bin")), sum);
+    let written = daemon_write_bytes(&fs) - before;
+    assert!(
+        written < 4 * MIB as u64,
+        "{written} bytes written to disk for a 48 MiB stream"
+    );
+    assert_eq!(fs.open_store_files(), 0, "no backing store file was needed");
+
+    // A random reader's bytes still go to the backing store (they may be read again).
+    let other = fs.input("random.bin");
+    let data = random_file(&other, 8 * MIB);
+    fs.ctl_ok(["stage", other.to_str().unwrap()]);
+    let file = std::fs::File::open(fs.mountpoint.join("random.bin")).unwrap();
+    let mut buf = vec![0; 4096];
+    for offset in [7 * MIB, 2 * MIB, 5 * MIB, 0] {
+        file.read_exact_at(&mut buf, offset as u64).unwrap();
+        assert!(buf == data[offset..offset + 4096], "bytes at {offset}");
+    }
+    assert_eq!(fs.open_store_files(), 1);
+}
+
 #[test]
 fn a_full_cache_disk_fails_reads_with_eio_and_nothing_else() {
     // A tiny tmpfs as the cache dir (mounting it needs root).
@@ -161,6 +203,8 @@ fn a_full_cache_disk_fails_reads_with_eio_and_nothing_else() {
     let fs = FuseStream::start_with(Options {
         cache_dir: Some(small),
         cache_max_mib: 0,
+        // Every chunk to the backing store (a streamed file is otherwise kept in memory).
+        mountd_args: vec!["--stream-memory-mib".into(), "0".into()],
         ..Options::default()
     });
     let big = fs.input("big.bin");

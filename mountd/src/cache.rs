@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::Notify;
 
 use crate::object::Object;
+use crate::store::{StoreHome, StreamMemory};
 
 /// Idle stores kept open by default: the daemon's descriptors stay within about a hundred
 /// plus the files that are open.
@@ -32,7 +33,8 @@ pub const DEFAULT_MAX_OPEN_STORES: usize = 64;
 
 #[derive(Debug)]
 pub struct Cache {
-    dir: Arc<Path>,
+    /// Where stores put what they fetch (file directory, stream memory budget).
+    home: Arc<StoreHome>,
     /// Budget in bytes; `None` for unlimited.
     max_bytes: Option<u64>,
     /// Stores kept open beyond those of open files.
@@ -45,9 +47,14 @@ pub struct Cache {
 }
 
 impl Cache {
-    pub fn new(dir: &Path, max_bytes: Option<u64>, max_open: usize) -> Cache {
+    /// `stream_memory`: the bytes sequential streams may hold in memory (see
+    /// `store::memory`).
+    pub fn new(dir: &Path, max_bytes: Option<u64>, max_open: usize, stream_memory: u64) -> Cache {
         Cache {
-            dir: dir.into(),
+            home: Arc::new(StoreHome {
+                dir: dir.to_path_buf(),
+                memory: StreamMemory::new(stream_memory),
+            }),
             max_bytes,
             max_open,
             open: Mutex::default(),
@@ -58,8 +65,13 @@ impl Cache {
     }
 
     /// Where stores create their files.
-    pub fn dir(&self) -> &Arc<Path> {
-        &self.dir
+    pub fn dir(&self) -> &Path {
+        &self.home.dir
+    }
+
+    /// What every store is created with.
+    pub fn home(&self) -> &Arc<StoreHome> {
+        &self.home
     }
 
     pub fn max_bytes(&self) -> Option<u64> {

@@ -45,6 +45,11 @@ struct Args {
     /// bytes dropped.
     #[arg(long, default_value_t = fusestream_mountd::cache::DEFAULT_MAX_OPEN_STORES)]
     max_open_stores: usize,
+    /// Memory, in MiB, for what sequential readers are about to read: their fetched
+    /// chunks are kept there instead of the backing store until read (a file streamed once
+    /// is never written to disk); beyond it, chunks go to the backing store.
+    #[arg(long, default_value_t = 512)]
+    stream_memory_mib: u64,
     /// Seconds a read may wait for data before failing with ETIMEDOUT.
     #[arg(long, default_value_t = 30)]
     read_timeout: u64,
@@ -130,8 +135,7 @@ fn main() -> ExitCode {
 async fn run(args: Args, telemetry: &Telemetry) -> Result<(), String> {
     let mountpoint = &args.mountpoint;
     mount::prepare(mountpoint).map_err(|e| format!("mount point {}: {e}", mountpoint.display()))?;
-    let mountpoint = mountpoint
-        .canonicalize()
+    let mountpoint = mount::retry_if_stale(mountpoint, || mountpoint.canonicalize())
         .map_err(|e| format!("mount point {}: {e}", mountpoint.display()))?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(std::env::temp_dir);
     tempfile::tempfile_in(&cache_dir)
@@ -157,7 +161,12 @@ async fn run(args: Args, telemetry: &Telemetry) -> Result<(), String> {
 
     let runtime = tokio::runtime::Handle::current();
     let cache_max = (args.cache_max_mib > 0).then_some(args.cache_max_mib << 20);
-    let cache = Arc::new(Cache::new(&cache_dir, cache_max, args.max_open_stores));
+    let cache = Arc::new(Cache::new(
+        &cache_dir,
+        cache_max,
+        args.max_open_stores,
+        args.stream_memory_mib << 20,
+    ));
     tokio::spawn(cache.clone().run());
     let events = Arc::new(Events::default());
     let timers = Timers::start().map_err(|e| format!("starting the timer thread: {e}"))?;
@@ -200,9 +209,11 @@ async fn run(args: Args, telemetry: &Telemetry) -> Result<(), String> {
         default: Duration::from_millis(args.stall_threshold_ms),
         per_kind: args.op_stall_thresholds.iter().copied().collect(),
     });
-    let adapter = FuseAdapter::new(fs.clone(), ops.clone());
-    let session = fuser::Session::new(adapter, &mountpoint, &config)
-        .map_err(|e| format!("mounting {}: {e}", mountpoint.display()))?;
+    let session = mount::retry_if_stale(&mountpoint, || {
+        let adapter = FuseAdapter::new(fs.clone(), ops.clone());
+        fuser::Session::new(adapter, &mountpoint, &config)
+    })
+    .map_err(|e| format!("mounting {}: {e}", mountpoint.display()))?;
     fs.set_kernel_cache(Arc::new(NotifierCache(session.notifier())));
     let (session_done_tx, session_done) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()

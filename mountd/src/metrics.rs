@@ -143,7 +143,7 @@ impl MountMetrics {
     fn render_core(&self, out: &mut Exposition) {
         let status = self.fs.status();
         let cache = self.fs.cache();
-        let values: [(&str, Kind, &str, u64); 6] = [
+        let values: [(&str, Kind, &str, u64); 9] = [
             (
                 "fusestream_entries",
                 Kind::Gauge,
@@ -173,6 +173,24 @@ impl MountMetrics {
                 Kind::Gauge,
                 "The backing stores' disk budget (0: unlimited).",
                 cache.max_bytes().unwrap_or(0),
+            ),
+            (
+                "fusestream_stream_memory_bytes",
+                Kind::Gauge,
+                "Bytes fetched ahead of sequential readers held in memory until read.",
+                cache.home().memory.used(),
+            ),
+            (
+                "fusestream_stream_memory_budget_bytes",
+                Kind::Gauge,
+                "The memory sequential readers' fetched bytes may take (--stream-memory-mib).",
+                cache.home().memory.max(),
+            ),
+            (
+                "fusestream_open_stores",
+                Kind::Gauge,
+                "Backing stores holding a file (a descriptor) now.",
+                cache.open_stores() as u64,
             ),
             (
                 "fusestream_cache_evictions_total",

@@ -27,6 +27,25 @@ pub fn prepare(mountpoint: &Path) -> io::Result<()> {
     }
 }
 
+/// Runs `attempt` (something that touches `mountpoint`: resolving it, mounting on it) and,
+/// if it fails with ENOTCONN, unmounts the stale FUSE mount there and tries once more. A
+/// daemon killed moments ago leaves a mount whose root the kernel may still answer from
+/// its attribute cache, so `prepare` can find it healthy and the mount call then fail;
+/// ENOTCONN is the proof that no daemon serves it, so it is safe to remove.
+pub fn retry_if_stale<T>(
+    mountpoint: &Path,
+    mut attempt: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
+    match attempt() {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!(mountpoint = %mountpoint.display(), "stale FUSE mount found; unmounting it");
+            unmount(mountpoint)?;
+            attempt()
+        }
+        result => result,
+    }
+}
+
 /// Unmounts `mountpoint`, detaching it lazily if it is busy (Linux; elsewhere, forcing
 /// it).
 pub fn unmount(mountpoint: &Path) -> io::Result<()> {

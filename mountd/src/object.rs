@@ -167,8 +167,9 @@ impl Object {
         self.open_handles.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn closed(&self) {
-        self.open_handles.fetch_sub(1, Ordering::Relaxed);
+    /// One handle fewer; returns how many are left.
+    pub fn closed(&self) -> u32 {
+        self.open_handles.fetch_sub(1, Ordering::Relaxed) - 1
     }
 
     pub fn open_handles(&self) -> u32 {

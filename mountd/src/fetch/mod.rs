@@ -60,7 +60,7 @@ use crate::FsError;
 use crate::cache::Cache;
 use crate::events::Events;
 use crate::object::Object;
-use crate::store::{BackingStore, CHUNK_SIZE, ChunkRange};
+use crate::store::{BackingStore, CHUNK_SIZE, ChunkRange, Completed};
 
 /// How long a fetch whose URL was rejected waits for a renewed one.
 const RENEWAL_WAIT: Duration = Duration::from_secs(30);
@@ -249,6 +249,17 @@ pub struct Fetcher {
 struct Owed {
     object: Arc<Object>,
     chunks: ChunkRange,
+    keep: Keep,
+}
+
+/// Where a fetch keeps what it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// In the store file (random reads, the head prefetch: bytes that may be read again).
+    File,
+    /// In memory, chunk by chunk, while the stream memory budget allows, else in the file
+    /// (a sequential reader's: see `store::memory`).
+    Memory,
 }
 
 impl Owed {
@@ -328,10 +339,11 @@ impl Fetcher {
         self.origins.get(url).trouble()
     }
 
-    /// Starts fetching `chunks` of `object`. Never waits: safe in a FUSE callback. The
-    /// fetch's span is traced as a child of `cause` (the read that needs the chunks).
-    pub fn start(&self, object: Arc<Object>, chunks: ChunkRange, cause: &TraceParent) {
-        self.spawn(object, chunks, cause, None);
+    /// Starts fetching `chunks` of `object`, kept as `keep` says. Never waits: safe in a
+    /// FUSE callback. The fetch's span is traced as a child of `cause` (the read that
+    /// needs the chunks).
+    pub fn start(&self, object: Arc<Object>, chunks: ChunkRange, cause: &TraceParent, keep: Keep) {
+        self.spawn(object, chunks, cause, None, keep);
     }
 
     /// Starts fetching the chunks `claim` marks in flight (at most one fetch's worth), if
@@ -366,7 +378,7 @@ impl Fetcher {
             _origin: slot,
             _prefetch: Some(prefetch),
         };
-        self.spawn(object, chunks, cause, Some(held));
+        self.spawn(object, chunks, cause, Some(held), Keep::File);
         true
     }
 
@@ -376,6 +388,7 @@ impl Fetcher {
         chunks: ChunkRange,
         cause: &TraceParent,
         held: Option<Held>,
+        keep: Keep,
     ) {
         let range = object.store.byte_range(chunks);
         let span = tracing::debug_span!(
@@ -393,6 +406,7 @@ impl Fetcher {
             let owed = Owed {
                 object: object.clone(),
                 chunks,
+                keep,
             };
             fetcher.run(owed, held).await;
             object.fetch_ended(chunks);
@@ -493,15 +507,17 @@ impl Fetcher {
     /// `owed` past every chunk delivered.
     async fn attempt(&self, owed: &mut Owed, next: &mut u64, end: u64) -> Result<(), FetchError> {
         let object = owed.object.clone();
-        // An entry's store gets its file (and descriptor) only now, at its first fetch;
-        // the cache then bounds how many stay open.
-        if object.store.open().map_err(FetchError::Store)? {
-            self.cache.opened(&object);
+        if owed.keep == Keep::Memory {
+            // Chunks are kept whole: a resumed attempt starts at its chunk's start (the
+            // part received before was in the failed attempt's buffer).
+            *next = *next / CHUNK_SIZE * CHUNK_SIZE;
+        } else {
+            self.open_store(&object)?;
         }
         // Read-ahead sized fetches only: the saving is per byte, while the call can wait on
         // the file system's journal, which a small (random) read would feel. Again on a
         // retry: cheap where already allocated, and space may have been freed.
-        if end - *next >= PREALLOCATE_MIN {
+        if owed.keep == Keep::File && end - *next >= PREALLOCATE_MIN {
             object
                 .store
                 .allocate(*next..end)
@@ -546,38 +562,86 @@ impl Fetcher {
             e => e,
         })?;
 
+        let body = Body {
+            response: &mut response,
+            next,
+            end,
+        };
+        match owed.keep {
+            Keep::File => self.write_to_file(owed, body).await?,
+            Keep::Memory => self.keep_chunks(owed, body).await?,
+        }
+        owed.settled();
+        Ok(())
+    }
+
+    /// Gives `object`'s store its file if it has none (and tells the cache, which bounds
+    /// how many are open): an entry costs a descriptor only from its first file fetch.
+    fn open_store(&self, object: &Arc<Object>) -> Result<(), FetchError> {
+        if object.store.open().map_err(FetchError::Store)? {
+            self.cache.opened(object);
+        }
+        Ok(())
+    }
+
+    /// The next piece of `response`'s body: `None` at its end.
+    async fn next_body_piece(
+        &self,
+        response: &mut RangeResponse,
+    ) -> Result<Option<bytes::Bytes>, FetchError> {
+        let stall = self.config.stall_timeout;
+        tokio::time::timeout(stall, response.body.next())
+            .await
+            .map_err(|_| FetchError::Body {
+                message: format!("body stalled: no data for {stall:?}"),
+                stalled: true,
+            })?
+            .transpose()
+            .map_err(|message| FetchError::Body {
+                message,
+                stalled: false,
+            })
+    }
+
+    /// Counts `n` bytes received for `object`.
+    fn received(&self, object: &Object, n: usize) {
+        object.fetch_gate.received(n as u64, Instant::now());
+        self.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Answers the reads `ready` completed: here if their bytes are all in memory or
+    /// nothing more will arrive (saving the hand-off, the larger part of a small random
+    /// read's wait), else on the blocking pool (a pread and a write to /dev/fuse per read),
+    /// so this task goes on receiving meanwhile.
+    fn answer(ready: Completed, last: bool) {
+        if ready.is_empty() {
+            return;
+        }
+        if last || !ready.needs_file() {
+            BackingStore::answer_all(ready);
+        } else {
+            tokio::task::spawn_blocking(move || BackingStore::answer_all(ready));
+        }
+    }
+
+    /// Writes the body into the store file as it arrives, marking each chunk present as
+    /// soon as it is complete.
+    async fn write_to_file(&self, owed: &mut Owed, body: Body<'_>) -> Result<(), FetchError> {
+        let (response, next, end) = (body.response, body.next, body.end);
+        let object = owed.object.clone();
         // First chunk not yet complete (a resumed attempt may start inside it).
         let mut completed_up_to = *next / CHUNK_SIZE;
         while *next < end {
-            let body = tokio::time::timeout(stall, response.body.next())
-                .await
-                .map_err(|_| FetchError::Body {
-                    message: format!("body stalled: no data for {stall:?}"),
-                    stalled: true,
-                })?
-                .transpose()
-                .map_err(|message| FetchError::Body {
-                    message,
-                    stalled: false,
-                })?;
-            let Some(mut data) = body else {
-                return Err(FetchError::Body {
-                    message: format!("body ended at byte {} of range ending at {end}", *next),
-                    stalled: false,
-                });
+            let Some(mut data) = self.next_body_piece(response).await? else {
+                return Err(body_ended(*next, end));
             };
             data.truncate((end - *next) as usize);
-            object
-                .fetch_gate
-                .received(data.len() as u64, Instant::now());
+            self.received(&object, data.len());
             object
                 .store
                 .write(*next, &data)
                 .map_err(FetchError::Store)?;
             *next += data.len() as u64;
-            self.stats
-                .bytes
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
             let done = if *next == object.size() {
                 next.div_ceil(CHUNK_SIZE)
             } else {
@@ -589,21 +653,103 @@ impl Fetcher {
                     end: done,
                 });
                 owed.delivered_up_to(done * CHUNK_SIZE);
-                if *next == end {
-                    // Nothing more to receive: answer here, saving the hand-off to another
-                    // thread (the larger part of a small random read's wait).
-                    BackingStore::answer_all(ready);
-                } else if !ready.is_empty() {
-                    // Answering (a pread and a write to /dev/fuse per read) runs on the
-                    // blocking pool, so this task goes on receiving meanwhile.
-                    tokio::task::spawn_blocking(move || BackingStore::answer_all(ready));
-                }
+                Self::answer(ready, *next == end);
                 self.cache.grew();
                 completed_up_to = done;
             }
         }
-        owed.settled();
         Ok(())
+    }
+
+    /// Gathers the body chunk by chunk in memory and hands each complete chunk to the
+    /// store (see `store::memory`); a chunk the stream memory budget has no room for is
+    /// written to the store file instead. `*next` stays at the start of the chunk being
+    /// gathered.
+    async fn keep_chunks(&self, owed: &mut Owed, body: Body<'_>) -> Result<(), FetchError> {
+        let (response, next, end) = (body.response, body.next, body.end);
+        let object = owed.object.clone();
+        let mut chunk = bytes::BytesMut::new();
+        while *next < end {
+            let Some(data) = self.next_body_piece(response).await? else {
+                return Err(body_ended(*next + chunk.len() as u64, end));
+            };
+            let mut data = &data[..data.len().min((end - *next) as usize - chunk.len())];
+            self.received(&object, data.len());
+            let first = *next / CHUNK_SIZE;
+            let mut whole = Vec::new();
+            while !data.is_empty() {
+                let chunk_len = (CHUNK_SIZE.min(object.size() - *next)) as usize;
+                if chunk.capacity() == 0 {
+                    chunk.reserve(chunk_len);
+                }
+                let take = (chunk_len - chunk.len()).min(data.len());
+                chunk.extend_from_slice(&data[..take]);
+                data = &data[take..];
+                if chunk.len() == chunk_len {
+                    whole.push(chunk.split().freeze());
+                    *next += chunk_len as u64;
+                }
+            }
+            if !whole.is_empty() {
+                let ready = self.keep_in_memory(&object, first, whole)?;
+                owed.delivered_up_to(*next);
+                Self::answer(ready, *next == end);
+                if object.open_handles() == 0 {
+                    // Closed while this was on its way: no reader will consume it.
+                    object.store.drop_memory();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores whole chunks from `first` on: in memory while the budget has room, the rest
+    /// in the file. Returns the reads they completed.
+    fn keep_in_memory(
+        &self,
+        object: &Arc<Object>,
+        first: u64,
+        chunks: Vec<bytes::Bytes>,
+    ) -> Result<Completed, FetchError> {
+        let memory = &object.store.home().memory;
+        let fits = chunks
+            .iter()
+            .take_while(|c| memory.try_take(c.len() as u64))
+            .count();
+        let mut chunks = chunks;
+        let spill = chunks.split_off(fits);
+        let mut ready = object.store.complete_in_memory(first, chunks);
+        if !spill.is_empty() {
+            self.open_store(object)?;
+            let spill_first = first + fits as u64;
+            for (i, bytes) in (spill_first..).zip(&spill) {
+                object
+                    .store
+                    .write(i * CHUNK_SIZE, bytes)
+                    .map_err(FetchError::Store)?;
+            }
+            ready.extend(object.store.complete(ChunkRange {
+                first: spill_first,
+                end: spill_first + spill.len() as u64,
+            }));
+            self.cache.grew();
+        }
+        Ok(ready)
+    }
+}
+
+/// The body of one attempt's response, and how far it has been stored: `*next` (the
+/// attempt's progress, kept across attempts) up to `end`.
+struct Body<'a> {
+    response: &'a mut RangeResponse,
+    next: &'a mut u64,
+    end: u64,
+}
+
+fn body_ended(at: u64, end: u64) -> FetchError {
+    FetchError::Body {
+        message: format!("body ended at byte {at} of range ending at {end}"),
+        stalled: false,
     }
 }
 

@@ -45,7 +45,7 @@ pub use namespace::{NamespaceError, Unlinked};
 use crate::FsError;
 use crate::cache::Cache;
 use crate::events::{Events, HandleCount};
-use crate::fetch::Fetcher;
+use crate::fetch::{Fetcher, Keep};
 use crate::object::Object;
 use crate::reads::{DataReply, Interrupt, PendingRead, ReadTable};
 use crate::store::{BackingStore, CHUNK_SIZE, MAX_FETCH_CHUNKS, ReadPlan, chunks_of};
@@ -255,8 +255,8 @@ struct ReadAhead {
 
 impl ReadAhead {
     /// Records a read and returns how far ahead (byte offset) data should be fetched, the
-    /// window at most `max_window` bytes.
-    fn advance(&mut self, offset: u64, len: u32, max_window: u64) -> u64 {
+    /// window at most `max_window` bytes, and whether the reader is sequential.
+    fn advance(&mut self, offset: u64, len: u32, max_window: u64) -> (u64, bool) {
         let end = offset + u64::from(len);
         if offset.abs_diff(self.next_offset) <= SEQUENTIAL_SLACK {
             self.window = (self.window * 2).clamp(MIN_READAHEAD, max_window);
@@ -264,7 +264,7 @@ impl ReadAhead {
             self.window = 0;
         }
         self.next_offset = end;
-        end + self.window
+        (end + self.window, self.window > 0)
     }
 }
 
@@ -443,7 +443,9 @@ impl Fs {
         }
         let len = u64::from(size).min(object.size() - offset) as u32;
         let max_window = max_readahead(object.fetch_gate.limit());
-        let readahead_end = lock(&handle.readahead).advance(offset, len, max_window);
+        let (readahead_end, sequential) = lock(&handle.readahead).advance(offset, len, max_window);
+        // A sequential reader's bytes are kept in memory until read (see `store::memory`).
+        let keep = if sequential { Keep::Memory } else { Keep::File };
         // Fetches are parented on the read's place in the trace, and fetches already
         // running for these bytes (the read will share them) are linked now. The span is
         // let go of before the read can be answered (a read ends with its reply).
@@ -458,16 +460,16 @@ impl Fs {
             .store
             .read(offset, len, readahead_end, &object.source, &read);
         for &chunks in &fetches {
-            self.fetcher.start(object.clone(), chunks, &cause);
+            self.fetcher.start(object.clone(), chunks, &cause, keep);
         }
         match plan {
-            ReadPlan::Ready(file) => {
-                if !BackingStore::answer_if_cached(&file, offset, len, &read) {
+            ReadPlan::Ready(source) => {
+                if !BackingStore::answer_if_cached(&source, offset, len, &read) {
                     // Not in the page cache: the disk read happens off this FUSE thread.
                     self.arm_deadline(&read);
                     let read = read.clone();
                     self.runtime
-                        .spawn_blocking(move || BackingStore::answer(&file, offset, len, &read));
+                        .spawn_blocking(move || BackingStore::answer(&source, offset, len, &read));
                 }
             }
             ReadPlan::Parked { waiting_for } => {
@@ -505,7 +507,10 @@ impl Fs {
         // A statement of its own, so the table lock is released before the event.
         let handle = lock(&self.files).remove(&fh);
         if let Some(handle) = handle {
-            handle.object.closed();
+            if handle.object.closed() == 0 {
+                // The kernel's page cache has what was read: streamed chunks can go.
+                handle.object.store.drop_memory();
+            }
             let count = count_handle(&self.handles, HANDLE_CLOSED);
             self.events
                 .handle_closed(&handle.object.name, handle.object.uid, count);
@@ -615,7 +620,7 @@ impl Fs {
     /// returns, no process can still open an entry it replaced through a cached name.
     /// Replacing is allowed only over an entry the new one's owner may manage.
     pub async fn stage(&self, entry: NewEntry, replace: bool) -> Result<EntryInfo, StageError> {
-        let store = BackingStore::new(self.cache.dir().clone(), entry.version.size);
+        let store = BackingStore::new(self.cache.home().clone(), entry.version.size);
         let object = Arc::new(Object::new(
             entry.name.clone(),
             entry.version,
@@ -816,7 +821,7 @@ impl Fs {
             name,
             ino,
             size: object.size(),
-            bytes_fetched: object.store.present_bytes(),
+            bytes_fetched: object.store.present_bytes() + object.store.memory_bytes(),
             open_handles: object.open_handles(),
             source: object.source.clone(),
             etag: object.version.etag.clone(),

@@ -131,7 +131,7 @@ impl Harness {
             .build()
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let cache = Arc::new(Cache::new(dir.path(), Some(0), 4));
+        let cache = Arc::new(Cache::new(dir.path(), Some(0), 4, 64 << 20));
         let events = Arc::new(Events::default());
         let source = Arc::new(MemorySource::default());
         let config = FetchConfig {

@@ -32,7 +32,9 @@
 //! runs at the lowest priority so that freeing old stores never slows current reads.
 
 mod chunks;
+mod memory;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -40,7 +42,9 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use bytes::Bytes;
 pub use chunks::ChunkSet;
+pub use memory::{Source, StreamMemory};
 
 use crate::FsError;
 use crate::reads::PendingRead;
@@ -104,11 +108,19 @@ impl Drop for StoreFile {
     }
 }
 
+/// Where stores keep what they fetch: the directory of their files, and the memory
+/// budget of sequential streams (see `memory`). One per daemon, shared by every store.
+#[derive(Debug)]
+pub struct StoreHome {
+    pub dir: std::path::PathBuf,
+    pub memory: StreamMemory,
+}
+
 /// What the caller of [`BackingStore::read`] does next.
 #[derive(Debug)]
 pub enum ReadPlan {
-    /// All data is present in this file: read it with [`BackingStore::answer`].
-    Ready(StoreFile),
+    /// All data is present there: read it with [`BackingStore::answer`].
+    Ready(Source),
     /// The read is parked; it will be answered when the data arrives or the read fails.
     /// It waits for what `waiting_for` says (for the in-flight listing).
     Parked { waiting_for: String },
@@ -116,18 +128,27 @@ pub enum ReadPlan {
     Failed(FsError),
 }
 
-/// Parked reads whose data is now present, and the file that holds it.
-#[derive(Debug)]
+/// Parked reads whose data is now present, each with where its bytes are.
+#[derive(Debug, Default)]
 #[must_use = "completed reads must be answered (BackingStore::answer_all)"]
 pub struct Completed {
-    reads: Vec<ParkedRead>,
-    /// Always there when `reads` is not empty: present chunks live in a file.
-    file: Option<StoreFile>,
+    reads: Vec<(ParkedRead, Source)>,
 }
 
 impl Completed {
     pub fn is_empty(&self) -> bool {
         self.reads.is_empty()
+    }
+
+    /// Adds the reads `other` completed.
+    pub fn extend(&mut self, other: Completed) {
+        self.reads.extend(other.reads);
+    }
+
+    /// Whether answering may wait for the disk (some bytes are in the file): then it is
+    /// done off the thread that receives.
+    pub fn needs_file(&self) -> bool {
+        self.reads.iter().any(|(_, source)| source.needs_file())
     }
 }
 
@@ -144,6 +165,9 @@ struct State {
     /// costs no descriptor until it is read) and again once evicted (see
     /// `reset_if_idle`): a reader holding the old file still reads valid bytes.
     stored: Option<Stored>,
+    /// Chunks of sequential streams held in memory instead (see `memory`), each exactly
+    /// the chunk's bytes. A chunk is present if it is here or in the file.
+    memory: BTreeMap<u64, Bytes>,
     inflight: ChunkSet,
     parked: Vec<ParkedRead>,
     /// Set once reads can never succeed again; every read fails with it.
@@ -157,19 +181,47 @@ impl State {
     }
 
     fn is_present(&self, i: u64) -> bool {
-        self.stored.as_ref().is_some_and(|s| s.present.contains(i))
+        self.memory.contains_key(&i) || self.stored.as_ref().is_some_and(|s| s.present.contains(i))
     }
 
-    /// The file, if every chunk of `range` is present in it.
-    fn file_holding(&self, range: std::ops::Range<u64>) -> Option<&StoreFile> {
-        let stored = self.stored.as_ref()?;
-        stored.present.contains_all(range).then_some(&stored.file)
+    fn all_present(&self, range: std::ops::Range<u64>) -> bool {
+        range.into_iter().all(|i| self.is_present(i))
+    }
+
+    /// Where the bytes of `range` are, if every chunk of it is present.
+    fn source_for(&self, range: std::ops::Range<u64>) -> Option<Source> {
+        let mut memory = Vec::new();
+        let mut needs_file = false;
+        for i in range {
+            if let Some(bytes) = self.memory.get(&i) {
+                memory.push((i, bytes.clone()));
+            } else if self.stored.as_ref()?.present.contains(i) {
+                needs_file = true;
+            } else {
+                return None;
+            }
+        }
+        let file = match needs_file {
+            true => Some(self.stored.as_ref()?.file.clone()),
+            false => None,
+        };
+        Some(Source { file, memory })
     }
 
     fn present_in(&self, range: std::ops::Range<u64>) -> u64 {
-        self.stored
+        let in_file = self
+            .stored
             .as_ref()
-            .map_or(0, |s| s.present.count_in(range))
+            .map_or(0, |s| s.present.count_in(range.clone()));
+        in_file + self.memory.range(range).count() as u64
+    }
+
+    /// Whether a parked read still waits for chunk `i`.
+    fn awaited(&self, i: u64) -> bool {
+        self.parked.iter().any(|p| {
+            let c = p.chunks();
+            c.first <= i && i < c.end && !p.read.is_answered()
+        })
     }
 
     /// Removes and returns the parked reads whose chunk range satisfies `pred`. Reads
@@ -186,11 +238,15 @@ impl State {
 
 #[derive(Debug)]
 pub struct BackingStore {
-    /// Where its file is created, once needed (std's `Arc`: shared with the cache).
-    dir: std::sync::Arc<Path>,
+    /// Where its file is created, once needed, and the memory budget its stream chunks
+    /// count against (std's `Arc`: shared with the cache).
+    home: std::sync::Arc<StoreHome>,
     size: u64,
-    /// Bytes present, readable without the lock (getattr and listings read it).
+    /// Bytes present in the file, readable without the lock (getattr, listings, the
+    /// cache's disk budget read it).
     present_bytes: AtomicU64,
+    /// Bytes held in memory chunks.
+    memory_bytes: AtomicU64,
     /// When it was last read, in ms since the process started (for eviction order).
     last_read_ms: AtomicU64,
     state: Mutex<State>,
@@ -301,14 +357,16 @@ impl BackingStore {
     /// An empty store of `size` bytes whose file will be created in `dir` when the first
     /// fetch needs it (see [`BackingStore::open`]). No I/O; memory does not depend on
     /// `size`.
-    pub fn new(dir: std::sync::Arc<Path>, size: u64) -> BackingStore {
+    pub fn new(home: std::sync::Arc<StoreHome>, size: u64) -> BackingStore {
         BackingStore {
-            dir,
+            home,
             size,
             present_bytes: AtomicU64::new(0),
+            memory_bytes: AtomicU64::new(0),
             last_read_ms: AtomicU64::new(now_ms()),
             state: Mutex::new(State {
                 stored: None,
+                memory: BTreeMap::new(),
                 inflight: ChunkSet::default(),
                 parked: Vec::new(),
                 poisoned: None,
@@ -325,7 +383,7 @@ impl BackingStore {
         if self.lock().stored.is_some() {
             return Ok(false);
         }
-        let file = Self::empty_file(&self.dir, self.size)?;
+        let file = Self::empty_file(&self.home.dir, self.size)?;
         let mut state = self.lock();
         if state.stored.is_some() {
             drop(state);
@@ -377,9 +435,9 @@ impl BackingStore {
     /// holding the old file keep reading it; the last of them closes it (see
     /// [`StoreFile`]). The next fetch opens a fresh one.
     pub fn reset_if_idle(&self, idle: impl FnOnce() -> bool) -> Option<u64> {
-        let old = {
+        let (old, memory) = {
             let mut state = self.lock();
-            if state.stored.is_none()
+            if (state.stored.is_none() && state.memory.is_empty())
                 || state.parked.iter().any(|p| !p.read.is_answered())
                 || state.inflight.any()
                 || !idle()
@@ -387,10 +445,59 @@ impl BackingStore {
                 return None;
             }
             state.parked.clear();
-            state.stored.take()
+            (state.stored.take(), std::mem::take(&mut state.memory))
         };
         drop(old);
+        self.release_memory(memory.into_values());
         Some(self.present_bytes.swap(0, Ordering::Relaxed))
+    }
+
+    /// Gives the memory of `chunks` (taken out of the state) back to the budget.
+    fn release_memory(&self, chunks: impl Iterator<Item = Bytes>) {
+        let bytes: u64 = chunks.map(|b| b.len() as u64).sum();
+        if bytes > 0 {
+            self.memory_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.home.memory.give_back(bytes);
+        }
+    }
+
+    /// Lets go of the memory chunks no parked read waits for (the object was closed:
+    /// the kernel's page cache has what was read). Never waits.
+    pub fn drop_memory(&self) {
+        let dropped: Vec<Bytes> = {
+            let mut state = self.lock();
+            let keep: Vec<u64> = state
+                .memory
+                .keys()
+                .copied()
+                .filter(|&i| state.awaited(i))
+                .collect();
+            let all = std::mem::take(&mut state.memory);
+            let (kept, dropped): (BTreeMap<u64, Bytes>, BTreeMap<u64, Bytes>) =
+                all.into_iter().partition(|(i, _)| keep.contains(i));
+            state.memory = kept;
+            dropped.into_values().collect()
+        };
+        self.release_memory(dropped.into_iter());
+    }
+
+    /// Lets go of the memory chunks a read of `offset..offset + len` consumed to their
+    /// end, unless a parked read still waits for them. Called under the lock.
+    fn consume(&self, state: &mut State, offset: u64, len: u32) {
+        if state.memory.is_empty() {
+            return;
+        }
+        let end = offset + u64::from(len);
+        let range = chunks_of(offset, len);
+        let done: Vec<u64> = state
+            .memory
+            .range(range.first..range.end)
+            .map(|(&i, bytes)| (i, i * CHUNK_SIZE + bytes.len() as u64))
+            .filter(|&(i, chunk_end)| end >= chunk_end && !state.awaited(i))
+            .map(|(i, _)| i)
+            .collect();
+        let released = done.iter().filter_map(|i| state.memory.remove(i));
+        self.release_memory(released);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -427,8 +534,9 @@ impl BackingStore {
         }
         let fetches = self.plan_fetches(&mut state, needed, readahead_end);
         let range = needed.first..needed.end;
-        if let Some(file) = state.file_holding(range.clone()) {
-            return (ReadPlan::Ready(file.clone()), fetches);
+        if let Some(source) = state.source_for(range.clone()) {
+            self.consume(&mut state, offset, len);
+            return (ReadPlan::Ready(source), fetches);
         }
         let missing = (range.end - range.start) - state.present_in(range.clone());
         let waiting_for = format!(
@@ -499,10 +607,11 @@ impl BackingStore {
         ranges
     }
 
-    /// Answers `read` with `len` bytes at `offset` of `file`, where they are present. May
-    /// wait for the disk: off FUSE threads only (see [`BackingStore::answer_if_cached`]).
-    pub fn answer(file: &StoreFile, offset: u64, len: u32, read: &PendingRead) {
-        let answered = Self::answer_from(file, offset, len, read, Wait::Yes);
+    /// Answers `read` with `len` bytes at `offset` from `source`, where they are present.
+    /// May wait for the disk: off FUSE threads only (see
+    /// [`BackingStore::answer_if_cached`]).
+    pub fn answer(source: &Source, offset: u64, len: u32, read: &PendingRead) {
+        let answered = Self::answer_from(source, offset, len, read, Wait::Yes);
         debug_assert!(answered, "a read that may wait always answers");
     }
 
@@ -511,17 +620,11 @@ impl BackingStore {
     /// FUSE callback must never wait for: the caller then answers it off its thread with
     /// [`BackingStore::answer`]. A read answered already by another path is left alone.
     #[must_use = "a read not answered here must be answered off this thread"]
-    pub fn answer_if_cached(file: &StoreFile, offset: u64, len: u32, read: &PendingRead) -> bool {
-        Self::answer_from(file, offset, len, read, Wait::No)
+    pub fn answer_if_cached(source: &Source, offset: u64, len: u32, read: &PendingRead) -> bool {
+        Self::answer_from(source, offset, len, read, Wait::No)
     }
 
-    fn answer_from(
-        file: &StoreFile,
-        offset: u64,
-        len: u32,
-        read: &PendingRead,
-        wait: Wait,
-    ) -> bool {
+    fn answer_from(source: &Source, offset: u64, len: u32, read: &PendingRead, wait: Wait) -> bool {
         // A buffer per thread, reused: a fresh MiB per read would be a new mapping,
         // page-faulted and zeroed every time.
         thread_local! {
@@ -530,18 +633,54 @@ impl BackingStore {
         if read.is_answered() {
             return true;
         }
+        if let Some(bytes) = source.single_slice(offset, len) {
+            read.data(bytes);
+            return true;
+        }
         BUFFER.with_borrow_mut(|buf| {
             if buf.len() < len as usize {
                 buf.resize(len as usize, 0);
             }
             let buf = &mut buf[..len as usize];
-            match read_at(file.get(), buf, offset, wait) {
+            match Self::gather(source, buf, offset, wait) {
                 Ok(true) => read.data(buf),
                 Ok(false) => return false,
                 Err(e) => read.error(FsError::Store(format!("read: {e}"))),
             };
             true
         })
+    }
+
+    /// Fills `buf` with the bytes at `offset` from `source`'s memory chunks and file;
+    /// `Ok(false)` if that would wait for the disk and `wait` says not to.
+    fn gather(source: &Source, buf: &mut [u8], offset: u64, wait: Wait) -> io::Result<bool> {
+        let file = || {
+            let file = source.file.as_ref().map(StoreFile::get);
+            file.ok_or_else(|| io::Error::other("a present chunk is in neither memory nor file"))
+        };
+        if source.memory.is_empty() {
+            return read_at(file()?, buf, offset, wait);
+        }
+        let mut done = 0;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let (index, within) = (at / CHUNK_SIZE, (at % CHUNK_SIZE) as usize);
+            let n = (CHUNK_SIZE as usize - within).min(buf.len() - done);
+            let piece = &mut buf[done..done + n];
+            match source.chunk(index) {
+                Some(bytes) => {
+                    let bytes = bytes.get(within..within + n);
+                    piece.copy_from_slice(bytes.ok_or(io::ErrorKind::UnexpectedEof)?);
+                }
+                None => {
+                    if !read_at(file()?, piece, at, wait)? {
+                        return Ok(false);
+                    }
+                }
+            }
+            done += n;
+        }
+        Ok(true)
     }
 
     /// Reserves disk blocks for `range` before its bytes arrive. The writes that follow then
@@ -598,10 +737,7 @@ impl BackingStore {
                 chunks,
                 FsError::Store("the store closed during a fetch".into()),
             );
-            return Completed {
-                reads: Vec::new(),
-                file: None,
-            };
+            return Completed::default();
         };
         let newly = (range.end - range.start) - stored.present.count_in(range.clone());
         let mut bytes = newly * CHUNK_SIZE;
@@ -615,25 +751,73 @@ impl BackingStore {
         }
         self.present_bytes.fetch_add(bytes, Ordering::Relaxed);
         stored.present.insert(range.clone());
-        let file = stored.file.clone();
         state.inflight.remove(range);
-        let reads = state.take_parked_where(|c, state| {
-            c.first < chunks.end
-                && c.end > chunks.first
-                && state.file_holding(c.first..c.end).is_some()
+        self.take_completed(&mut state, chunks)
+    }
+
+    /// Marks `chunks` present in memory (a sequential stream's fetch: see `memory`), one
+    /// `Bytes` per chunk from `first` on, and returns the parked reads now complete. The
+    /// caller took their size from the memory budget; it is given back when they go.
+    pub fn complete_in_memory(&self, first: u64, chunks: Vec<Bytes>) -> Completed {
+        let range = ChunkRange {
+            first,
+            end: first + chunks.len() as u64,
+        };
+        let mut state = self.lock();
+        let mut surplus = Vec::new();
+        for (i, bytes) in (first..).zip(chunks) {
+            if state.is_present(i) {
+                surplus.push(bytes); // not reached: the fetch held these chunks
+            } else {
+                self.memory_bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                state.memory.insert(i, bytes);
+            }
+        }
+        state.inflight.remove(range.first..range.end);
+        let completed = self.take_completed(&mut state, range);
+        drop(state);
+        // Counted in `memory_bytes` only once inserted; the budget was taken for all.
+        let surplus: u64 = surplus.iter().map(|b| b.len() as u64).sum();
+        self.home.memory.give_back(surplus);
+        completed
+    }
+
+    /// Takes the parked reads that `chunks` completed, with where their bytes are, and
+    /// lets go of the memory chunks they consume. Under the lock.
+    fn take_completed(&self, state: &mut State, chunks: ChunkRange) -> Completed {
+        let taken = state.take_parked_where(|c, state| {
+            c.first < chunks.end && c.end > chunks.first && state.all_present(c.first..c.end)
         });
-        Completed {
-            reads,
-            file: Some(file),
+        let reads: Vec<(ParkedRead, Source)> = taken
+            .into_iter()
+            .filter_map(|parked| {
+                let c = parked.chunks();
+                let source = state.source_for(c.first..c.end)?;
+                Some((parked, source))
+            })
+            .collect();
+        for (parked, _) in &reads {
+            self.consume(state, parked.offset, parked.len);
+        }
+        Completed { reads }
+    }
+
+    /// Answers completed parked reads from where their bytes are.
+    pub fn answer_all(completed: Completed) {
+        for (parked, source) in &completed.reads {
+            Self::answer(source, parked.offset, parked.len, &parked.read);
         }
     }
 
-    /// Answers completed parked reads from the file their bytes are in.
-    pub fn answer_all(completed: Completed) {
-        let Some(file) = &completed.file else { return };
-        for parked in &completed.reads {
-            Self::answer(file, parked.offset, parked.len, &parked.read);
-        }
+    /// Bytes held in memory chunks. Lock-free.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The store's home (its file's directory and the stream memory budget).
+    pub fn home(&self) -> &StoreHome {
+        &self.home
     }
 
     /// Gives up on `chunks` (a fetch failed): clears their in-flight marks and fails the
@@ -644,7 +828,7 @@ impl BackingStore {
             state.inflight.remove(chunks.first..chunks.end);
             state.take_parked_where(|c, state| {
                 let overlap = c.first.max(chunks.first)..c.end.min(chunks.end);
-                !overlap.is_empty() && state.file_holding(overlap).is_none()
+                !overlap.is_empty() && !state.all_present(overlap)
             })
         };
         for parked in failed {
@@ -662,6 +846,13 @@ impl BackingStore {
         for parked in failed {
             parked.read.error(error.clone());
         }
+    }
+}
+
+impl Drop for BackingStore {
+    fn drop(&mut self) {
+        let memory = std::mem::take(&mut self.lock().memory);
+        self.release_memory(memory.into_values());
     }
 }
 
@@ -695,8 +886,28 @@ mod tests {
         (PendingRead::untracked(r), rx)
     }
 
+    fn home(dir: &tempfile::TempDir, memory: u64) -> std::sync::Arc<StoreHome> {
+        std::sync::Arc::new(StoreHome {
+            dir: dir.path().to_path_buf(),
+            memory: StreamMemory::new(memory),
+        })
+    }
+
     fn store_in(dir: &tempfile::TempDir, size: u64) -> BackingStore {
-        BackingStore::new(dir.path().into(), size)
+        BackingStore::new(home(dir, 0), size)
+    }
+
+    /// Chunk `i` of an object whose byte `n` is `n % 251`.
+    fn chunk_bytes(store: &BackingStore, i: u64) -> Bytes {
+        let r = store.byte_range(ChunkRange {
+            first: i,
+            end: i + 1,
+        });
+        r.map(|n| (n % 251) as u8).collect::<Vec<u8>>().into()
+    }
+
+    fn expected(offset: u64, len: u64) -> Vec<u8> {
+        (offset..offset + len).map(|n| (n % 251) as u8).collect()
     }
 
     fn fill(store: &BackingStore, chunks: ChunkRange, byte: u8) {
@@ -839,12 +1050,16 @@ mod tests {
         let all = ChunkRange { first: 0, end: 1 };
         fill(&store, all, 4);
         let file = store.file().unwrap();
+        let source = Source {
+            file: Some(file.clone()),
+            memory: Vec::new(),
+        };
         // Written back first: a page that writeback holds locked is not readable without
         // waiting, which a busy disk would otherwise turn into a spurious hand-back.
         file.get().sync_all().unwrap();
         let (r, rx) = pending();
         assert!(
-            BackingStore::answer_if_cached(&file, 0, 100, &r),
+            BackingStore::answer_if_cached(&source, 0, 100, &r),
             "written and in the page cache"
         );
         assert_eq!(rx.try_recv().unwrap().unwrap(), vec![4; 100]);
@@ -856,11 +1071,11 @@ mod tests {
         assert_eq!(rc, 0);
         let (r, rx) = pending();
         assert!(
-            !BackingStore::answer_if_cached(&file, 0, 100, &r),
+            !BackingStore::answer_if_cached(&source, 0, 100, &r),
             "handed back: the bytes are on disk only"
         );
         assert!(rx.try_recv().is_err(), "not answered yet");
-        BackingStore::answer(&file, 0, 100, &r);
+        BackingStore::answer(&source, 0, 100, &r);
         assert_eq!(rx.try_recv().unwrap().unwrap(), vec![4; 100]);
     }
 
@@ -907,6 +1122,92 @@ mod tests {
     }
 
     #[test]
+    fn streamed_chunks_are_answered_from_memory_and_let_go_once_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = home(&dir, 3 * CHUNK_SIZE);
+        let store = BackingStore::new(home.clone(), 4 * CHUNK_SIZE + 100);
+        let (r, rx) = pending();
+        let (ReadPlan::Parked { .. }, fetches) = store.read(0, CHUNK_SIZE as u32, 0, "t", &r)
+        else {
+            panic!("nothing present")
+        };
+        assert_eq!(fetches, [ChunkRange { first: 0, end: 1 }]);
+        // A parked read waiting for chunk 1 too keeps it from being let go.
+        let (r2, rx2) = pending();
+        let across = CHUNK_SIZE - 10;
+        let _ = store.read(across, 20, 0, "t", &r2);
+        let chunks = vec![chunk_bytes(&store, 0), chunk_bytes(&store, 1)];
+        assert!(home.memory.try_take(2 * CHUNK_SIZE));
+        BackingStore::answer_all(store.complete_in_memory(0, chunks));
+        assert_eq!(rx.try_recv().unwrap().unwrap(), expected(0, CHUNK_SIZE));
+        assert_eq!(rx2.try_recv().unwrap().unwrap(), expected(across, 20));
+        assert!(!store.is_open(), "no file: nothing was written");
+        // Both reads reached chunk 0's end, the second chunk 1's start only.
+        assert_eq!(store.memory_bytes(), CHUNK_SIZE);
+        assert_eq!(home.memory.used(), CHUNK_SIZE);
+        // A read of chunk 0 again is fetched again; one to chunk 1's end lets it go.
+        let (r, _rx) = pending();
+        assert!(matches!(
+            store.read(0, 10, 0, "t", &r).0,
+            ReadPlan::Parked { .. }
+        ));
+        let (r, rx) = pending();
+        let (ReadPlan::Ready(source), _) = store.read(2 * CHUNK_SIZE - 8, 8, 0, "t", &r) else {
+            panic!("present in memory")
+        };
+        assert!(!source.needs_file());
+        BackingStore::answer(&source, 2 * CHUNK_SIZE - 8, 8, &r);
+        assert_eq!(
+            rx.try_recv().unwrap().unwrap(),
+            expected(2 * CHUNK_SIZE - 8, 8)
+        );
+        assert_eq!((store.memory_bytes(), home.memory.used()), (0, 0));
+    }
+
+    #[test]
+    fn a_read_across_memory_and_file_chunks_gets_both_and_the_budget_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = home(&dir, CHUNK_SIZE);
+        let store = BackingStore::new(home.clone(), 3 * CHUNK_SIZE);
+        // Chunk 0 in the file, chunk 1 in memory.
+        let (r, _rx) = pending();
+        let (_, fetches) = store.read(0, 2 * CHUNK_SIZE as u32, 0, "t", &r);
+        assert_eq!(fetches, [ChunkRange { first: 0, end: 2 }]);
+        store.open().unwrap();
+        store.write(0, &chunk_bytes(&store, 0)).unwrap();
+        assert!(home.memory.try_take(CHUNK_SIZE));
+        assert!(!home.memory.try_take(1), "the budget is spent");
+        let first = store.complete(ChunkRange { first: 0, end: 1 });
+        assert!(first.is_empty(), "chunk 1 still missing");
+        let done = store.complete_in_memory(1, vec![chunk_bytes(&store, 1)]);
+        assert!(done.needs_file());
+        BackingStore::answer_all(done);
+        // Read again across both, before anything is let go... it was consumed: so read
+        // the file part alone and a fresh memory chunk.
+        let (r, rx) = pending();
+        let (ReadPlan::Ready(source), _) = store.read(100, 200, 0, "t", &r) else {
+            panic!("in the file")
+        };
+        BackingStore::answer(&source, 100, 200, &r);
+        assert_eq!(rx.try_recv().unwrap().unwrap(), expected(100, 200));
+        // An unread memory chunk: dropped on close, or with the store.
+        let (r, _rx) = pending();
+        let (_, fetches) = store.read(2 * CHUNK_SIZE, 10, 0, "t", &r);
+        assert_eq!(fetches, [ChunkRange { first: 2, end: 3 }]);
+        assert!(home.memory.try_take(CHUNK_SIZE));
+        let (w, wx) = pending();
+        let _ = store.read(2 * CHUNK_SIZE + 20, 10, 0, "t", &w);
+        BackingStore::answer_all(store.complete_in_memory(2, vec![chunk_bytes(&store, 2)]));
+        assert_eq!(
+            wx.try_recv().unwrap().unwrap(),
+            expected(2 * CHUNK_SIZE + 20, 10)
+        );
+        assert_eq!(home.memory.used(), CHUNK_SIZE, "read, but not to its end");
+        drop(store);
+        assert_eq!(home.memory.used(), 0, "given back with the store");
+    }
+
+    #[test]
     fn a_store_has_a_file_only_from_its_first_fetch_until_evicted() {
         let dir = tempfile::tempdir().unwrap();
         let store = store_in(&dir, 2 * CHUNK_SIZE);
@@ -945,12 +1246,33 @@ mod shuttle_model {
 
     #[test]
     fn shuttle_park_complete_evict_and_interrupt_answer_once_with_fetched_bytes() {
+        check(Keep::File);
+    }
+
+    /// The same with the chunk kept in memory (a sequential stream), and the object
+    /// closed (its memory let go) at any point.
+    #[test]
+    fn shuttle_memory_chunks_answer_once_with_fetched_bytes() {
+        check(Keep::Memory);
+    }
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Keep {
+        File,
+        Memory,
+    }
+
+    fn check(keep: Keep) {
         let mut config = shuttle::Config::default();
         config.max_steps = shuttle::MaxSteps::FailAfter(100_000);
         let scheduler = shuttle::scheduler::RandomScheduler::new_from_seed(11, 1_000);
-        shuttle::Runner::new(scheduler, config).run(|| {
+        shuttle::Runner::new(scheduler, config).run(move || {
             let dir = tempfile::tempdir().unwrap();
-            let store = Arc::new(BackingStore::new(dir.path().into(), SIZE));
+            let home = std::sync::Arc::new(StoreHome {
+                dir: dir.path().to_path_buf(),
+                memory: StreamMemory::new(SIZE),
+            });
+            let store = Arc::new(BackingStore::new(home.clone(), SIZE));
             let all = ChunkRange { first: 0, end: 1 };
             assert_eq!(store.prefetch(all), Some(all), "the fetch owns the chunk");
             let (r, rx) = reply();
@@ -968,14 +1290,23 @@ mod shuttle_model {
             let fetcher = {
                 let store = store.clone();
                 thread::spawn(move || {
-                    store.open().unwrap();
-                    store.write(0, &[0xab; SIZE as usize]).unwrap();
-                    BackingStore::answer_all(store.complete(all));
+                    let completed = if keep == Keep::Memory {
+                        assert!(store.home().memory.try_take(SIZE));
+                        store.complete_in_memory(0, vec![Bytes::from(vec![0xab; SIZE as usize])])
+                    } else {
+                        store.open().unwrap();
+                        store.write(0, &[0xab; SIZE as usize]).unwrap();
+                        store.complete(all)
+                    };
+                    BackingStore::answer_all(completed);
                 })
             };
             let evictor = {
                 let store = store.clone();
-                thread::spawn(move || store.reset_if_idle(|| true))
+                thread::spawn(move || {
+                    store.reset_if_idle(|| true);
+                    store.drop_memory();
+                })
             };
             let interrupter = {
                 let read = read.clone();
@@ -987,6 +1318,8 @@ mod shuttle_model {
             evictor.join().unwrap();
             let answers: Vec<Answer> = rx.try_iter().collect();
             assert_eq!(answers.len(), 1, "answered exactly once: {answers:?}");
+            drop(store);
+            assert_eq!(home.memory.used(), 0, "the budget comes back");
             match &answers[0] {
                 Ok(bytes) => assert_eq!(bytes, &[0xab; SIZE as usize], "only fetched bytes"),
                 Err(e) => assert_eq!(e, &FsError::Interrupted),
