@@ -59,6 +59,10 @@ const CHUNK: usize = 1000;
 /// well within gRPC's 4 MiB message limit.
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
+/// The pause between attempts to reach the mount daemon's events (a connect to its
+/// socket each: cheap), short so that a restarted daemon gets its entries back soon.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+
 /// The addresses the control plane serves on besides its socket, as bound (a port 0
 /// asked for is resolved), for `Status`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -454,31 +458,27 @@ impl ControlService {
     /// Stages `names` again from their sources (the mount daemon lost them); how many
     /// were.
     async fn restage_all(&self, names: &[String]) -> usize {
-        let resolved = bounded(
-            names
-                .iter()
-                .map(|name| async move {
-                    let tracked = self.tracking.get(name)?;
-                    match self.resolve_again(&tracked.renewal).await {
-                        Ok(resolved) => Some(ToStage {
-                            name: name.clone(),
-                            resolved,
-                            share: tracked.share,
-                            replace: false,
-                        }),
-                        Err(e) => {
-                            tracing::warn!(
-                                name,
-                                "could not stage again after the mount daemon restarted: {e}"
-                            );
-                            None
-                        }
-                    }
-                })
-                .collect(),
-        )
-        .await;
-        let batch: Vec<ToStage> = resolved.into_iter().flatten().collect();
+        let tracked: Vec<(String, Tracked)> = names
+            .iter()
+            .filter_map(|name| Some((name.clone(), self.tracking.get(name)?)))
+            .collect();
+        let renewals: Vec<&Renewal> = tracked.iter().map(|(_, t)| &t.renewal).collect();
+        let resolved = self.resolve_all_again(&renewals).await;
+        let mut batch = Vec::with_capacity(tracked.len());
+        for ((name, tracked), resolved) in tracked.into_iter().zip(resolved) {
+            match resolved {
+                Ok(resolved) => batch.push(ToStage {
+                    name,
+                    resolved,
+                    share: tracked.share,
+                    replace: false,
+                }),
+                Err(e) => tracing::warn!(
+                    name,
+                    "could not stage again after the mount daemon restarted: {e}"
+                ),
+            }
+        }
         let names: Vec<String> = batch.iter().map(|e| e.name.clone()).collect();
         let mut staged = 0;
         for (name, result) in names.iter().zip(self.stage_all(batch).await) {
@@ -492,6 +492,41 @@ impl ControlService {
             }
         }
         staged
+    }
+
+    /// Resolves the sources of entries again, as they were staged; a result each, in
+    /// order. Local files are opened together (`SignedUrlServer::register_all`: one
+    /// hand-off to the blocking pool), the others with bounded concurrency.
+    async fn resolve_all_again(
+        &self,
+        renewals: &[&Renewal],
+    ) -> Vec<Result<sources::Resolved, SourceError>> {
+        let mut results: Vec<Result<sources::Resolved, SourceError>> = renewals
+            .iter()
+            .map(|_| Err(SourceError::Internal("not resolved".into())))
+            .collect();
+        let (mut local_at, mut local, mut other_at, mut others) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (i, renewal) in renewals.iter().enumerate() {
+            match renewal {
+                Renewal::Local { path, identity, .. } => {
+                    local_at.push(i);
+                    local.push((path.clone(), Some(*identity)));
+                }
+                _ => {
+                    other_at.push(i);
+                    others.push(self.resolve_again(renewal));
+                }
+            }
+        }
+        let local = self.local.register_all(local).await;
+        for (i, result) in local_at.into_iter().zip(local) {
+            results[i] = result;
+        }
+        for (i, result) in other_at.into_iter().zip(bounded(others).await) {
+            results[i] = result;
+        }
+        results
     }
 
     /// Resolves the source of an entry again, as it was staged.
@@ -655,7 +690,7 @@ impl ControlService {
                 }
                 Err(status) => tracing::debug!("mount daemon events: {}", status.message()),
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(RECONNECT_PAUSE).await;
         }
     }
 

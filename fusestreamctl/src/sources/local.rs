@@ -246,19 +246,62 @@ impl SignedUrlServer {
         path: &Path,
         pinned: Option<FileIdentity>,
     ) -> Result<Resolved, SourceError> {
-        let shown = path.display().to_string();
-        let path_buf = path.to_path_buf();
+        self.register_all(vec![(path.to_path_buf(), pinned)])
+            .await
+            .pop()
+            .expect("a result per file")
+    }
+
+    /// [`SignedUrlServer::register`] for many files, a result each, in order: they are
+    /// opened one after the other on one blocking thread, so restaging thousands of files
+    /// costs one hand-off to the blocking pool, not one each (the hand-offs, not the
+    /// opens, were most of a restage's time). Callers bound the batch.
+    pub async fn register_all(
+        &self,
+        files: Vec<(PathBuf, Option<FileIdentity>)>,
+    ) -> Vec<Result<Resolved, SourceError>> {
+        let pinned: Vec<Option<FileIdentity>> = files.iter().map(|(_, p)| *p).collect();
+        let shown: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
         let opened = tokio::task::spawn_blocking(move || {
-            let canonical = match pinned {
-                None => path_buf.canonicalize()?,
-                Some(_) => path_buf,
-            };
-            // Opening proves the user may read it; metadata comes from the open file.
-            let meta = open_no_symlinks(&canonical)?.metadata()?;
-            Ok::<_, std::io::Error>((canonical, meta))
+            files
+                .into_iter()
+                .map(|(path, pinned)| {
+                    let canonical = match pinned {
+                        None => path.canonicalize()?,
+                        Some(_) => path,
+                    };
+                    // Opening proves the user may read it; metadata comes from the open file.
+                    let meta = open_no_symlinks(&canonical)?.metadata()?;
+                    Ok::<_, std::io::Error>((canonical, meta))
+                })
+                .collect::<Vec<_>>()
         })
-        .await
-        .map_err(|e| SourceError::Internal(e.to_string()))?;
+        .await;
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                return shown
+                    .iter()
+                    .map(|_| Err(SourceError::Internal(e.to_string())))
+                    .collect();
+            }
+        };
+        opened
+            .into_iter()
+            .zip(shown)
+            .zip(pinned)
+            .map(|((opened, shown), pinned)| self.admit(opened, shown, pinned))
+            .collect()
+    }
+
+    /// Registers a file opened for [`SignedUrlServer::register_all`], if it is a regular
+    /// file (and the pinned one, if pinned).
+    fn admit(
+        &self,
+        opened: std::io::Result<(PathBuf, std::fs::Metadata)>,
+        shown: String,
+        pinned: Option<FileIdentity>,
+    ) -> Result<Resolved, SourceError> {
         let (canonical, meta) = match opened {
             Ok(opened) => opened,
             Err(e) if pinned.is_some() && is_symlink_refusal(&e) => {
