@@ -4,7 +4,7 @@ rclone mount, aria2c), each from a server the benchmark starts on 127.0.0.1.
 
 Run as root from anywhere (the repo is found from this file's location):
 
-    sudo bench/run.py [--profile loopback|remote|sustained] [--runs N] [--json PATH] [--keep]
+    sudo bench/run.py [--profile loopback|remote|sustained|scale] [--runs N] [--json PATH] [--keep]
 
 - loopback (default): one file from a real nginx: cold and warm sequential reads, first-read
   and random-read latency, peak RSS, metadata with stalled readers, span export, dead hosts.
@@ -12,9 +12,12 @@ Run as root from anywhere (the repo is found from this file's location):
   an object store: curl, aria2c -x16, rclone mount and FuseStream side by side.
 - sustained: several large objects from nginx read back to back through the mount: MB/s of
   each, the mount daemon's CPU-s and disk writes per GiB.
+- scale: 100,000 small local files staged with `stage -r` (five folders into one directory):
+  the time of a 20,000-file folder, the mount daemon's RSS and descriptors, `ls -f` and
+  `stat` in the 100,000-entry directory, and a restart of either daemon until all is back.
 
 One script, shared helpers (servers, mounts, timing); each profile is a `Bench.run_*`
-method and a `report_*` function. Everything (sources, server configs, mount points,
+method (or a `run_*` function) and a `report_*` function. Everything (sources, server configs, mount points,
 caches, sockets, logs) lives in one temp dir that is removed at the end; servers and daemons
 are stopped and waited for and every mount is unmounted, also on Ctrl-C, SIGTERM and errors.
 See bench/README.md.
@@ -664,41 +667,52 @@ http {{
         for b in ("fusestream-mountd", "fusestreamctl"):
             if not os.access(BIN / b, os.X_OK):
                 raise BenchError(f"{BIN / b} missing: run `cargo build --release --bins` in the repo")
+        self.start_mountd(env)
+        self.start_control(env)
+        log(f"FuseStream up: mountd pid {self.mountd.pid}, control pid {self.ctl.pid}")
+
+    def start_mountd(self, env):
+        """Starts the mount daemon and waits for its mount (also after a restart: the
+        cache dir and log are reused)."""
         cache = self.tmp / "fs-cache"
         cache.mkdir(exist_ok=True)  # restarted daemons (the OTLP runs) reuse it
-        mountd_log = self.tmp / "mountd.log"
-        ctl_log = self.tmp / "control.log"
         self.metrics_port = free_port()
         self.mountd = spawn(
             [BIN / "fusestream-mountd", "--mountpoint", self.fs_mnt,
              "--socket", self.tmp / "mountd.sock", "--cache-dir", cache,
-             "--log-file", mountd_log, "--metrics-listen", f"127.0.0.1:{self.metrics_port}"],
+             "--log-file", self.tmp / "mountd.log",
+             "--metrics-listen", f"127.0.0.1:{self.metrics_port}"],
             self.tmp / "mountd.stderr", env)
         # LIFO: the mount is checked/unmounted after the daemon has been stopped.
         self.stack.callback(unmount, self.fs_mnt)
         self.stack.callback(stop_process, self.mountd, "fusestream-mountd")
+        wait_until(lambda: is_mounted(self.fs_mnt), 15, "the FuseStream mount",
+                   alive=self.mountd_alive)
 
-        def mountd_alive():
-            if self.mountd.poll() is not None:
-                raise BenchError(f"fusestream-mountd exited with {self.mountd.returncode}:\n"
-                                 + tail(mountd_log) + tail(self.tmp / "mountd.stderr"))
+    def mountd_alive(self):
+        if self.mountd.poll() is not None:
+            raise BenchError(f"fusestream-mountd exited with {self.mountd.returncode}:\n"
+                             + tail(self.tmp / "mountd.log") + tail(self.tmp / "mountd.stderr"))
 
-        wait_until(lambda: is_mounted(self.fs_mnt), 15, "the FuseStream mount", alive=mountd_alive)
+    def start_control(self, env):
+        """Starts the control plane, its state in the temp dir (never the user's), and
+        waits until it answers (also after a restart: it takes up its saved entries)."""
+        ctl_log = self.tmp / "control.log"
         self.ctl = spawn(
             [BIN / "fusestreamctl", "serve", "--socket", self.tmp / "control.sock",
-             "--mountd-socket", self.tmp / "mountd.sock", "--log-file", ctl_log],
+             "--mountd-socket", self.tmp / "mountd.sock", "--state-dir", self.tmp / "state",
+             "--log-file", ctl_log],
             self.tmp / "control.stderr", env)
         self.stack.callback(stop_process, self.ctl, "fusestreamctl serve")
 
         def ctl_alive():
-            mountd_alive()
+            self.mountd_alive()
             if self.ctl.poll() is not None:
                 raise BenchError(f"fusestreamctl serve exited with {self.ctl.returncode}:\n"
                                  + tail(ctl_log) + tail(self.tmp / "control.stderr"))
 
-        wait_until(lambda: self.ctl_cmd("status", timeout=5, check=False).returncode == 0, 15,
-                   "fusestreamctl status", interval=0.1, alive=ctl_alive)
-        log(f"FuseStream up: mountd pid {self.mountd.pid}, control pid {self.ctl.pid}")
+        wait_until(lambda: self.ctl_cmd("status", timeout=5, check=False).returncode == 0, 60,
+                   "fusestreamctl status", interval=0.05, alive=ctl_alive)
 
     def fs_stage(self, name=FILE, url=None):
         """Stage (or re-stage: new inode, empty backing store) `url` (default: the
@@ -1406,6 +1420,225 @@ http {{
         return codes
 
 
+# ---------------------------------------------------------------- profile scale
+# Issue 13's scale goals: `stage -r` of a 20,000-file local folder, then 100,000 staged
+# entries (several `stage -r` folders into one directory of the mount): the mount daemon's
+# RSS and descriptors, `ls -f` of that directory, `stat` of one entry, and a restart of
+# either daemon until everything is back. Separate functions (run_scale, report_scale)
+# over the Bench's helpers, so the profile stands beside the others.
+
+SCALE_GOALS = {
+    "stage_r_first_s": 10.0,  # stage -r of the first folder, end to end
+    "mountd_rss_mib": 200.0,
+    "mountd_fds": 100,  # plus open files (none are open when counted)
+    "ls_f_s": 1.0,
+    "stat_p99_ms": 1.0,
+    "restart_mountd_s": 10.0,
+    "restart_control_s": 10.0,
+}
+SCALE_DIR = "big"  # the mount's directory every folder is staged into
+
+
+def scale_make_folders(root, folders, files):
+    """`folders` local folders of `files` small files each, named apart (folder i holds
+    `i-NNNNNN.bin`) so that all can be staged into one directory of the mount; a 64-byte
+    body each, different per file. Returns the folders."""
+    made = []
+    for i in range(folders):
+        d = root / f"folder{i}"
+        d.mkdir(parents=True)
+        for j in range(files):
+            (d / f"{i}-{j:06d}.bin").write_bytes(f"{i}-{j:06d}".encode().ljust(64, b"."))
+        made.append(d)
+    return made
+
+
+def scale_reconciled(bench, after):
+    """The control plane's next "reconciled with the mount daemon" log line after byte
+    `after` of its log, as a dict of its counts; None if not there yet."""
+    try:
+        with open(bench.tmp / "control.log", "rb") as f:
+            f.seek(after)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if "reconciled with the mount daemon" in line:
+            return {k: int(v) for k, v in
+                    (w.split("=", 1) for w in line.split() if "=" in w) if v.isdigit()}
+    return None
+
+
+def scale_log_size(bench):
+    try:
+        return os.path.getsize(bench.tmp / "control.log")
+    except OSError:
+        return 0
+
+
+def scale_check_bytes(bench, names, count=20):
+    """Reads `count` random entries of SCALE_DIR through the mount and checks their bytes."""
+    for name in random.sample(names, min(count, len(names))):
+        want = name.removesuffix(".bin").encode().ljust(64, b".")
+        got = (bench.fs_mnt / SCALE_DIR / name).read_bytes()
+        if got != want:
+            bench.problem(f"{SCALE_DIR}/{name} read {got[:80]!r}, expected {want!r}")
+
+
+def scale_mountd_usage(bench):
+    """The mount daemon's resident memory (MiB) and open descriptors, now."""
+    pid = bench.mountd.pid
+    rss = None
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) / 1024.0
+    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def scale_stat_ms(paths):
+    lat = []
+    for p in paths:
+        t = time.perf_counter()
+        os.stat(p)
+        lat.append((time.perf_counter() - t) * 1e3)
+    return lat
+
+
+def scale_wait_reconciled(bench, after, what):
+    """Waits for the control plane to report a reconcile after byte `after` of its log;
+    returns the reconcile's counts."""
+    found = {}
+
+    def back():
+        line = scale_reconciled(bench, after)
+        if line is None:
+            return False
+        found.update(line)
+        return True
+
+    wait_until(back, 600, what, interval=0.05)
+    return found
+
+
+def scale_restart(bench, daemon, count, total):
+    """Stops `daemon` ("mountd" or "control") and starts it again; everything is back at
+    the control plane's next reconcile line, which must say `count`=`total`. Returns the
+    seconds from the start to that line, and the line's counts."""
+    proc, name = ((bench.mountd, "fusestream-mountd") if daemon == "mountd"
+                  else (bench.ctl, "fusestreamctl serve"))
+    stop_process(proc, name)
+    if daemon == "mountd":
+        unmount(bench.fs_mnt)
+    after = scale_log_size(bench)
+    t = time.perf_counter()
+    (bench.start_mountd if daemon == "mountd" else bench.start_control)(bench.env)
+    counts = scale_wait_reconciled(bench, after, f"everything back after restarting {name}")
+    elapsed = time.perf_counter() - t
+    log(f"{name} restart: everything back in {elapsed:.2f} s ({counts})")
+    if counts.get(count) != total:
+        bench.problem(f"after restarting {name}: {counts}, expected {count}={total}")
+    return elapsed, counts
+
+
+def run_scale(bench):
+    """Profile `scale`: the figures of SCALE_GOALS, with release binaries."""
+    a = bench.args
+    folders = scale_make_folders(bench.tmp / "local", a.scale_folders, a.scale_files)
+    total = a.scale_folders * a.scale_files
+    names = sorted(p.name for d in folders for p in d.iterdir())
+    log(f"{a.scale_folders} folders of {a.scale_files} files made")
+    bench.start_fusestream()
+    R = {"entries": total, "stage_r_s": []}
+    for d in folders:
+        t = time.perf_counter()
+        p = bench.ctl_cmd("stage", "-r", "--name", SCALE_DIR, str(d), timeout=600, check=False)
+        R["stage_r_s"].append(time.perf_counter() - t)
+        summary = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ""
+        if p.returncode != 0 or not summary.startswith(f"{a.scale_files} staged"):
+            raise BenchError(f"stage -r {d}: exit {p.returncode}, {summary!r}")
+        log(f"stage -r {d.name}: {R['stage_r_s'][-1]:.2f} s ({summary})")
+    scale_check_bytes(bench, names)
+    R["mountd_rss_mib"], R["mountd_fds"] = scale_mountd_usage(bench)
+    log(f"mount daemon: {R['mountd_rss_mib']:.0f} MiB resident, {R['mountd_fds']} descriptors")
+
+    big = bench.fs_mnt / SCALE_DIR
+    R["ls_f_s"] = []
+    for _ in range(a.runs):
+        t = time.perf_counter()
+        out = subprocess.run(["ls", "-f", str(big)], capture_output=True, text=True, check=True)
+        R["ls_f_s"].append(time.perf_counter() - t)
+        listed = len(out.stdout.splitlines()) - 2  # . and ..
+        if listed != total:
+            bench.problem(f"ls -f {big} listed {listed} entries, expected {total}")
+    log("ls -f: " + " ".join(f"{x:.3f}" for x in R["ls_f_s"]) + " s")
+
+    sample = [big / n for n in random.sample(names, min(a.scale_stats, total))]
+    R["stat_listed_ms"] = scale_stat_ms(sample)  # each name's first stat since ls -f
+    R["stat_again_ms"] = scale_stat_ms(sample)  # the same names again (dentries cached)
+    log(f"stat p99: after ls -f {percentile(R['stat_listed_ms'], 99):.3f} ms, again "
+        f"{percentile(R['stat_again_ms'], 99):.3f} ms")
+
+    # The mount daemon restarts: the control plane sees a new daemon and stages everything
+    # again (it lost its entries).
+    R["restart_mountd_s"], R["restart_mountd_counts"] = scale_restart(
+        bench, "mountd", "staged_again", total)
+    # A fresh mount: the kernel knows none of the names yet (cold dentry cache).
+    R["stat_cold_ms"] = scale_stat_ms(sample)
+    log(f"stat p99 on the fresh mount: {percentile(R['stat_cold_ms'], 99):.3f} ms")
+    scale_check_bytes(bench, names)
+    # The control plane restarts: it takes up its saved entries and gives each a new URL
+    # (its signed-URL server's key and port are new).
+    R["restart_control_s"], R["restart_control_counts"] = scale_restart(
+        bench, "control", "renewed", total)
+    scale_check_bytes(bench, names)
+    R["mountd_rss_after_mib"], R["mountd_fds_after"] = scale_mountd_usage(bench)
+    return R
+
+
+def report_scale(args, bench, R, started):
+    """Prints the scale profile's figures against SCALE_GOALS; returns the summary rows."""
+    rows = [
+        ("stage_r_first_s", f"stage -r of a {args.scale_files}-file folder, s",
+         R["stage_r_s"][0]),
+        ("mountd_rss_mib", f"mount daemon RSS at {R['entries']} entries, MiB",
+         R["mountd_rss_mib"]),
+        ("mountd_fds", f"mount daemon descriptors at {R['entries']} entries (no file open)",
+         R["mountd_fds"]),
+        ("ls_f_s", f"ls -f of the {R['entries']}-entry directory, s (median)",
+         median(R["ls_f_s"])),
+        ("stat_p99_ms", "stat of one entry p99, ms (fresh mount: cold dentry cache)",
+         percentile(R["stat_cold_ms"], 99)),
+        ("restart_mountd_s", "mount daemon restart, everything staged again, s",
+         R["restart_mountd_s"]),
+        ("restart_control_s", "control plane restart, every URL renewed, s",
+         R["restart_control_s"]),
+    ]
+    print(f"FuseStream benchmark, profile scale  {started:%Y-%m-%d %H:%M} UTC  "
+          f"{args.scale_folders} folders x {args.scale_files} local files  "
+          f"{os.cpu_count()} CPUs  {platform.release()}")
+    body, summary = [], []
+    for key, label, value in rows:
+        goal = SCALE_GOALS[key]
+        ok = value <= goal
+        body.append([label, f"{value:.3f}" if isinstance(value, float) else str(value),
+                     verdict(f"<= {goal:g}", ok)])
+        summary.append(dict(key=key, metric=label, value=value, goal=goal, met=ok))
+    print(format_table(["metric", "value", "goal"], body))
+    print("stage -r, each folder in turn: " + ", ".join(f"{x:.2f}" for x in R["stage_r_s"])
+          + " s; ls -f runs: " + ", ".join(f"{x:.3f}" for x in R["ls_f_s"]) + " s")
+    print("stat p50/p99, ms (" + str(len(R["stat_cold_ms"])) + " names): " + ", ".join(
+        f"{what} {percentile(R[key], 50):.3f}/{percentile(R[key], 99):.3f}"
+        for what, key in (("fresh mount", "stat_cold_ms"), ("first after ls -f", "stat_listed_ms"),
+                          ("again", "stat_again_ms"))))
+    print(f"after both restarts: mount daemon {R['mountd_rss_after_mib']:.0f} MiB resident, "
+          f"{R['mountd_fds_after']} descriptors")
+    print("restart times run from starting the daemon to the control plane's log line "
+          "\"reconciled with the mount daemon\" (after a mount daemon restart it finds the new "
+          "daemon by retrying every 250 ms)")
+    return summary
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -1686,6 +1919,7 @@ PROFILES = {
     "loopback": (Bench.run_loopback, report_loopback, 1024, 5, 200),
     "remote": (Bench.run_remote, report_remote, 512, 3, 100),
     "sustained": (Bench.run_sustained, report_sustained, 1024, 3, 0),
+    "scale": (run_scale, report_scale, 1, 3, 0),
 }
 
 
@@ -1722,13 +1956,21 @@ def main():
     ap.add_argument("--perf", metavar="PATH",
                     help="sustained: one more pass with `perf record -g` on the mount daemon, "
                          "written to PATH (its top costs to PATH.top.txt)")
+    ap.add_argument("--scale-folders", type=int, default=5,
+                    help="scale: local folders staged with stage -r into one directory "
+                         "(default 5)")
+    ap.add_argument("--scale-files", type=int, default=20000,
+                    help="scale: files in each folder (default 20000)")
+    ap.add_argument("--scale-stats", type=int, default=2000,
+                    help="scale: entries stat'ed for the stat latency (default 2000)")
     args = ap.parse_args()
     run, report, size_mib, runs, random_reads = PROFILES[args.profile]
     args.size_mib = size_mib if args.size_mib is None else args.size_mib
     args.runs = runs if args.runs is None else args.runs
     args.random_reads = random_reads if args.random_reads is None else args.random_reads
     if (args.size_mib < 1 or args.runs < 1 or args.latency_samples < 1 or args.objects < 1
-            or (args.random_reads < 1 and args.profile != "sustained")
+            or (args.random_reads < 1 and args.profile not in ("sustained", "scale"))
+            or min(args.scale_folders, args.scale_files, args.scale_stats) < 1
             or args.rate_mbs < 0 or args.delay_ms < 0):
         ap.error("sizes and counts must be >= 1, rate and delay >= 0")
     if os.geteuid() != 0:

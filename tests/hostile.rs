@@ -441,7 +441,10 @@ async fn control_barrage(
                 let what = format!("#{i} Control.Unstage name={}", brief(&name));
                 let outcome = bounded(
                     &what,
-                    control.unstage(api::UnstageRequest { name: name.clone() }),
+                    control.unstage(api::UnstageRequest {
+                        name: name.clone(),
+                        recursive: false,
+                    }),
                 )
                 .await;
                 model.removed(&what, &name, &outcome);
@@ -553,8 +556,11 @@ async fn raw_barrage(mount: &Channel, control: &Channel) {
             mount,
             &[
                 "/fusestream.v1.Mount/AddEntry",
+                "/fusestream.v1.Mount/AddEntries",
                 "/fusestream.v1.Mount/RemoveEntry",
+                "/fusestream.v1.Mount/RemoveEntries",
                 "/fusestream.v1.Mount/UpdateUrl",
+                "/fusestream.v1.Mount/UpdateUrls",
                 "/fusestream.v1.Mount/ListEntries",
                 "/fusestream.v1.Mount/WatchEvents",
                 "/grpc.health.v1.Health/Check",
@@ -566,6 +572,8 @@ async fn raw_barrage(mount: &Channel, control: &Channel) {
             control,
             &[
                 "/fusestream.v1.Control/Stage",
+                "/fusestream.v1.Control/StageMany",
+                "/fusestream.v1.Control/ListRemote",
                 "/fusestream.v1.Control/Unstage",
                 "/fusestream.v1.Control/SetTempUrlKey",
                 "/fusestream.v1.Control/Status",

@@ -307,14 +307,25 @@ fn an_entry_removed_while_the_control_plane_was_down_stays_removed() {
     ]);
     fs.restart_control(libc::SIGTERM);
     // Same mount daemon: the entry was unstaged on purpose, and is not brought back.
-    fs.ctl_ok(["status"]);
-    let state = std::fs::read_to_string(fs.dir.path().join("state/control-state.json")).unwrap();
-    fs.wait_until("the control plane let the entry go", |fs| {
-        !std::fs::read_to_string(fs.dir.path().join("state/control-state.json"))
-            .unwrap()
-            .contains("a.bin")
-    });
-    assert!(state.contains("mountd"), "{state}");
+    fs.wait_for_control_log("reconciled with the mount daemon");
+    assert!(
+        fs.control.logs().contains("let_go=1"),
+        "{}",
+        fs.control.logs()
+    );
+    assert!(!fs.ctl_ok(["ls"]).contains("a.bin"));
+    // Let go in the saved state too: a restarted mount daemon does not get it back.
+    fs.restart_mountd(libc::SIGKILL);
+    fs.wait_until(
+        "the control plane reconciled with the new mount daemon",
+        |fs| {
+            fs.control
+                .logs()
+                .matches("reconciled with the mount daemon")
+                .count()
+                >= 2
+        },
+    );
     assert!(!fs.ctl_ok(["ls"]).contains("a.bin"));
 }
 

@@ -721,6 +721,16 @@ fn entries_belong_to_their_stager() {
         text.contains("mallory.bin") && text.contains(&format!("\"ownerUid\": {MALLORY}")),
         "{text}"
     );
+    // A batch renewal is checked entry by entry: hers is renewed, alice's refused.
+    let batch = format!(
+        r#"{{"updates":[{hijack},{}]}}"#,
+        hijack.replace("private.bin", "mallory.bin")
+    );
+    let (ok, text) = mount_call_as(MALLORY, &grpcurl, socket, "UpdateUrls", &batch);
+    assert!(
+        ok && text.matches("\"failed\"").count() == 1 && text.contains("\"code\": 7"),
+        "batch renewal: {text}"
+    );
     let meta = std::fs::metadata(fs.mountpoint.join("mallory.bin")).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o777), (MALLORY, 0o400));
     let out = cat_as(EVE, "mallory.bin");

@@ -101,6 +101,8 @@ pub struct SwiftConfig {
     pub temp_url_digest: Option<String>,
     /// Seconds a temp URL is valid (default 3600).
     pub url_lifetime: Option<u64>,
+    /// Items a listing page asks for (1 to 10,000; default 10,000).
+    pub listing_page_size: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +124,9 @@ pub struct S3Config {
     pub path_style: Option<bool>,
     /// Seconds a presigned URL is valid (default 3600, at most 7 days).
     pub url_lifetime: Option<u64>,
+    /// Items a listing page asks for (1 to 10,000; default 10,000; S3 servers give at
+    /// most 1,000).
+    pub listing_page_size: Option<u32>,
 }
 
 impl SwiftConfig {
@@ -135,6 +140,19 @@ impl SwiftConfig {
 impl S3Config {
     fn has_inline_secret(&self) -> bool {
         self.secret_access_key.is_some() || self.session_token.is_some()
+    }
+}
+
+/// A remote's `listing_page_size`, checked (a page sizes the memory a listing takes).
+pub fn listing_page_size(remote: &str, configured: Option<u32>) -> Result<u32, ConfigError> {
+    use crate::sources::listing::DEFAULT_PAGE_SIZE;
+    match configured {
+        None => Ok(DEFAULT_PAGE_SIZE),
+        Some(size) if (1..=DEFAULT_PAGE_SIZE).contains(&size) => Ok(size),
+        Some(size) => Err(ConfigError::Remote {
+            remote: remote.into(),
+            message: format!("listing_page_size {size}: use 1 to {DEFAULT_PAGE_SIZE}"),
+        }),
     }
 }
 
@@ -181,11 +199,7 @@ impl Config {
             )));
         }
         for name in config.remotes.keys() {
-            let valid = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-            if !valid {
+            if !is_remote_name(name) {
                 return Err(file_error(format!(
                     "remote name {name:?}: use letters, digits, '-' and '_'"
                 )));
@@ -193,6 +207,15 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// True for names a remote may have (letters, digits, '-', '_'): the one rule the config,
+/// `REMOTE:path` sources and the CLI apply.
+pub fn is_remote_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// A parse error of the config `text` as one line that shows no part of the file: toml's

@@ -87,16 +87,30 @@ enum Command {
         key_stdin: bool,
     },
     /// Stage local files, http(s) URLs or remote objects (REMOTE:path); prints the path of
-    /// each in the mount.
+    /// each in the mount. With -r, folders and remote prefixes too; skips and failures are
+    /// reported on stderr, with a summary "N staged, M skipped, K failed" (exit 1 if any
+    /// failed).
     Stage {
         /// Each a local file (relative paths are fine), an http:// or https:// URL, or
         /// REMOTE:path, an object of a remote of the config (Swift: REMOTE:container/object,
-        /// S3: REMOTE:bucket/key, HTTP: REMOTE:path under its base URL).
+        /// S3: REMOTE:bucket/key, HTTP: REMOTE:path under its base URL). With -r, a local
+        /// folder or REMOTE:container[/prefix/].
         #[arg(required = true)]
         sources: Vec<String>,
-        /// Name in the mount (may contain '/'); only with a single source.
+        /// Name in the mount (may contain '/'); only with a single source. For a folder
+        /// or prefix, the name of its top: `stage -r --name pics ~/photos` gives pics/...
         #[arg(long)]
         name: Option<String>,
+        /// Stage the regular files under local folders (keeping their paths under the
+        /// folder's name; symlinks and special files are skipped) and the objects under
+        /// remote prefixes. With --replace, a second run adds what is new and replaces
+        /// what changed.
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        /// Output format: `table` (paths on stdout) or `json` (one object per entry, then
+        /// one with the counts).
+        #[arg(long, value_parser = ["table", "json"], default_value = "table")]
+        output: String,
         /// Replace an entry already staged under the same name.
         #[arg(long)]
         replace: bool,
@@ -107,13 +121,27 @@ enum Command {
     },
     /// Remove entries from the mount (open files keep reading until closed).
     Unstage {
-        /// Names of staged entries, as `ls` shows them.
+        /// Names of staged entries, as `ls` shows them (with -r, folders).
         #[arg(required = true)]
         names: Vec<String>,
+        /// Remove all of your entries under each folder NAME/ (never another user's).
+        #[arg(short = 'r', long)]
+        recursive: bool,
     },
     /// List staged entries: name, size, bytes fetched, open handles, who may read it
-    /// (private, group or all), source and state (`ok`, or why reads fail).
-    Ls,
+    /// (private, group or all), source and state (`ok`, or why reads fail). With
+    /// REMOTE:[container[/prefix/]], browse a remote instead: its containers (buckets), or
+    /// the objects (size, modification time) and directories under a prefix.
+    Ls {
+        /// A remote location to browse, e.g. `archive:` or `archive:photos/2024/`.
+        location: Option<String>,
+        /// Everything under the prefix, not just one level.
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        /// Output format: `table` or `json` (one object per line).
+        #[arg(long, value_parser = ["table", "json"], default_value = "table")]
+        output: String,
+    },
     /// Show the state of both daemons.
     Status,
     /// List the FUSE ops in flight, oldest first (a stalled op stands at the top).
@@ -219,11 +247,39 @@ fn main() -> ExitCode {
                     Command::Stage {
                         sources,
                         name,
+                        recursive,
+                        output,
                         replace,
                         share,
-                    } => client.stage(&sources, name, replace, share.into()).await,
-                    Command::Unstage { names } => client.unstage(&names).await,
-                    Command::Ls => client.ls().await,
+                    } => {
+                        let options = cli::StageOptions {
+                            replace,
+                            share: share.into(),
+                            recursive,
+                            json: output == "json",
+                        };
+                        client.stage(&sources, name, options).await
+                    }
+                    Command::Unstage { names, recursive } => {
+                        client.unstage(&names, recursive).await
+                    }
+                    Command::Ls {
+                        location: Some(location),
+                        recursive,
+                        output,
+                    } => {
+                        client
+                            .ls_remote(&location, recursive, output == "json")
+                            .await
+                    }
+                    Command::Ls {
+                        location: None,
+                        recursive: false,
+                        output,
+                    } if output == "table" => client.ls().await,
+                    Command::Ls { .. } => Err(Failure::Usage(
+                        "-r and --output need a REMOTE: location to browse".into(),
+                    )),
                     Command::Status => client.status().await,
                     Command::Ops { watch, output } => client.ops(watch, output == "json").await,
                     Command::SwiftSetTempUrlKey { remote, key_stdin } => {

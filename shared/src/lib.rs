@@ -1,5 +1,5 @@
 //! Code both FuseStream daemons use: the generated gRPC API, the rules for entry names,
-//! URL redaction, gRPC serving/connecting over Unix sockets, default paths and the checks
+//! the wall clock in Unix seconds, URL redaction, gRPC serving/connecting over Unix sockets, default paths and the checks
 //! of private dirs, readiness notification, telemetry (logs, spans, trace context), the
 //! metrics endpoint, and the pieces of the privilege boundary (SECURITY.md): the API token
 //! (`auth`), per-uid connection caps and timeouts on every listener (`listen`), and
@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod clock;
 pub mod grpc;
 pub mod http;
 pub mod listen;
@@ -46,4 +47,16 @@ pub mod limits {
             n => (n as usize).min(MAX_LIST_PAGE_SIZE),
         }
     }
+
+    /// Entries one `Mount.AddEntries` call may carry (the control plane also ends a batch
+    /// early when it nears 1 MiB, to stay well within gRPC's 4 MiB message limit).
+    pub const MAX_ADD_ENTRIES: usize = 256;
+
+    /// URLs one `Mount.UpdateUrls` call may carry (the control plane also ends a batch
+    /// early when it nears 1 MiB).
+    pub const MAX_UPDATE_URLS: usize = 1000;
+
+    /// Items (sources) one `Control.StageMany` call may carry; a folder or prefix among
+    /// them may expand to any number of entries, which are streamed, never collected.
+    pub const MAX_STAGE_ITEMS: usize = 10_000;
 }

@@ -73,6 +73,16 @@ pub fn shown(name: &str) -> String {
     }
 }
 
+/// Whether entry `name` lies under folder `folder` (given with or without its trailing
+/// '/'): `photos/2024/a.jpg` is under `photos` and `photos/2024/`, not under `phot`.
+pub fn is_under(name: &str, folder: &str) -> bool {
+    let folder = folder.trim_end_matches('/');
+    !folder.is_empty()
+        && name
+            .strip_prefix(folder)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// Checks `name` without keeping its components.
 pub fn validate(name: &str) -> Result<(), NameError> {
     components(name).map(|_| ())
@@ -81,6 +91,16 @@ pub fn validate(name: &str) -> Result<(), NameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_under_a_folder() {
+        assert!(is_under("photos/2024/a.jpg", "photos"));
+        assert!(is_under("photos/2024/a.jpg", "photos/2024/"));
+        assert!(!is_under("photos/2024/a.jpg", "phot"));
+        assert!(!is_under("photos", "photos"));
+        assert!(!is_under("photos/a", ""));
+        assert!(!is_under("photos/a", "/"));
+    }
 
     #[test]
     fn accepts_plain_and_nested_names() {

@@ -1,6 +1,11 @@
 //! The command-line client: one function per subcommand, each a call to the control
 //! plane. Errors are printed as one line; the exit code says what kind of failure it was
-//! (see [`Failure`]).
+//! (see [`Failure`]). The commands that stream many answers (`stage`, `ls REMOTE:`) are in
+//! `many`.
+
+mod many;
+
+pub use many::StageOptions;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
@@ -132,55 +137,24 @@ impl Client {
         ))
     }
 
-    pub async fn stage(
-        &self,
-        sources: &[String],
-        name: Option<String>,
-        replace: bool,
-        share: api::Sharing,
-    ) -> Result<(), Failure> {
-        if name.is_some() && sources.len() != 1 {
-            return Err(Failure::Usage("--name needs exactly one source".into()));
-        }
-        let mut failed = None;
-        for source in sources {
-            let request = api::StageRequest {
-                source: absolute_source(source)?,
-                name: name.clone().unwrap_or_default(),
-                replace,
-                share: share.into(),
-            };
-            match self.control.clone().stage(request).await {
-                Ok(response) => {
-                    let path = response
-                        .into_inner()
-                        .entry
-                        .map(|e| e.path)
-                        .unwrap_or_default();
-                    println!("{path}");
-                }
-                Err(status) => {
-                    let failure = self.failure(&format!("stage {source}"), status);
-                    if let Failure::Unreachable(_) = failure {
-                        return Err(failure);
-                    }
-                    // Report now, go on with the other sources, fail at the end.
-                    if let Some(previous) = failed.replace(failure) {
-                        let _ = previous.report();
-                    }
-                }
-            }
-        }
-        failed.map_or(Ok(()), Err)
-    }
-
-    pub async fn unstage(&self, names: &[String]) -> Result<(), Failure> {
+    /// Unstages `names`; with `recursive`, each is a folder whose entries (the caller's
+    /// own) all go, and how many is printed.
+    pub async fn unstage(&self, names: &[String], recursive: bool) -> Result<(), Failure> {
         for name in names {
-            self.control
+            let removed = self
+                .control
                 .clone()
-                .unstage(api::UnstageRequest { name: name.clone() })
+                .unstage(api::UnstageRequest {
+                    name: name.clone(),
+                    recursive,
+                })
                 .await
-                .map_err(|s| self.failure(&format!("unstage {name}"), s))?;
+                .map_err(|s| self.failure(&format!("unstage {name}"), s))?
+                .into_inner()
+                .removed;
+            if recursive {
+                println!("{name}: {removed} entries unstaged");
+            }
         }
         Ok(())
     }
@@ -446,10 +420,7 @@ fn absolute_source(source: &str) -> Result<String, Failure> {
     }
     // REMOTE:path, unless a local file of that name exists.
     if let Some((remote, _)) = source.split_once(':')
-        && !remote.is_empty()
-        && remote
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && crate::config::is_remote_name(remote)
         && !std::path::Path::new(source).exists()
     {
         return Ok(source.to_string());

@@ -7,9 +7,11 @@
 //! (`--listen`, loopback only), whoever shows the API token (`auth`), which only its user
 //! can read.
 
+mod browse;
 mod control;
 mod metrics;
 mod state;
+mod tracking;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,7 +27,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::config::Config;
 use crate::sources::Remotes;
 use crate::sources::http::HttpSource;
-use crate::sources::local::LocalSource;
+use crate::sources::local::SignedUrlServer;
 use control::ControlService;
 
 #[derive(Debug, Clone)]
@@ -82,7 +84,7 @@ pub async fn run(config: ServeConfig, telemetry: &Telemetry) -> Result<(), Strin
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let local = LocalSource::start(config.url_lifetime)
+    let local = SignedUrlServer::start(config.url_lifetime)
         .await
         .map_err(|e| format!("local file server: {e}"))?;
     let http = HttpSource::new().map_err(|e| format!("HTTP client: {e}"))?;
@@ -94,22 +96,28 @@ pub async fn run(config: ServeConfig, telemetry: &Telemetry) -> Result<(), Strin
         }
         None => Remotes::default(),
     };
+    let state_dir = config.state_dir.clone();
+    let (store, saved) = tokio::task::spawn_blocking(move || state::Store::open(&state_dir))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     let mountd = grpc::unix_channel(&config.mountd_socket, Duration::from_secs(30));
-    let service = Arc::new(ControlService::new(
-        config.clone(),
-        control::Bound {
-            listen,
-            metrics: metrics_addr,
-        },
-        local,
-        http,
-        remotes,
-        mountd,
-        config.state_dir.join("control-state.json"),
-    ));
-    service
-        .adopt(state::load(&config.state_dir.join("control-state.json")))
-        .await;
+    let service = Arc::new_cyclic(|me| {
+        ControlService::new(
+            config.clone(),
+            control::Bound {
+                listen,
+                metrics: metrics_addr,
+            },
+            local,
+            http,
+            remotes,
+            mountd,
+            store,
+        )
+        .knowing(me)
+    });
+    service.adopt(saved).await;
     let renewal = tokio::spawn(service.clone().renew_urls());
     let events = tokio::spawn(service.clone().follow_events());
     if let Some(listener) = metrics_listener {

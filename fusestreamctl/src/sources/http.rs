@@ -6,7 +6,7 @@ use fusestream_shared::api::ObjectVersion;
 use fusestream_shared::redact;
 use reqwest::{StatusCode, header};
 
-use super::local::{LocalSource, Proxy};
+use super::local::{Proxy, SignedUrlServer};
 use super::{Resolved, SourceError};
 use crate::config::{self, ConfigError, HttpConfig, Secret};
 
@@ -90,14 +90,14 @@ impl HttpSource {
             attempt += 1;
         };
         let status = response.status();
-        let headers = response.headers();
-        let text = |name| {
-            headers
-                .get(name)
-                .and_then(|v: &header::HeaderValue| v.to_str().ok())
+        let total_size = || {
+            response
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
         };
         let size = match status.as_u16() {
-            206 => text(header::CONTENT_RANGE)
+            206 => total_size()
                 .and_then(|v| v.rsplit_once('/'))
                 .and_then(|(_, total)| total.trim().parse::<u64>().ok())
                 .ok_or_else(|| {
@@ -113,21 +113,13 @@ impl HttpSource {
                 )));
             }
             // An empty object can not satisfy bytes=0-0.
-            416 if text(header::CONTENT_RANGE) == Some("bytes */0") => 0,
+            416 if total_size() == Some("bytes */0") => 0,
             _ => {
                 let body = response.text().await.unwrap_or_default();
                 return Ok(Probe::Refused { status, body });
             }
         };
-        Ok(Probe::Found(ObjectVersion {
-            size,
-            etag: text(header::ETAG).unwrap_or_default().to_string(),
-            last_modified_unix: text(header::LAST_MODIFIED)
-                .and_then(|v| httpdate::parse_http_date(v).ok())
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs() as i64),
-            content_type: text(header::CONTENT_TYPE).unwrap_or_default().to_string(),
-        }))
+        Ok(Probe::Found(super::version_of(response.headers(), size)))
     }
 
     pub async fn resolve(&self, url: &str) -> Result<Resolved, SourceError> {
@@ -174,7 +166,7 @@ pub struct HttpRemote {
     name: String,
     base_url: String,
     headers: Vec<(String, Secret)>,
-    local: LocalSource,
+    local: SignedUrlServer,
     client: reqwest::Client,
     /// The local server's id for each object served, by path.
     ids: std::sync::Mutex<std::collections::HashMap<String, u64>>,
@@ -184,7 +176,7 @@ impl HttpRemote {
     pub fn new(
         name: &str,
         config: &HttpConfig,
-        local: LocalSource,
+        local: SignedUrlServer,
         client: reqwest::Client,
     ) -> Result<HttpRemote, ConfigError> {
         if !fusestream_shared::http::is_http_url(&config.base_url) {
@@ -216,6 +208,10 @@ impl HttpRemote {
             client,
             ids: Default::default(),
         })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     fn url(&self, path: &str) -> String {

@@ -1,5 +1,6 @@
-//! The local-file source: serves files the user stages over HTTP on 127.0.0.1, behind
-//! signed, expiring URLs.
+//! The signed-URL server ([`SignedUrlServer`]): serves over HTTP on 127.0.0.1, behind
+//! signed, expiring URLs, what the mount daemon must not fetch itself: the local files the
+//! user stages, and remote objects that need headers it must not see (proxied: `Proxy`).
 //!
 //! Why: the mount daemon is privileged and must never open a user's path itself (that
 //! would let a user read root-only files through the mount). The control plane runs as
@@ -33,9 +34,10 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
+use fusestream_shared::clock::unix_now;
 use fusestream_shared::listen::{self, HEADER_READ_TIMEOUT, Limits};
 use hmac::{Hmac, Mac};
 use http::{Method, Request, Response, StatusCode, header};
@@ -172,16 +174,17 @@ pub struct Proxy {
     pub client: reqwest::Client,
 }
 
-/// Registered files and the signing key. Cheap to clone (shared state).
+/// The signed-URL server: what it serves by id (local files, proxied remote objects) and
+/// the signing key. Cheap to clone (shared state).
 #[derive(Clone)]
-pub struct LocalSource {
+pub struct SignedUrlServer {
     inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for LocalSource {
+impl std::fmt::Debug for SignedUrlServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Not the key.
-        f.debug_struct("LocalSource")
+        f.debug_struct("SignedUrlServer")
             .field("addr", &self.inner.addr)
             .finish_non_exhaustive()
     }
@@ -205,19 +208,13 @@ fn etag_of(meta: &std::fs::Metadata) -> String {
     )
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-impl LocalSource {
+impl SignedUrlServer {
     /// Binds the file server on 127.0.0.1 (an ephemeral port) and starts serving.
-    pub async fn start(url_lifetime: Duration) -> std::io::Result<LocalSource> {
+    pub async fn start(url_lifetime: Duration) -> std::io::Result<SignedUrlServer> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let mut key = [0u8; 32];
         getrandom::fill(&mut key).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let source = LocalSource {
+        let source = SignedUrlServer {
             inner: Arc::new(Inner {
                 key,
                 addr: listener.local_addr()?,
@@ -249,19 +246,62 @@ impl LocalSource {
         path: &Path,
         pinned: Option<FileIdentity>,
     ) -> Result<Resolved, SourceError> {
-        let shown = path.display().to_string();
-        let path_buf = path.to_path_buf();
+        self.register_all(vec![(path.to_path_buf(), pinned)])
+            .await
+            .pop()
+            .expect("a result per file")
+    }
+
+    /// [`SignedUrlServer::register`] for many files, a result each, in order: they are
+    /// opened one after the other on one blocking thread, so restaging thousands of files
+    /// costs one hand-off to the blocking pool, not one each (the hand-offs, not the
+    /// opens, were most of a restage's time). Callers bound the batch.
+    pub async fn register_all(
+        &self,
+        files: Vec<(PathBuf, Option<FileIdentity>)>,
+    ) -> Vec<Result<Resolved, SourceError>> {
+        let pinned: Vec<Option<FileIdentity>> = files.iter().map(|(_, p)| *p).collect();
+        let shown: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
         let opened = tokio::task::spawn_blocking(move || {
-            let canonical = match pinned {
-                None => path_buf.canonicalize()?,
-                Some(_) => path_buf,
-            };
-            // Opening proves the user may read it; metadata comes from the open file.
-            let meta = open_no_symlinks(&canonical)?.metadata()?;
-            Ok::<_, std::io::Error>((canonical, meta))
+            files
+                .into_iter()
+                .map(|(path, pinned)| {
+                    let canonical = match pinned {
+                        None => path.canonicalize()?,
+                        Some(_) => path,
+                    };
+                    // Opening proves the user may read it; metadata comes from the open file.
+                    let meta = open_no_symlinks(&canonical)?.metadata()?;
+                    Ok::<_, std::io::Error>((canonical, meta))
+                })
+                .collect::<Vec<_>>()
         })
-        .await
-        .map_err(|e| SourceError::Internal(e.to_string()))?;
+        .await;
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                return shown
+                    .iter()
+                    .map(|_| Err(SourceError::Internal(e.to_string())))
+                    .collect();
+            }
+        };
+        opened
+            .into_iter()
+            .zip(shown)
+            .zip(pinned)
+            .map(|((opened, shown), pinned)| self.admit(opened, shown, pinned))
+            .collect()
+    }
+
+    /// Registers a file opened for [`SignedUrlServer::register_all`], if it is a regular
+    /// file (and the pinned one, if pinned).
+    fn admit(
+        &self,
+        opened: std::io::Result<(PathBuf, std::fs::Metadata)>,
+        shown: String,
+        pinned: Option<FileIdentity>,
+    ) -> Result<Resolved, SourceError> {
         let (canonical, meta) = match opened {
             Ok(opened) => opened,
             Err(e) if pinned.is_some() && is_symlink_refusal(&e) => {
@@ -284,15 +324,11 @@ impl LocalSource {
                  anew if it is the file you want)"
             )));
         }
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.serve(Served::File {
+            path: canonical.clone(),
+            identity,
+        });
         let etag = etag_of(&meta);
-        self.files().insert(
-            id,
-            Served::File {
-                path: canonical.clone(),
-                identity,
-            },
-        );
         let (url, url_expires_unix) = self.sign(id);
         Ok(Resolved {
             url,
@@ -312,10 +348,27 @@ impl LocalSource {
         })
     }
 
+    /// Serves again a file staged by an earlier run (its canonical path and pinned
+    /// identity, as saved) without opening it now: every request checks that it is still
+    /// that file, reached without a symlink. So taking up 100,000 saved entries at start
+    /// costs no I/O and no descriptor.
+    pub fn register_pinned(&self, path: PathBuf, identity: FileIdentity) -> super::Renewal {
+        let id = self.serve(Served::File {
+            path: path.clone(),
+            identity,
+        });
+        super::Renewal::Local { id, path, identity }
+    }
+
     /// Serves `proxy` under a new id.
     pub fn register_proxy(&self, proxy: Proxy) -> u64 {
+        self.serve(Served::Proxy(Arc::new(proxy)))
+    }
+
+    /// Serves `served` under a new id.
+    fn serve(&self, served: Served) -> u64 {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        self.files().insert(id, Served::Proxy(Arc::new(proxy)));
+        self.files().insert(id, served);
         id
     }
 
@@ -638,7 +691,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.bin");
         std::fs::write(&path, b"first").unwrap();
-        let source = LocalSource::start(Duration::from_secs(60)).await.unwrap();
+        let source = SignedUrlServer::start(Duration::from_secs(60))
+            .await
+            .unwrap();
         let staged = source.register(&path, None).await.unwrap();
         let super::super::Renewal::Local {
             path: canonical,
@@ -672,7 +727,9 @@ mod tests {
 
     #[tokio::test]
     async fn signatures_are_checked_and_expire() {
-        let source = LocalSource::start(Duration::from_secs(60)).await.unwrap();
+        let source = SignedUrlServer::start(Duration::from_secs(60))
+            .await
+            .unwrap();
         let (url, _) = source.sign(7);
         let query = url.split_once('?').unwrap().1;
         assert!(source.authorized("/o/7", query));

@@ -1,12 +1,13 @@
 //! Resolving what the user stages into what the mount daemon needs: a temp URL and the
 //! object version it is pinned to.
 //!
-//! Sources: an absolute local path (served by [`local::LocalSource`]), an `http://` /
+//! Sources: an absolute local path (served by [`local::SignedUrlServer`]), an `http://` /
 //! `https://` URL (fetched directly), or `REMOTE:path` for a remote named in the config
 //! (Swift TempURLs, S3 presigned URLs). Errors are one type, [`SourceError`], mapped to
 //! gRPC status in one place.
 
 pub mod http;
+pub mod listing;
 pub mod local;
 pub mod s3;
 pub mod sigv4;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use fusestream_shared::api::ObjectVersion;
 use thiserror::Error;
 
-use crate::config::{Config, ConfigError, RemoteConfig};
+use crate::config::{Config, ConfigError, RemoteConfig, is_remote_name};
 
 /// How a staged entry's URL is renewed.
 #[derive(Debug, Clone)]
@@ -64,6 +65,22 @@ impl Remote {
         }
     }
 
+    /// One page of what lies at `location`, from `cursor` on (the page before's `next`).
+    pub async fn list_page(
+        &self,
+        location: &listing::Location,
+        cursor: Option<&str>,
+    ) -> Result<listing::Page, SourceError> {
+        match self {
+            Remote::Swift(swift) => swift.list_page(location, cursor).await,
+            Remote::S3(s3) => s3.list_page(location, cursor).await,
+            Remote::Http(remote) => Err(SourceError::InvalidArgument(format!(
+                "remote {} is an http remote: it can not be listed",
+                remote.name()
+            ))),
+        }
+    }
+
     /// `path` is no longer staged.
     pub fn release(&self, path: &str) {
         if let Remote::Http(remote) = self {
@@ -89,7 +106,7 @@ impl Remotes {
     pub fn from_config(
         config: &Config,
         client: &reqwest::Client,
-        local: &local::LocalSource,
+        local: &local::SignedUrlServer,
     ) -> Result<Remotes, ConfigError> {
         let mut remotes = BTreeMap::new();
         for (name, remote) in &config.remotes {
@@ -97,7 +114,7 @@ impl Remotes {
                 RemoteConfig::Swift(c) => {
                     Remote::Swift(swift::Swift::new(name, c, client.clone())?)
                 }
-                RemoteConfig::S3(c) => Remote::S3(s3::S3::new(name, c)?),
+                RemoteConfig::S3(c) => Remote::S3(s3::S3::new(name, c, client.clone())?),
                 RemoteConfig::Http(c) => Remote::Http(http::HttpRemote::new(
                     name,
                     c,
@@ -126,12 +143,51 @@ impl Remotes {
     }
 }
 
-/// True for names a remote may have (letters, digits, '-', '_').
-pub fn is_remote_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+/// Splits a remote's `container/path/to/object` (Swift) or `bucket/path/to/key` (S3) in
+/// two, both parts non-empty; `expected` is the form the error message shows.
+pub fn split_object_path<'a>(
+    remote: &str,
+    path: &'a str,
+    expected: &str,
+) -> Result<(&'a str, &'a str), SourceError> {
+    match path.split_once('/') {
+        Some((container, object)) if !container.is_empty() && !object.is_empty() => {
+            Ok((container, object))
+        }
+        _ => Err(SourceError::InvalidArgument(format!(
+            "{remote}:{path}: expected {remote}:{expected}"
+        ))),
+    }
+}
+
+/// An object's version from the headers of a response about it, `size` bytes long (how
+/// the size is told differs: Content-Length of a HEAD, Content-Range of a ranged GET).
+/// An ETag without quotes (Swift sends its MD5 bare) is quoted, as If-Match wants it.
+pub fn version_of(headers: &reqwest::header::HeaderMap, size: u64) -> ObjectVersion {
+    use reqwest::header;
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &header::HeaderValue| v.to_str().ok())
+    };
+    ObjectVersion {
+        size,
+        etag: text(header::ETAG).map(quoted_etag).unwrap_or_default(),
+        last_modified_unix: text(header::LAST_MODIFIED)
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64),
+        content_type: text(header::CONTENT_TYPE).unwrap_or_default().to_string(),
+    }
+}
+
+/// `etag` as an entity tag: as it is if quoted (or weak), else in quotes.
+pub fn quoted_etag(etag: &str) -> String {
+    if etag.is_empty() || etag.starts_with('"') || etag.starts_with("W/") {
+        etag.to_string()
+    } else {
+        format!("\"{etag}\"")
+    }
 }
 
 /// A source, resolved.
@@ -272,6 +328,19 @@ pub fn percent_encode(input: &str, keep_slash: bool) -> String {
     out
 }
 
+/// `?k=v&...` with keys and values percent-encoded; empty for no parameters.
+pub fn query_string(parameters: &[(&str, &str)]) -> String {
+    let pairs: Vec<String> = parameters
+        .iter()
+        .map(|(k, v)| format!("{}={}", percent_encode(k, false), percent_encode(v, false)))
+        .collect();
+    if pairs.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", pairs.join("&"))
+    }
+}
+
 /// Decodes `%XX` escapes (invalid ones are kept as they are).
 pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
@@ -300,6 +369,22 @@ pub fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn splits_object_paths_and_quotes_etags() {
+        assert_eq!(
+            split_object_path("r", "c/dir/o", "container/object").unwrap(),
+            ("c", "dir/o")
+        );
+        for bad in ["c", "c/", "/o", ""] {
+            let e = split_object_path("r", bad, "container/object").unwrap_err();
+            assert!(e.to_string().contains("expected r:container/object"), "{e}");
+        }
+        assert_eq!(quoted_etag("abc"), "\"abc\"");
+        assert_eq!(quoted_etag("\"abc\""), "\"abc\"");
+        assert_eq!(quoted_etag("W/\"abc\""), "W/\"abc\"");
+        assert_eq!(quoted_etag(""), "");
+    }
 
     #[test]
     fn classifies_and_names_sources() {

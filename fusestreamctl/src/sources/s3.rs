@@ -4,11 +4,22 @@
 //!
 //! Metadata comes from a ranged GET on a presigned URL (a presigned GET does not allow
 //! HEAD), and S3's XML error code tells a missing object from bad credentials.
+//!
+//! Listings (ListBuckets, ListObjectsV2 with continuation tokens and `max-keys`) are GETs
+//! of presigned URLs too, signed here with the same SigV4 code. Their XML is read by a
+//! small hand parser ([`xml`]): we need the text of a handful of flat elements (`Key`,
+//! `Size`, `LastModified`, `ETag`, `Prefix`, `Name`, `NextContinuationToken`) in blocks
+//! that never nest in themselves, plus the five predefined entities and character
+//! references. That is a few dozen tested lines, where an XML crate (quick-xml with its
+//! own dependencies) would add far more code to the tree than it saves here.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use fusestream_shared::clock::unix_now;
 
 use super::http::{HttpSource, Probe};
+use super::listing::{self, Item, Kind, Location, Page};
 use super::sigv4::{self, Credentials, Presign};
 use super::{Resolved, SourceError};
 use crate::config::{self, ConfigError, S3Config};
@@ -25,12 +36,10 @@ pub struct S3 {
     path_style: bool,
     credentials: Credentials,
     lifetime: Duration,
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    /// Items a listing page asks for (`max-keys`).
+    page_size: u32,
+    /// For listings (presigned URLs: nothing of ours in headers).
+    client: reqwest::Client,
 }
 
 /// `[section]` → key → value of an AWS-style INI file.
@@ -57,7 +66,7 @@ fn aws_file(env: &str, default: &str) -> Option<String> {
 }
 
 impl S3 {
-    pub fn new(name: &str, config: &S3Config) -> Result<S3, ConfigError> {
+    pub fn new(name: &str, config: &S3Config, client: reqwest::Client) -> Result<S3, ConfigError> {
         let problem = |message: String| ConfigError::Remote {
             remote: name.into(),
             message,
@@ -177,25 +186,31 @@ impl S3 {
             path_style: config.path_style.unwrap_or(config.endpoint.is_some()),
             credentials,
             lifetime,
+            page_size: config::listing_page_size(name, config.listing_page_size)?,
+            client,
         })
     }
 
     /// Splits `bucket/path/to/key`.
     fn split<'a>(&self, path: &'a str) -> Result<(&'a str, &'a str), SourceError> {
-        match path.split_once('/') {
-            Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => Ok((bucket, key)),
-            _ => Err(SourceError::InvalidArgument(format!(
-                "{}:{path}: expected {}:bucket/path/to/key",
-                self.name, self.name
-            ))),
-        }
+        super::split_object_path(&self.name, path, "bucket/path/to/key")
     }
 
     /// A fresh presigned GET URL for `bucket/key`, and when it expires.
     pub fn sign(&self, path: &str) -> Result<(String, i64), SourceError> {
         let (bucket, key) = self.split(path)?;
+        Ok(self.presign(bucket, key, &[]))
+    }
+
+    /// A presigned GET of `key` in `bucket` with `query` (an empty key: the bucket itself;
+    /// an empty bucket too: the service, for ListBuckets), and when it expires.
+    fn presign(&self, bucket: &str, key: &str, query: &[(&str, &str)]) -> (String, i64) {
         let now = unix_now();
-        let (host, object_path) = if self.path_style {
+        let (host, path) = if bucket.is_empty() {
+            (self.host.clone(), "/".to_string())
+        } else if self.path_style && key.is_empty() {
+            (self.host.clone(), format!("/{bucket}"))
+        } else if self.path_style {
             (self.host.clone(), format!("/{bucket}/{key}"))
         } else {
             (format!("{bucket}.{}", self.host), format!("/{key}"))
@@ -205,13 +220,71 @@ impl S3 {
             &Presign {
                 scheme: &self.scheme,
                 host: &host,
-                path: &object_path,
+                path: &path,
                 region: &self.region,
                 timestamp: &sigv4::timestamp(now),
                 expires_secs: self.lifetime.as_secs(),
+                query,
             },
         );
-        Ok((url, now + self.lifetime.as_secs() as i64))
+        (url, now + self.lifetime.as_secs() as i64)
+    }
+
+    /// One page of a listing: ListBuckets, or ListObjectsV2 of a bucket under the prefix
+    /// (with `delimiter=/` unless recursive), paged by continuation token.
+    pub async fn list_page(
+        &self,
+        location: &Location,
+        cursor: Option<&str>,
+    ) -> Result<Page, SourceError> {
+        let shown = format!("{}:{}", self.name, location.shown());
+        let max_keys = self.page_size.to_string();
+        let (url, _) = match &location.container {
+            None => self.presign("", "", &[]),
+            Some(bucket) => {
+                let mut query = vec![
+                    ("list-type", "2"),
+                    ("max-keys", max_keys.as_str()),
+                    ("prefix", location.prefix.as_str()),
+                ];
+                if !location.recursive {
+                    query.push(("delimiter", "/"));
+                }
+                if let Some(token) = cursor {
+                    query.push(("continuation-token", token));
+                }
+                self.presign(bucket, "", &query)
+            }
+        };
+        let response = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| SourceError::Unavailable(format!("{shown}: {}", e.without_url())))?;
+        let status = response.status();
+        let body = listing::read_bounded(response, &shown).await?;
+        let body = String::from_utf8_lossy(&body);
+        if !status.is_success() {
+            return Err(refusal(&shown, status, &body));
+        }
+        Ok(match location.container {
+            None => Page {
+                items: xml::elements(&body, "Bucket")
+                    .map(|bucket| Item {
+                        name: xml::child(bucket, "Name").unwrap_or_default(),
+                        kind: Kind::Container,
+                        size: 0,
+                        last_modified_unix: xml::child(bucket, "CreationDate")
+                            .and_then(|t| listing::parse_timestamp(&t))
+                            .unwrap_or(0),
+                        etag: String::new(),
+                    })
+                    .collect(),
+                next: None,
+            },
+            Some(_) => objects_page(&body),
+        })
     }
 
     pub async fn resolve(&self, path: &str, http: &HttpSource) -> Result<Resolved, SourceError> {
@@ -225,36 +298,143 @@ impl S3 {
                 display: shown,
                 renewal: super::Renewal::Never,
             }),
-            Probe::Refused { status, body } => {
-                let code = xml_code(&body).unwrap_or_default();
-                let message = format!(
-                    "{shown}: {} (HTTP {status})",
-                    if code.is_empty() { "refused" } else { code }
-                );
-                Err(match (status.as_u16(), code) {
-                    (404, _) | (_, "NoSuchKey" | "NoSuchBucket") => SourceError::NotFound(message),
-                    (
-                        _,
-                        "SignatureDoesNotMatch"
-                        | "InvalidAccessKeyId"
-                        | "ExpiredToken"
-                        | "InvalidToken",
-                    ) => SourceError::Unauthenticated(message),
-                    (401, _) => SourceError::Unauthenticated(message),
-                    (403, _) => SourceError::PermissionDenied(message),
-                    (400, _) => SourceError::InvalidArgument(message),
-                    _ => SourceError::Unavailable(message),
-                })
-            }
+            Probe::Refused { status, body } => Err(refusal(&shown, status, &body)),
         }
     }
 }
 
-/// The `<Code>` of an S3 XML error body.
-fn xml_code(body: &str) -> Option<&str> {
-    let start = body.find("<Code>")? + "<Code>".len();
-    let end = start + body[start..].find("</Code>")?;
-    Some(body[start..end].trim())
+/// What S3's refusal (`status`, and the XML error `body`) of a request about `shown` means.
+fn refusal(shown: &str, status: reqwest::StatusCode, body: &str) -> SourceError {
+    let code = xml::child(body, "Code").unwrap_or_default();
+    let message = format!(
+        "{shown}: {} (HTTP {status})",
+        if code.is_empty() { "refused" } else { &code }
+    );
+    match (status.as_u16(), code.as_str()) {
+        (404, _) | (_, "NoSuchKey" | "NoSuchBucket") => SourceError::NotFound(message),
+        (_, "SignatureDoesNotMatch" | "InvalidAccessKeyId" | "ExpiredToken" | "InvalidToken") => {
+            SourceError::Unauthenticated(message)
+        }
+        (401, _) => SourceError::Unauthenticated(message),
+        (403, _) => SourceError::PermissionDenied(message),
+        (400, _) => SourceError::InvalidArgument(message),
+        _ => SourceError::Unavailable(message),
+    }
+}
+
+/// A ListObjectsV2 result as a page: its objects (`Contents`), directories
+/// (`CommonPrefixes`), and the continuation token if it is truncated.
+fn objects_page(body: &str) -> Page {
+    let objects = xml::elements(body, "Contents").map(|object| Item {
+        name: xml::child(object, "Key").unwrap_or_default(),
+        kind: Kind::Object,
+        size: xml::child(object, "Size")
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0),
+        last_modified_unix: xml::child(object, "LastModified")
+            .and_then(|t| listing::parse_timestamp(&t))
+            .unwrap_or(0),
+        etag: xml::child(object, "ETag").unwrap_or_default(),
+    });
+    let directories = xml::elements(body, "CommonPrefixes").map(|prefix| Item {
+        name: xml::child(prefix, "Prefix").unwrap_or_default(),
+        kind: Kind::Directory,
+        size: 0,
+        last_modified_unix: 0,
+        etag: String::new(),
+    });
+    let truncated = xml::child(body, "IsTruncated").is_some_and(|t| t.trim() == "true");
+    Page {
+        items: objects
+            .chain(directories)
+            .filter(|item| !item.name.is_empty())
+            .collect(),
+        next: xml::child(body, "NextContinuationToken").filter(|_| truncated),
+    }
+}
+
+/// Just enough XML for S3's answers: the text of flat elements, found by name.
+mod xml {
+    /// The contents of each `<tag>...</tag>` (or empty `<tag/>`) in `xml`, in order, for a
+    /// tag that never contains itself. `<tagX>` for other tags is not matched.
+    pub fn elements<'a>(xml: &'a str, tag: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let mut rest = xml;
+        std::iter::from_fn(move || {
+            loop {
+                let start = rest.find('<')?;
+                let after = &rest[start + 1..];
+                let Some(tail) = after.strip_prefix(tag) else {
+                    rest = after;
+                    continue;
+                };
+                let end_of_open = tail.find('>')?;
+                let open = &tail[..end_of_open];
+                // `<tag>`, `<tag attr="...">` or `<tag/>`; not `<tagX>`.
+                if !(open.is_empty() || open.starts_with([' ', '\t', '\n', '\r', '/'])) {
+                    rest = after;
+                    continue;
+                }
+                let body = &tail[end_of_open + 1..];
+                if open.ends_with('/') {
+                    rest = body;
+                    return Some("");
+                }
+                let close = format!("</{tag}>");
+                let Some(end) = body.find(&close) else {
+                    rest = "";
+                    return None;
+                };
+                rest = &body[end + close.len()..];
+                return Some(&body[..end]);
+            }
+        })
+    }
+
+    /// The decoded text of the first `<tag>` in `xml`.
+    pub fn child(xml: &str, tag: &str) -> Option<String> {
+        elements(xml, tag).next().map(decode)
+    }
+
+    /// `text` with the predefined entities and character references decoded; anything
+    /// else that looks like one is kept as it is.
+    pub fn decode(text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(amp) = rest.find('&') {
+            out.push_str(&rest[..amp]);
+            rest = &rest[amp..];
+            let decoded = rest.find(';').and_then(|semi| {
+                let c = match &rest[1..semi] {
+                    "amp" => '&',
+                    "lt" => '<',
+                    "gt" => '>',
+                    "quot" => '"',
+                    "apos" => '\'',
+                    reference => {
+                        let number = reference.strip_prefix('#')?;
+                        let code = match number.strip_prefix(['x', 'X']) {
+                            Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+                            None => number.parse().ok()?,
+                        };
+                        char::from_u32(code)?
+                    }
+                };
+                Some((c, semi + 1))
+            });
+            match decoded {
+                Some((c, len)) => {
+                    out.push(c);
+                    rest = &rest[len..];
+                }
+                None => {
+                    out.push('&');
+                    rest = &rest[1..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -274,8 +454,54 @@ mod tests {
         );
         assert_eq!(ini_value(text, "dev", "region"), None);
         let body = "<?xml version='1.0'?><Error><Code>NoSuchKey</Code><Message>x</Message></Error>";
-        assert_eq!(xml_code(body), Some("NoSuchKey"));
-        assert_eq!(xml_code("nothing"), None);
+        assert_eq!(xml::child(body, "Code").as_deref(), Some("NoSuchKey"));
+        assert_eq!(xml::child("nothing", "Code"), None);
+    }
+
+    #[test]
+    fn reads_list_objects_v2_pages() {
+        let body = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><Prefix>p/</Prefix>
+<KeyCount>3</KeyCount><MaxKeys>3</MaxKeys><Delimiter>/</Delimiter><IsTruncated>true</IsTruncated>
+<NextContinuationToken>tok&amp;1</NextContinuationToken>
+<Contents><Key>p/a &amp; b &lt;1&gt; &#233;&#x4E2D;.bin</Key><LastModified>2013-05-24T00:00:00.000Z</LastModified>
+<ETag>&quot;abc&quot;</ETag><Size>42</Size><StorageClass>STANDARD</StorageClass></Contents>
+<Contents><Key>p/empty</Key><LastModified>2013-05-24T00:00:00.000Z</LastModified><ETag>"d"</ETag><Size>0</Size></Contents>
+<CommonPrefixes><Prefix>p/sub/</Prefix></CommonPrefixes></ListBucketResult>"#;
+        let page = objects_page(body);
+        assert_eq!(page.next.as_deref(), Some("tok&1"));
+        let names: Vec<(&str, Kind, u64)> = page
+            .items
+            .iter()
+            .map(|i| (i.name.as_str(), i.kind, i.size))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("p/a & b <1> é中.bin", Kind::Object, 42),
+                ("p/empty", Kind::Object, 0),
+                ("p/sub/", Kind::Directory, 0)
+            ]
+        );
+        assert_eq!(page.items[0].etag, "\"abc\"");
+        assert_eq!(page.items[0].last_modified_unix, 1_369_353_600);
+        let last = body.replace("<IsTruncated>true", "<IsTruncated>false");
+        assert_eq!(objects_page(&last).next, None);
+    }
+
+    #[test]
+    fn xml_elements_match_whole_tags_and_entities_decode_safely() {
+        let xml = "<Buckets><Bucket><Name>a</Name></Bucket><Bucket x='1'><Name>b</Name></Bucket><Bucket/></Buckets>";
+        let buckets: Vec<&str> = xml::elements(xml, "Bucket").collect();
+        assert_eq!(buckets.len(), 3, "{buckets:?}");
+        assert_eq!(xml::child(buckets[1], "Name").as_deref(), Some("b"));
+        assert_eq!(buckets[2], "");
+        assert_eq!(xml::elements("<A>unclosed", "A").count(), 0);
+        assert_eq!(
+            xml::decode("a &bogus; &#xZZ; &#1114112; & b&amp;"),
+            "a &bogus; &#xZZ; &#1114112; & b&"
+        );
+        assert_eq!(xml::decode("&#65;&#x42;"), "AB");
     }
 
     #[test]
@@ -292,14 +518,16 @@ mod tests {
             profile: None,
             path_style: None,
             url_lifetime: None,
+            listing_page_size: None,
         };
-        let custom = S3::new("m", &config(Some("http://127.0.0.1:8080"))).unwrap();
+        let client = fusestream_shared::http::client_builder().build().unwrap();
+        let custom = S3::new("m", &config(Some("http://127.0.0.1:8080")), client.clone()).unwrap();
         let (url, _) = custom.sign("bucket/dir/key.bin").unwrap();
         assert!(
             url.starts_with("http://127.0.0.1:8080/bucket/dir/key.bin?X-Amz-Algorithm="),
             "{url}"
         );
-        let aws = S3::new("m", &config(None)).unwrap();
+        let aws = S3::new("m", &config(None), client).unwrap();
         let (url, _) = aws.sign("bucket/key").unwrap();
         assert!(
             url.starts_with("https://bucket.s3.us-east-1.amazonaws.com/key?"),

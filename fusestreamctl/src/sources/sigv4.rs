@@ -38,6 +38,9 @@ pub struct Presign<'a> {
     pub host: &'a str,
     /// The object's path, not yet percent-encoded (`/bucket/key` or `/key`).
     pub path: &'a str,
+    /// Query parameters of the request itself (e.g. ListObjectsV2's `list-type=2`), not
+    /// yet percent-encoded; signed with the rest.
+    pub query: &'a [(&'a str, &'a str)],
     pub region: &'a str,
     /// `YYYYMMDDTHHMMSSZ`.
     pub timestamp: &'a str,
@@ -50,7 +53,7 @@ fn hmac(key: &[u8], data: &str) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-/// Returns the presigned GET URL.
+/// Returns the presigned GET URL (for an object, or with `query` for a listing).
 pub fn presign_get(credentials: &Credentials, request: &Presign<'_>) -> String {
     let date = &request.timestamp[..8];
     let scope = format!("{date}/{}/s3/aws4_request", request.region);
@@ -67,6 +70,12 @@ pub fn presign_get(credentials: &Credentials, request: &Presign<'_>) -> String {
         ),
         ("X-Amz-SignedHeaders".into(), "host".into()),
     ];
+    query.extend(
+        request
+            .query
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
     if let Some(token) = &credentials.session_token {
         query.push(("X-Amz-Security-Token".into(), token.clone()));
     }
@@ -114,7 +123,7 @@ pub fn timestamp(unix: i64) -> String {
 }
 
 /// Proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -148,6 +157,7 @@ mod tests {
                 region: "us-east-1",
                 timestamp: "20130524T000000Z",
                 expires_secs: 86400,
+                query: &[],
             },
         );
         assert_eq!(
@@ -175,6 +185,7 @@ mod tests {
                 region: "us-east-1",
                 timestamp: "20261124T000000Z",
                 expires_secs: 30 * 24 * 3600,
+                query: &[],
             },
         );
         assert!(url.starts_with("http://127.0.0.1:8080/bucket/dir/a%20file.bin?"));

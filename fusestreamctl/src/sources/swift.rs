@@ -11,15 +11,18 @@
 //! two concurrent logins may happen, and the later one wins.
 
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use fusestream_shared::clock::unix_now;
 
 use hmac::{Hmac, Mac};
 use reqwest::{StatusCode, header};
+use serde::Deserialize;
 use serde_json::json;
 
+use super::listing::{self, Item, Kind, Location, Page};
 use super::{Resolved, SourceError};
 use crate::config::{self, ConfigError, Secret, SwiftConfig};
-use fusestream_shared::api::ObjectVersion;
 
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 
@@ -50,6 +53,8 @@ pub struct Swift {
     temp_url_key: Option<Secret>,
     digest: String,
     lifetime: Duration,
+    /// Items a listing page asks for.
+    page_size: u32,
     client: reqwest::Client,
     session: Mutex<Option<Session>>,
 }
@@ -62,12 +67,6 @@ fn split_url(url: &str) -> Option<(&str, String)> {
         .map_or(url.len(), |i| after_scheme + i);
     let path = &url[path_start..];
     Some((&url[..path_start], super::percent_decode(path)))
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Swift {
@@ -144,6 +143,7 @@ impl Swift {
             lifetime: config
                 .url_lifetime
                 .map_or(DEFAULT_LIFETIME, Duration::from_secs),
+            page_size: config::listing_page_size(name, config.listing_page_size)?,
             client,
             session: Mutex::new(None),
         })
@@ -258,12 +258,13 @@ impl Swift {
         }
     }
 
-    /// Sends `method` to `path` under the storage URL with the token, logging in again
-    /// once if the token was refused.
+    /// Sends `method` to `path?query` under the storage URL with the token, logging in
+    /// again once if the token was refused.
     async fn authed(
         &self,
         method: reqwest::Method,
         path: &str,
+        query: &[(&str, &str)],
         headers: &[(&str, &str)],
     ) -> Result<reqwest::Response, SourceError> {
         let mut session = self.session().await?;
@@ -273,9 +274,10 @@ impl Swift {
                 .request(
                     method.clone(),
                     format!(
-                        "{}{}",
+                        "{}{}{}",
                         session.storage_url,
-                        super::percent_encode(path, true)
+                        super::percent_encode(path, true),
+                        super::query_string(query)
                     ),
                 )
                 .header("X-Auth-Token", &session.token.0);
@@ -294,15 +296,7 @@ impl Swift {
 
     /// Splits `container/path/to/object`.
     fn split<'a>(&self, path: &'a str) -> Result<(&'a str, &'a str), SourceError> {
-        match path.split_once('/') {
-            Some((container, object)) if !container.is_empty() && !object.is_empty() => {
-                Ok((container, object))
-            }
-            _ => Err(SourceError::InvalidArgument(format!(
-                "{}:{path}: expected {}:container/path/to/object",
-                self.name, self.name
-            ))),
-        }
+        super::split_object_path(&self.name, path, "container/path/to/object")
     }
 
     /// Resolves `container/object`: its version, and a TempURL for it.
@@ -314,13 +308,14 @@ impl Swift {
                 reqwest::Method::HEAD,
                 &format!("/{container}/{object}"),
                 &[],
+                &[],
             )
             .await?;
         match response.status().as_u16() {
             200..=299 => {}
             404 => {
                 let container_status = self
-                    .authed(reqwest::Method::HEAD, &format!("/{container}"), &[])
+                    .authed(reqwest::Method::HEAD, &format!("/{container}"), &[], &[])
                     .await?
                     .status();
                 return Err(SourceError::NotFound(
@@ -339,31 +334,12 @@ impl Swift {
             403 => return Err(SourceError::PermissionDenied(format!("{shown}: HTTP 403"))),
             status => return Err(SourceError::Unavailable(format!("{shown}: HTTP {status}"))),
         }
-        let headers = response.headers();
-        let text = |name| {
-            headers
-                .get(name)
-                .and_then(|v: &header::HeaderValue| v.to_str().ok())
-        };
-        let version = ObjectVersion {
-            size: text(header::CONTENT_LENGTH)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-            etag: text(header::ETAG)
-                .map(|e| {
-                    if e.starts_with('"') {
-                        e.to_string()
-                    } else {
-                        format!("\"{e}\"")
-                    }
-                })
-                .unwrap_or_default(),
-            last_modified_unix: text(header::LAST_MODIFIED)
-                .and_then(|v| httpdate::parse_http_date(v).ok())
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs() as i64),
-            content_type: text(header::CONTENT_TYPE).unwrap_or_default().to_string(),
-        };
+        let size = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        let version = super::version_of(response.headers(), size);
         let (url, url_expires_unix) = self.sign(path).await?;
         Ok(Resolved {
             url,
@@ -372,6 +348,65 @@ impl Swift {
             display: shown,
             renewal: super::Renewal::Never,
         })
+    }
+
+    /// One page of a listing (`format=json`, paged by `marker`): the account's containers,
+    /// or a container's objects under the prefix (with `delimiter=/` unless recursive).
+    pub async fn list_page(
+        &self,
+        location: &Location,
+        cursor: Option<&str>,
+    ) -> Result<Page, SourceError> {
+        let shown = format!("{}:{}", self.name, location.shown());
+        let limit = self.page_size.to_string();
+        let mut query = vec![("format", "json"), ("limit", limit.as_str())];
+        if let Some(marker) = cursor {
+            query.push(("marker", marker));
+        }
+        let path = match &location.container {
+            None => String::new(),
+            Some(container) => {
+                query.push(("prefix", &location.prefix));
+                if !location.recursive {
+                    query.push(("delimiter", "/"));
+                }
+                format!("/{container}")
+            }
+        };
+        let response = self
+            .authed(reqwest::Method::GET, &path, &query, &[])
+            .await?;
+        match response.status().as_u16() {
+            // No content: an empty account or container.
+            204 => return Ok(Page::default()),
+            200..=299 => {}
+            404 => {
+                return Err(SourceError::NotFound(format!(
+                    "{shown}: container does not exist"
+                )));
+            }
+            401 => {
+                return Err(SourceError::Unauthenticated(format!(
+                    "{shown}: token refused (HTTP 401)"
+                )));
+            }
+            403 => return Err(SourceError::PermissionDenied(format!("{shown}: HTTP 403"))),
+            status => return Err(SourceError::Unavailable(format!("{shown}: HTTP {status}"))),
+        }
+        let body = listing::read_bounded(response, &shown).await?;
+        let rows: Vec<ListedRow> = serde_json::from_slice(&body).map_err(|e| {
+            SourceError::Unavailable(format!("{shown}: a listing that is not Swift's JSON: {e}"))
+        })?;
+        let full = rows.len() >= self.page_size as usize;
+        let items: Vec<Item> = rows
+            .into_iter()
+            .filter_map(|row| row.item(location.container.is_none()))
+            .collect();
+        let next = match items.last() {
+            Some(last) if full => Some(marker_after(last)),
+            _ => None,
+        };
+        Ok(Page { items, next })
     }
 
     /// A fresh TempURL for `container/object`, and when it expires.
@@ -403,7 +438,7 @@ impl Swift {
             (String::new(), "x-account-meta-temp-url-key"),
             (format!("/{container}"), "x-container-meta-temp-url-key"),
         ] {
-            let response = self.authed(reqwest::Method::HEAD, &path, &[]).await?;
+            let response = self.authed(reqwest::Method::HEAD, &path, &[], &[]).await?;
             for suffix in ["", "-2"] {
                 if let Some(key) = response
                     .headers()
@@ -463,6 +498,7 @@ impl Swift {
             .authed(
                 reqwest::Method::POST,
                 "",
+                &[],
                 &[("X-Account-Meta-Temp-URL-Key", key)],
             )
             .await?;
@@ -477,6 +513,50 @@ impl Swift {
                 self.name
             ))),
         }
+    }
+}
+
+/// A row of a Swift JSON listing: an object or container (`name`), or a directory of a
+/// listing with a delimiter (`subdir`).
+#[derive(Debug, Deserialize)]
+struct ListedRow {
+    name: Option<String>,
+    subdir: Option<String>,
+    #[serde(default)]
+    bytes: u64,
+    hash: Option<String>,
+    last_modified: Option<String>,
+}
+
+impl ListedRow {
+    fn item(self, containers: bool) -> Option<Item> {
+        let (name, kind) = match (self.subdir, self.name) {
+            (Some(subdir), _) => (subdir, Kind::Directory),
+            (None, Some(name)) if containers => (name, Kind::Container),
+            (None, Some(name)) => (name, Kind::Object),
+            (None, None) => return None,
+        };
+        Some(Item {
+            name,
+            kind,
+            size: self.bytes,
+            last_modified_unix: self
+                .last_modified
+                .as_deref()
+                .and_then(listing::parse_timestamp)
+                .unwrap_or(0),
+            etag: self.hash.unwrap_or_default(),
+        })
+    }
+}
+
+/// The marker the page after `last` starts from. After a directory `a/` it is `a0` (the
+/// character after '/'): every name from `a/` to `a0` lies in that directory, which a
+/// marker of `a/` would list (rolled up) again.
+fn marker_after(last: &Item) -> String {
+    match last.name.strip_suffix('/') {
+        Some(directory) if last.kind == Kind::Directory => format!("{directory}0"),
+        _ => last.name.clone(),
     }
 }
 
@@ -561,6 +641,33 @@ mod tests {
             tempurl_signature("sha512", &Secret("k".into()), "m").len(),
             128
         );
+    }
+
+    #[test]
+    fn listing_rows_become_items_and_markers_skip_listed_directories() {
+        let rows: Vec<ListedRow> = serde_json::from_str(
+            r#"[{"subdir": "a/"},
+                {"name": "a b.bin", "bytes": 5, "hash": "d41d", "last_modified": "1970-01-01T00:01:00.000000", "content_type": "x"}]"#,
+        )
+        .unwrap();
+        let items: Vec<Item> = rows.into_iter().filter_map(|r| r.item(false)).collect();
+        assert_eq!(items[0].kind, Kind::Directory);
+        assert_eq!(marker_after(&items[0]), "a0");
+        assert_eq!(
+            items[1],
+            Item {
+                name: "a b.bin".into(),
+                kind: Kind::Object,
+                size: 5,
+                last_modified_unix: 60,
+                etag: "d41d".into()
+            }
+        );
+        assert_eq!(marker_after(&items[1]), "a b.bin");
+        let containers: Vec<ListedRow> =
+            serde_json::from_str(r#"[{"name": "c", "count": 2, "bytes": 9}]"#).unwrap();
+        let item = containers.into_iter().next().unwrap().item(true).unwrap();
+        assert_eq!((item.kind, item.size), (Kind::Container, 9));
     }
 
     #[test]

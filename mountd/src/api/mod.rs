@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fusestream_shared::api::{self, mount_server::Mount};
-use fusestream_shared::limits::MAX_OBJECT_SIZE;
+use fusestream_shared::limits::{MAX_ADD_ENTRIES, MAX_OBJECT_SIZE, MAX_UPDATE_URLS};
 use fusestream_shared::{grpc, http, names};
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
@@ -155,6 +155,9 @@ fn status_of(error: NamespaceError) -> Status {
     }
 }
 
+/// Names of a folder's entries taken per page by `RemoveEntries` (see `Fs::names_under`).
+const REMOVE_PAGE: usize = 1000;
+
 /// The first second HTTP dates can not express (the year 10000).
 const HTTP_DATE_END_UNIX: i64 = 253_402_300_800;
 
@@ -191,6 +194,25 @@ fn check_size(size: u64) -> Result<(), Status> {
     }
 }
 
+/// Refuses a batch call carrying more than `max` items (`what`, for the message).
+fn check_batch(len: usize, max: usize, what: &str) -> Result<(), Status> {
+    if len <= max {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{len} {what} in one call; at most {max}"
+        )))
+    }
+}
+
+/// One entry's refusal in a batch answer, as the single call would have answered it.
+fn failure(status: Status) -> api::EntryFailure {
+    api::EntryFailure {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+    }
+}
+
 fn to_api(info: EntryInfo) -> api::EntryInfo {
     api::EntryInfo {
         name: info.name,
@@ -205,6 +227,62 @@ fn to_api(info: EntryInfo) -> api::EntryInfo {
         error: info.error.map(|e| e.to_string()).unwrap_or_default(),
         mode: u32::from(info.mode),
         owner_uid: info.owner_uid,
+    }
+}
+
+impl MountService {
+    /// Checks one URL update and applies it for `caller`: the one path of UpdateUrl and
+    /// UpdateUrls.
+    fn update_url_for(&self, caller: Caller, update: api::UpdateUrlRequest) -> Result<(), Status> {
+        check_url(&update.url)?;
+        self.fs
+            .update_url(&update.name, caller, update.url, update.url_expires_unix)
+            .map_err(status_of)
+    }
+
+    /// Checks one entry and stages it for `owner`: the one path of AddEntry and AddEntries.
+    async fn stage(
+        &self,
+        owner: (u32, u32),
+        request: api::AddEntryRequest,
+    ) -> Result<api::EntryInfo, Status> {
+        let spec = request
+            .entry
+            .ok_or_else(|| Status::invalid_argument("entry is required"))?;
+        names::validate(&spec.name).map_err(|e| {
+            Status::invalid_argument(format!("invalid name {}: {e}", names::shown(&spec.name)))
+        })?;
+        check_url(&spec.url)?;
+        let version = spec
+            .version
+            .ok_or_else(|| Status::invalid_argument("entry.version is required"))?;
+        check_size(version.size)?;
+        let last_modified = unix_time(version.last_modified_unix)?;
+        let mode = mode_of(spec.share)?;
+        let size = version.size;
+        let entry = NewEntry {
+            name: spec.name,
+            url: spec.url,
+            url_expires_unix: spec.url_expires_unix,
+            version: Version {
+                size,
+                etag: version.etag,
+                last_modified,
+            },
+            source: fusestream_shared::redact::url(&spec.source),
+            owner,
+            mode,
+        };
+        let name = entry.name.clone();
+        let info = self
+            .fs
+            .stage(entry, request.replace)
+            .await
+            .map_err(|e| match e {
+                StageError::Namespace(e) => status_of(e),
+            })?;
+        tracing::info!(name, size, "staged");
+        Ok(to_api(info))
     }
 }
 
@@ -248,46 +326,28 @@ impl Mount for MountService {
         request: Request<api::AddEntryRequest>,
     ) -> Result<Response<api::AddEntryResponse>, Status> {
         let owner = peer(&request)?;
-        let request = request.into_inner();
-        let spec = request
-            .entry
-            .ok_or_else(|| Status::invalid_argument("entry is required"))?;
-        names::validate(&spec.name).map_err(|e| {
-            Status::invalid_argument(format!("invalid name {}: {e}", names::shown(&spec.name)))
-        })?;
-        check_url(&spec.url)?;
-        let version = spec
-            .version
-            .ok_or_else(|| Status::invalid_argument("entry.version is required"))?;
-        check_size(version.size)?;
-        let last_modified = unix_time(version.last_modified_unix)?;
-        let mode = mode_of(spec.share)?;
-        let size = version.size;
-        let entry = NewEntry {
-            name: spec.name,
-            url: spec.url,
-            url_expires_unix: spec.url_expires_unix,
-            version: Version {
-                size,
-                etag: version.etag,
-                last_modified,
-            },
-            source: fusestream_shared::redact::url(&spec.source),
-            owner,
-            mode,
-        };
-        let name = entry.name.clone();
-        let info = self
-            .fs
-            .stage(entry, request.replace)
-            .await
-            .map_err(|e| match e {
-                StageError::Namespace(e) => status_of(e),
-            })?;
-        tracing::info!(name, size, "staged");
-        Ok(Response::new(api::AddEntryResponse {
-            entry: Some(to_api(info)),
-        }))
+        let entry = self.stage(owner, request.into_inner()).await?;
+        Ok(Response::new(api::AddEntryResponse { entry: Some(entry) }))
+    }
+
+    async fn add_entries(
+        &self,
+        request: Request<api::AddEntriesRequest>,
+    ) -> Result<Response<api::AddEntriesResponse>, Status> {
+        let owner = peer(&request)?;
+        let entries = request.into_inner().entries;
+        check_batch(entries.len(), MAX_ADD_ENTRIES, "entries")?;
+        let mut results = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let result = match self.stage(owner, entry).await {
+                Ok(info) => api::entry_result::Result::Entry(info),
+                Err(status) => api::entry_result::Result::Failed(failure(status)),
+            };
+            results.push(api::EntryResult {
+                result: Some(result),
+            });
+        }
+        Ok(Response::new(api::AddEntriesResponse { results }))
     }
 
     async fn remove_entry(
@@ -299,6 +359,40 @@ impl Mount for MountService {
         self.fs.remove(&name, caller).await.map_err(status_of)?;
         tracing::info!(name, "unstaged");
         Ok(Response::new(api::RemoveEntryResponse {}))
+    }
+
+    async fn remove_entries(
+        &self,
+        request: Request<api::RemoveEntriesRequest>,
+    ) -> Result<Response<api::RemoveEntriesResponse>, Status> {
+        let caller = caller(&request)?;
+        let folder = request.into_inner().folder;
+        names::validate(folder.trim_end_matches('/')).map_err(|e| {
+            Status::invalid_argument(format!("invalid folder {}: {e}", names::shown(&folder)))
+        })?;
+        // Only the caller's own entries, even for root: a folder may hold other users'.
+        // A page of names at a time, each page walking on from the last name looked at.
+        let mut removed = 0u64;
+        let mut after = String::new();
+        loop {
+            let (names, next) = self
+                .fs
+                .names_under(&folder, caller.uid, &after, REMOVE_PAGE);
+            for name in names {
+                match self.fs.remove(&name, caller).await {
+                    Ok(()) => removed += 1,
+                    // Removed meanwhile, or replaced by root's since listed: not ours now.
+                    Err(NamespaceError::NotFound(_) | NamespaceError::NotOwner(_)) => {}
+                    Err(e) => return Err(status_of(e)),
+                }
+            }
+            match next {
+                Some(next) => after = next,
+                None => break,
+            }
+        }
+        tracing::info!(folder, removed, "unstaged a folder");
+        Ok(Response::new(api::RemoveEntriesResponse { removed }))
     }
 
     async fn list_entries(
@@ -320,12 +414,24 @@ impl Mount for MountService {
         request: Request<api::UpdateUrlRequest>,
     ) -> Result<Response<api::UpdateUrlResponse>, Status> {
         let caller = caller(&request)?;
-        let request = request.into_inner();
-        check_url(&request.url)?;
-        self.fs
-            .update_url(&request.name, caller, request.url, request.url_expires_unix)
-            .map_err(status_of)?;
+        self.update_url_for(caller, request.into_inner())?;
         Ok(Response::new(api::UpdateUrlResponse {}))
+    }
+
+    async fn update_urls(
+        &self,
+        request: Request<api::UpdateUrlsRequest>,
+    ) -> Result<Response<api::UpdateUrlsResponse>, Status> {
+        let caller = caller(&request)?;
+        let updates = request.into_inner().updates;
+        check_batch(updates.len(), MAX_UPDATE_URLS, "updates")?;
+        let results = updates
+            .into_iter()
+            .map(|update| api::UpdateUrlResult {
+                failed: self.update_url_for(caller, update).err().map(failure),
+            })
+            .collect();
+        Ok(Response::new(api::UpdateUrlsResponse { results }))
     }
 
     async fn list_ops(

@@ -49,6 +49,7 @@ use crate::fetch::{Fetcher, Keep};
 use crate::object::Object;
 use crate::reads::{DataReply, Interrupt, PendingRead, ReadTable};
 use crate::store::{BackingStore, CHUNK_SIZE, MAX_FETCH_CHUNKS, ReadPlan, chunks_of};
+use fusestream_shared::names;
 use fusestream_shared::telemetry::TraceParent;
 
 /// Attribute block size and the unit `statfs` reports in.
@@ -180,6 +181,14 @@ pub struct Status {
 /// Entries looked at per hold of the namespace lock while listing (see
 /// [`Fs::entries_page`]).
 const LIST_WALK_BUDGET: usize = 1024;
+
+/// What a paged walk over the files does with one (see `Fs::files_page`).
+enum Pick<T> {
+    Take(T),
+    Skip,
+    /// Past what the walk is for: it ends here.
+    End,
+}
 
 /// Why an entry could not be staged.
 #[derive(Debug, thiserror::Error)]
@@ -685,35 +694,86 @@ impl Fs {
         after: &str,
         limit: usize,
     ) -> (Vec<EntryInfo>, Option<String>) {
-        let mut found: Vec<(String, u64, Arc<Object>)> = Vec::new();
+        let (found, next) = self.files_page(after, limit, |path, ino, object| {
+            if caller.may_manage(object.uid) {
+                Pick::Take((path.to_string(), ino, object.clone()))
+            } else {
+                Pick::Skip
+            }
+        });
+        let entries = found
+            .into_iter()
+            .map(|(name, ino, object)| self.info(name, ino, &object))
+            .collect();
+        (entries, next)
+    }
+
+    /// Up to `limit` names of the entries `owner` staged under `folder` (see
+    /// `names::is_under`), in name order, after the entry `after` ("" for the first); and
+    /// the cursor for the next page, `None` after the last. The walk starts at the folder
+    /// and stops past it, so it costs what the folder holds, not what the mount holds;
+    /// the lock is held as for [`Fs::entries_page`].
+    pub fn names_under(
+        &self,
+        folder: &str,
+        owner: u32,
+        after: &str,
+        limit: usize,
+    ) -> (Vec<String>, Option<String>) {
+        let start = if after.is_empty() {
+            folder.trim_end_matches('/')
+        } else {
+            after
+        };
+        self.files_page(start, limit, |path, _, object| {
+            if !names::is_under(path, folder) {
+                Pick::End
+            } else if object.uid == owner {
+                Pick::Take(path.to_string())
+            } else {
+                Pick::Skip
+            }
+        })
+    }
+
+    /// Up to `limit` of what `pick` takes of the files after `after`, in path order, and
+    /// the cursor for the next page (`None` once the walk reached the end, or `pick`
+    /// ended it). The namespace lock is held for at most [`LIST_WALK_BUDGET`] files at a
+    /// time.
+    fn files_page<T>(
+        &self,
+        after: &str,
+        limit: usize,
+        mut pick: impl FnMut(&str, u64, &Arc<Object>) -> Pick<T>,
+    ) -> (Vec<T>, Option<String>) {
+        let mut found = Vec::new();
+        let mut ended = false;
         let mut cursor = after.to_string();
         let next = loop {
             let stopped_at = lock(&self.namespace).files_after(
                 &cursor,
                 LIST_WALK_BUDGET,
                 |path, ino, object| {
-                    if !caller.may_manage(object.uid) {
-                        return true;
-                    }
                     if found.len() == limit {
                         return false;
                     }
-                    found.push((path.to_string(), ino, object.clone()));
-                    true
+                    match pick(path, ino, object) {
+                        Pick::Take(item) => found.push(item),
+                        Pick::Skip => {}
+                        Pick::End => ended = true,
+                    }
+                    !ended
                 },
             );
             match stopped_at {
+                Some(_) if ended => break None,
                 Some(at) if found.len() < limit => cursor = at,
-                // Full: the next page starts after the last entry returned.
-                Some(_) => break found.last().map(|(name, _, _)| name.clone()),
+                // Full: the next page starts after the last file looked at.
+                Some(at) => break Some(at),
                 None => break None,
             }
         };
-        let entries = found
-            .into_iter()
-            .map(|(name, ino, object)| self.info(name, ino, &object))
-            .collect();
-        (entries, next)
+        (found, next)
     }
 
     /// Every entry `caller` may see, page by page (tests and small mounts).

@@ -645,3 +645,54 @@ fn read_ahead_survives_reads_out_of_order_and_never_reaches_back() {
     let (_, sequential) = ahead.advance(500 * MIB, 4096, max);
     assert!(!sequential, "far behind is no continuation either");
 }
+
+#[test]
+fn names_under_a_folder_page_through_the_folder_and_only_the_owners_entries() {
+    let h = Harness::new();
+    let stage = |name: &str, uid| {
+        h.runtime
+            .block_on(h.fs.stage(entry(name, uid, 0o400), false))
+            .unwrap();
+    };
+    for name in [
+        "photo",
+        "photos-x/d",
+        "a/photos/e",
+        "photos/a",
+        "photos/2024/b",
+        "photos/2024/c",
+        "photos/2024/sub/f",
+        "photosz",
+    ] {
+        stage(name, 1000);
+    }
+    // Another user's entries in the same folder, more than a walk looks at per hold.
+    for i in 0..2 * LIST_WALK_BUDGET {
+        stage(&format!("photos/2024/m{i:05}"), 1001);
+    }
+    let all_under = |folder: &str, owner| {
+        let (mut all, mut after) = (Vec::new(), String::new());
+        loop {
+            let (names, next) = h.fs.names_under(folder, owner, &after, 2);
+            assert!(names.len() <= 2);
+            all.extend(names);
+            match next {
+                Some(next) => after = next,
+                None => return all,
+            }
+        }
+    };
+    let photos = [
+        "photos/2024/b",
+        "photos/2024/c",
+        "photos/2024/sub/f",
+        "photos/a",
+    ];
+    assert_eq!(all_under("photos", 1000), photos);
+    assert_eq!(all_under("photos/", 1000), photos);
+    assert_eq!(all_under("photos/2024", 1000), photos[..3]);
+    assert_eq!(all_under("photos/2024/sub/", 1000), ["photos/2024/sub/f"]);
+    assert_eq!(all_under("photos/a", 1000), Vec::<String>::new());
+    assert_eq!(all_under("nothing", 1000), Vec::<String>::new());
+    assert_eq!(all_under("photos", 1001).len(), 2 * LIST_WALK_BUDGET);
+}
