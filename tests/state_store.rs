@@ -2,7 +2,9 @@
 //! `fusestreamctl serve` while thousands of stages from concurrent clients are in flight
 //! loses no acknowledged entry and leaves no half one (what the mount shows is what the
 //! store holds, and every entry reads its source's bytes), and the JSON state file of
-//! earlier versions is migrated on a real restart.
+//! earlier versions is migrated on a real restart. The same for a `stage -r` of a large
+//! folder killed in the middle: the tree in the mount is what the store holds, every file
+//! of it reads right, and `stage -r --replace` then completes it.
 //!
 //! The store is read here directly (redb, with the control plane stopped: it holds the
 //! file's lock while it runs), by the layout `fusestreamctl/src/serve/state.rs` defines.
@@ -41,11 +43,11 @@ fn stored(state_dir: &std::path::Path) -> (BTreeSet<String>, usize) {
     (names, intents)
 }
 
-/// Small files with distinct contents, `NNNN.bin` under `dir`.
-fn make_sources(dir: &std::path::Path) -> Vec<PathBuf> {
+/// `count` small files with distinct contents, `NNNN.bin` under `dir`.
+fn make_sources(dir: &std::path::Path, count: usize) -> Vec<PathBuf> {
     std::fs::create_dir_all(dir).unwrap();
     let mut rng = Prng::new(13);
-    (0..STAGES)
+    (0..count)
         .map(|i| {
             let path = dir.join(format!("{i:04}.bin"));
             let len = 1 + rng.below(4096) as usize;
@@ -80,7 +82,7 @@ fn wait_for_reconcile(fs: &FuseStream) {
 fn killing_the_control_plane_mid_stage_loses_no_acknowledged_entry_and_leaves_no_half_one() {
     let mut fs = FuseStream::start();
     let sources_dir = fs.input("crash");
-    let sources = make_sources(&sources_dir);
+    let sources = make_sources(&sources_dir, STAGES);
 
     // Clients stage over the Control API, each its share in turn; every acknowledged stage
     // is reported on `acks`. Once the control plane is gone, each client stops.
@@ -193,4 +195,56 @@ fn the_json_state_file_of_earlier_versions_is_migrated_on_restart() {
     fs.control.stop_with(libc::SIGTERM);
     let (names, _) = stored(&state);
     assert_eq!(names, BTreeSet::from(["old.bin".to_string()]));
+}
+
+#[test]
+fn killing_the_control_plane_mid_stage_r_leaves_a_tree_that_reads_right_and_can_be_completed() {
+    const FILES: usize = 8000;
+    let mut fs = FuseStream::start();
+    let sources_dir = fs.input("crash");
+    make_sources(&sources_dir, FILES);
+    let mut stage = std::process::Command::new(fusestream_tests::bin("fusestreamctl"))
+        .env("FUSESTREAM_SOCKET", &fs.control_socket)
+        .args(["stage", "-r", sources_dir.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Killed as soon as the first batch is in the mount (polled: the moment matters, not
+    // how long it takes to come).
+    let in_mount =
+        |fs: &FuseStream| std::fs::read_dir(fs.mountpoint.join("crash")).map_or(0, |d| d.count());
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while in_mount(&fs) == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing was staged");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    fs.control.stop_with(libc::SIGKILL);
+    let status = completes("stage -r ends", 120, move || {
+        stage.wait_with_output().unwrap()
+    });
+    assert!(
+        !status.status.success(),
+        "stage -r reports the lost control plane"
+    );
+
+    fs.restart_control(libc::SIGKILL);
+    wait_for_reconcile(&fs);
+    let after_crash = readable_entries(&fs, &sources_dir);
+    assert!(
+        after_crash.len() < FILES,
+        "the kill came after the whole folder: the test proves nothing"
+    );
+    fs.control.stop_with(libc::SIGTERM);
+    let (names, intents) = stored(&fs.dir.path().join("state"));
+    let shown: BTreeSet<String> = after_crash.iter().map(|n| format!("crash/{n}")).collect();
+    assert_eq!(names, shown, "the store and the mount disagree");
+    assert_eq!(intents, 0, "stages left unsettled");
+
+    // Running it again completes the tree, every file with its bytes.
+    fs.restart_control(libc::SIGTERM);
+    wait_for_reconcile(&fs);
+    fs.ctl_ok(["stage", "-r", "--replace", sources_dir.to_str().unwrap()]);
+    assert_eq!(readable_entries(&fs, &sources_dir).len(), FILES);
 }
