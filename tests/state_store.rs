@@ -203,7 +203,7 @@ fn killing_the_control_plane_mid_stage_r_leaves_a_tree_that_reads_right_and_can_
     let mut fs = FuseStream::start();
     let sources_dir = fs.input("crash");
     make_sources(&sources_dir, FILES);
-    let mut stage = std::process::Command::new(fusestream_tests::bin("fusestreamctl"))
+    let stage = std::process::Command::new(fusestream_tests::bin("fusestreamctl"))
         .env("FUSESTREAM_SOCKET", &fs.control_socket)
         .args(["stage", "-r", sources_dir.to_str().unwrap()])
         .stdin(std::process::Stdio::null())
