@@ -130,7 +130,7 @@ fn every_fuse_op_is_a_span_from_request_to_reply_and_fetches_are_children_of_rea
     let spans = sink.wait_for("the Stage span", |spans| {
         spans
             .iter()
-            .any(|s| s.name == "fusestream.v1.Control/Stage")
+            .any(|s| s.name == "fusestream.v1.Control/StageMany")
     });
     let of = |name: &'static str| spans.iter().filter(move |s| s.name == name);
 
@@ -167,16 +167,17 @@ fn every_fuse_op_is_a_span_from_request_to_reply_and_fetches_are_children_of_rea
     assert!(fetch.start >= first_read.start, "{fetch:?} {first_read:?}");
     assert!(fetch.attr("http.status_code").is_some(), "{fetch:?}");
 
-    // Staging was one trace across the gRPC boundary: the control plane's Stage span is
-    // the parent of the mount daemon's AddEntry span.
+    // Staging was one trace across the gRPC boundary: the control plane's StageMany span
+    // (the CLI stages through it, even one file) is the parent of the mount daemon's
+    // AddEntries span.
     let stage = spans
         .iter()
-        .find(|s| s.service == "fusestream-control" && s.name == "fusestream.v1.Control/Stage")
-        .unwrap_or_else(|| panic!("no Stage span: {spans:#?}"));
+        .find(|s| s.service == "fusestream-control" && s.name == "fusestream.v1.Control/StageMany")
+        .unwrap_or_else(|| panic!("no StageMany span: {spans:#?}"));
     let add = spans
         .iter()
-        .find(|s| s.name == "fusestream.v1.Mount/AddEntry" && s.service == "fusestream-mountd")
-        .unwrap_or_else(|| panic!("no AddEntry span: {spans:#?}"));
+        .find(|s| s.name == "fusestream.v1.Mount/AddEntries" && s.service == "fusestream-mountd")
+        .unwrap_or_else(|| panic!("no AddEntries span: {spans:#?}"));
     assert_eq!(add.trace_id, stage.trace_id);
     assert_eq!(add.parent_span_id, stage.span_id);
 

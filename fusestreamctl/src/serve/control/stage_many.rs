@@ -35,6 +35,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
+use tracing::Instrument;
 
 use super::{ControlService, ToStage};
 use crate::serve::browse::object_name_problem;
@@ -67,11 +68,13 @@ pub fn start(
         })?;
     }
     let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(async move {
+    // In the call's span: the mount daemon's AddEntries calls are part of its trace.
+    let staging = async move {
         if let Err(status) = service.stage_many(request, &tx).await {
             let _ = tx.send(Err(status)).await;
         }
-    });
+    };
+    tokio::spawn(staging.instrument(tracing::Span::current()));
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
 
