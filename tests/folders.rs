@@ -3,7 +3,8 @@
 //! both its Swift API (marker paging) and its S3 API (ListObjectsV2 continuation tokens),
 //! with listing pages smaller than the prefix; `ls REMOTE:` browsing; `unstage -r`, which
 //! leaves other users' entries alone. The mount must show the right tree with the right
-//! bytes.
+//! bytes. A file the staging user can not read is skipped with the reason: checked with a
+//! control plane that runs as a second local user.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -11,7 +12,7 @@ use std::path::Path;
 use fusestream_tests::swift::SwiftServer;
 use fusestream_tests::{
     FuseStream, Options, command_as, grpcurl_for_others, is_root, random_file, sha256, sha256_file,
-    skip, skip_unless_root, stderr,
+    skip_unless_root, stderr,
 };
 
 /// Every file under `dir`, as paths relative to it, sorted.
@@ -65,12 +66,9 @@ fn local_folders_stage_their_regular_files_and_skip_the_rest() {
     );
     assert!(err.contains("symbolic link (not followed)"), "{err}");
     assert!(err.contains("FIFO"), "{err}");
-    if is_root() {
-        skip(
-            "folders::unreadable files",
-            "root reads every file, so the unreadable-file skip is checked only as another user",
-        );
-    } else {
+    // Root reads every file: the skip is checked with a second user below
+    // (`a_file_the_staging_user_can_not_read_is_skipped_with_the_reason`).
+    if !is_root() {
         assert!(
             err.contains("secret.jpg") && err.contains("not readable"),
             "{err}"
@@ -336,4 +334,104 @@ fn swift_and_s3_prefixes_are_browsed_and_staged_page_by_page() {
         "{}",
         stderr(&out)
     );
+}
+
+/// A local user of no account that the tests stage as (only numbers: setpriv needs no
+/// passwd entry).
+const STAGER: u32 = 65531;
+
+#[test]
+fn a_file_the_staging_user_can_not_read_is_skipped_with_the_reason() {
+    if skip_unless_root("folders::a_file_the_staging_user_can_not_read_is_skipped_with_the_reason")
+    {
+        return;
+    }
+    let fs = FuseStream::start_with(Options {
+        allow_uids: vec![STAGER],
+        ..Options::default()
+    });
+    // A tree the stager may walk, but one file of it is root's alone; outside the
+    // harness's private dir.
+    let tree = tempfile::Builder::new()
+        .prefix("fusestream-tree-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(tree.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let open = tree.path().join("open.jpg");
+    let data = random_file(&open, 50_000);
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let secret = tree.path().join("secret.jpg");
+    std::fs::write(&secret, b"root only").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // The stager's own control plane, in a private dir of its own.
+    let home = tempfile::Builder::new()
+        .prefix("fusestream-stager-")
+        .tempdir()
+        .unwrap();
+    std::os::unix::fs::chown(home.path(), Some(STAGER), Some(STAGER)).unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let socket = home.path().join("control.sock");
+    let mut serve = command_as(STAGER, fusestream_tests::bin("fusestreamctl"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("serve")
+        .arg("--mountd-socket")
+        .arg(&fs.mountd_socket)
+        .arg("--state-dir")
+        .arg(home.path().join("state"))
+        .arg("--no-inhibit-sleep")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let as_stager = |args: &[&str]| {
+        command_as(STAGER, fusestream_tests::bin("fusestreamctl"))
+            .env("FUSESTREAM_SOCKET", &socket)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // Ready once it answers (polled: the condition, not a pause).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !as_stager(&["status"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stager's control plane never answered"
+        );
+        assert!(
+            serve.try_wait().unwrap().is_none(),
+            "the stager's control plane exited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    let out = as_stager(&[
+        "stage",
+        "-r",
+        "--name",
+        "stager",
+        tree.path().to_str().unwrap(),
+    ]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("1 staged, 1 skipped, 0 failed"), "{err}");
+    assert!(
+        err.contains("secret.jpg") && err.contains("not readable"),
+        "{err}"
+    );
+    assert_eq!(files_under(&fs.mountpoint.join("stager")), ["open.jpg"]);
+    assert_eq!(
+        sha256_file(&fs.mountpoint.join("stager/open.jpg")),
+        sha256(&data)
+    );
+    // Staged as the stager: its file, private to it.
+    let meta = std::fs::metadata(fs.mountpoint.join("stager/open.jpg")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (STAGER, 0o400));
+
+    let _ = serve.kill();
+    let _ = serve.wait();
 }
