@@ -224,6 +224,22 @@ impl Drop for Pass {
     }
 }
 
+/// An attempt waiting for a place, counted in `waiting` while it lives.
+struct Waiting<'a>(&'a Gate);
+
+impl<'a> Waiting<'a> {
+    fn new(gate: &'a Gate) -> Waiting<'a> {
+        gate.lock().waiting += 1;
+        Waiting(gate)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
+    }
+}
+
 impl Gate {
     fn lock(&self) -> MutexGuard<'_, GateState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -245,25 +261,15 @@ impl Gate {
 
     /// A place for one attempt, once the limit allows.
     pub async fn enter(self: &Arc<Self>) -> Pass {
-        let mut counted = false;
+        // Counted as waiting until it enters, or is dropped (a cancelled fetch) instead.
+        let _waiting = Waiting::new(self);
         loop {
             // Registered before the check, so a place freed in between still wakes us.
             let room = self.room.notified();
             let mut room = std::pin::pin!(room);
             room.as_mut().enable();
-            {
-                let mut state = self.lock();
-                if state.running < state.climb.limit() {
-                    state.running += 1;
-                    if counted {
-                        state.waiting -= 1;
-                    }
-                    return Pass(self.clone());
-                }
-                if !counted {
-                    state.waiting += 1;
-                    counted = true;
-                }
+            if let Some(pass) = self.try_enter() {
+                return pass;
             }
             room.await;
         }
@@ -422,6 +428,16 @@ mod tests {
             assert_eq!(gate.lock().running, 1);
             drop(pass);
             assert_eq!(gate.lock().running, 0);
+            // A waiter dropped before it entered (a cancelled fetch) stops counting.
+            let passes: Vec<Pass> = (0..START_STREAMS)
+                .map(|_| gate.try_enter().unwrap())
+                .collect();
+            let mut cancelled = Box::pin(gate.enter());
+            assert!((&mut cancelled).now_or_never().is_none());
+            assert_eq!(gate.lock().waiting, 1);
+            drop(cancelled);
+            assert_eq!(gate.lock().waiting, 0);
+            drop(passes);
         });
     }
 }

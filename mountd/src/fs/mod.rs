@@ -519,8 +519,11 @@ impl Fs {
         let handle = lock(&self.files).remove(&fh);
         if let Some(handle) = handle {
             if handle.object.closed() == 0 {
-                // The kernel's page cache has what was read: streamed chunks can go.
-                handle.object.store.drop_memory();
+                // The kernel's page cache has what was read: streamed chunks can go (freed
+                // off this FUSE thread: hundreds of MiB may be unmapped).
+                let object = handle.object.clone();
+                self.runtime
+                    .spawn_blocking(move || object.store.drop_memory());
             }
             let count = count_handle(&self.handles, HANDLE_CLOSED);
             self.events
