@@ -469,21 +469,15 @@ impl BackingStore {
     /// Lets go of the memory chunks no parked read waits for (the object was closed:
     /// the kernel's page cache has what was read). Never waits.
     pub fn drop_memory(&self) {
-        let dropped: Vec<Bytes> = {
+        let dropped: BTreeMap<u64, Bytes> = {
             let mut state = self.lock();
-            let keep: Vec<u64> = state
-                .memory
-                .keys()
-                .copied()
-                .filter(|&i| state.awaited(i))
-                .collect();
             let all = std::mem::take(&mut state.memory);
-            let (kept, dropped): (BTreeMap<u64, Bytes>, BTreeMap<u64, Bytes>) =
-                all.into_iter().partition(|(i, _)| keep.contains(i));
+            let (kept, dropped) = all.into_iter().partition(|(i, _)| state.awaited(*i));
             state.memory = kept;
-            dropped.into_values().collect()
+            dropped
         };
-        self.release_memory(dropped.into_iter());
+        // Freed outside the lock.
+        self.release_memory(dropped.into_values());
     }
 
     /// Lets go of the memory chunks a read of `offset..offset + len` consumed to their
