@@ -92,12 +92,14 @@ impl Cache {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Live objects with open stores; forgets the others.
+    /// Live objects with open stores, each once; forgets the others. (A store closed and
+    /// opened again before a pass pruned it is registered twice.)
     fn live_open(&self) -> Vec<Arc<Object>> {
         let mut open = self.lock_open();
         let mut live = Vec::with_capacity(open.len());
+        let mut seen = std::collections::HashSet::new();
         open.retain(|o| match o.upgrade() {
-            Some(object) if object.store.is_open() => {
+            Some(object) if object.store.is_open() && seen.insert(Arc::as_ptr(&object)) => {
                 live.push(object);
                 true
             }
@@ -172,5 +174,40 @@ impl Cache {
                 "backing stores exceed the cache bounds: everything cached is open"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object::Version;
+    use crate::store::BackingStore;
+
+    #[test]
+    fn a_store_closed_and_opened_again_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path(), None, 4, 0);
+        let version = Version {
+            size: 10,
+            etag: String::new(),
+            last_modified: None,
+        };
+        let store = BackingStore::new(cache.home().clone(), 10);
+        let object = Arc::new(Object::new(
+            "a".into(),
+            version,
+            "a".into(),
+            ("http://127.0.0.1:9/a".into(), 0),
+            (0, 0),
+            0o400,
+            store,
+        ));
+        assert!(object.store.open().unwrap());
+        cache.opened(&object);
+        // Evicted and opened again by the next fetch before any pass pruned it.
+        assert!(object.store.reset_if_idle(|| true).is_some());
+        assert!(object.store.open().unwrap());
+        cache.opened(&object);
+        assert_eq!(cache.open_stores(), 1);
     }
 }
