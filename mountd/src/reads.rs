@@ -25,6 +25,7 @@
 //! test of the core (`fs::tests`).
 
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::time::{Duration, Instant};
 
 use crate::FsError;
@@ -32,7 +33,9 @@ use crate::sync::{Arc, Mutex, Weak, lock};
 
 /// Where a read's answer goes: a FUSE reply in the daemon, a channel in tests.
 pub trait DataReply: Send {
-    fn data(self: Box<Self>, data: &[u8]);
+    /// Answers with the concatenation of `parts` (see `store::memory`: a stream's bytes
+    /// are sent from the pieces they were received in).
+    fn data(self: Box<Self>, parts: &[IoSlice<'_>]);
     fn error(self: Box<Self>, error: FsError);
     /// The read is parked, waiting for `what` (for the in-flight listing).
     fn waiting(&self, _what: String) {}
@@ -206,9 +209,10 @@ impl PendingRead {
         Some(reply)
     }
 
-    /// Answers with `data`; false (and nothing sent) if the read was answered already.
-    pub fn data(&self, data: &[u8]) -> bool {
-        self.take().map(|reply| reply.data(data)).is_some()
+    /// Answers with the concatenation of `parts`; false (and nothing sent) if the read
+    /// was answered already.
+    pub fn data(&self, parts: &[IoSlice<'_>]) -> bool {
+        self.take().map(|reply| reply.data(parts)).is_some()
     }
 
     /// Answers with `error`; false (and nothing sent) if the read was answered already.
@@ -268,8 +272,10 @@ pub mod tests {
     pub struct ChannelReply(pub mpsc::Sender<Answer>);
 
     impl DataReply for ChannelReply {
-        fn data(self: Box<Self>, data: &[u8]) {
-            let _ = self.0.send(Ok(data.to_vec()));
+        fn data(self: Box<Self>, parts: &[IoSlice<'_>]) {
+            let _ = self
+                .0
+                .send(Ok(parts.iter().flat_map(|p| p.iter().copied()).collect()));
         }
         fn error(self: Box<Self>, error: FsError) {
             let _ = self.0.send(Err(error));
@@ -295,7 +301,7 @@ pub mod tests {
         // Remembered once: the next read with that id (ids wrap) is not affected.
         let (r, _rx) = reply();
         let read = table.begin(7, r).ok().unwrap();
-        assert!(read.data(b"x"));
+        assert!(read.data(&[IoSlice::new(b"x")]));
     }
 
     #[cfg(not(feature = "shuttle"))]
@@ -306,7 +312,7 @@ pub mod tests {
         let read = table.begin(9, r).ok().unwrap();
         assert_eq!(table.in_flight(), 1);
         assert_eq!(table.interrupt(9), Interrupt::Answered);
-        assert!(!read.data(b"late"), "answered already");
+        assert!(!read.data(&[IoSlice::new(b"late")]), "answered already");
         assert!(!read.error(FsError::TimedOut(Duration::ZERO)));
         assert_eq!(
             rx.try_iter().collect::<Vec<_>>(),
@@ -363,8 +369,8 @@ pub mod tests {
             fn claimed(&self) {
                 self.1.store(true, crate::sync::atomic::Ordering::SeqCst);
             }
-            fn data(self: Box<Self>, data: &[u8]) {
-                Box::new(self.0).data(data)
+            fn data(self: Box<Self>, parts: &[IoSlice<'_>]) {
+                Box::new(self.0).data(parts)
             }
             fn error(self: Box<Self>, error: FsError) {
                 Box::new(self.0).error(error)
@@ -401,7 +407,7 @@ pub mod tests {
                                     read.error(FsError::TimedOut(Duration::ZERO));
                                 })
                             };
-                            read.data(b"d");
+                            read.data(&[IoSlice::new(b"d")]);
                             deadline.join().unwrap();
                         }
                     })

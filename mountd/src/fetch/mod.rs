@@ -60,7 +60,7 @@ use crate::FsError;
 use crate::cache::Cache;
 use crate::events::Events;
 use crate::object::Object;
-use crate::store::{BackingStore, CHUNK_SIZE, ChunkRange, Completed};
+use crate::store::{BackingStore, CHUNK_SIZE, ChunkAssembler, ChunkRange, Completed, StreamChunk};
 
 /// How long a fetch whose URL was rejected waits for a renewed one.
 const RENEWAL_WAIT: Duration = Duration::from_secs(30);
@@ -661,33 +661,27 @@ impl Fetcher {
         Ok(())
     }
 
-    /// Gathers the body chunk by chunk in memory and hands each complete chunk to the
-    /// store (see `store::memory`); a chunk the stream memory budget has no room for is
-    /// written to the store file instead. `*next` stays at the start of the chunk being
-    /// gathered.
+    /// Gathers the body chunk by chunk in memory, as the pieces it was received in, and
+    /// hands each complete chunk to the store (see `store::memory`); a chunk the stream
+    /// memory budget has no room for is written to the store file instead. `*next` stays
+    /// at the start of the chunk being gathered.
     async fn keep_chunks(&self, owed: &mut Owed, body: Body<'_>) -> Result<(), FetchError> {
         let (response, next, end) = (body.response, body.next, body.end);
         let object = owed.object.clone();
-        let mut chunk = bytes::BytesMut::new();
+        let mut assembler = ChunkAssembler::default();
         while *next < end {
-            let Some(data) = self.next_body_piece(response).await? else {
-                return Err(body_ended(*next + chunk.len() as u64, end));
+            let Some(mut data) = self.next_body_piece(response).await? else {
+                return Err(body_ended(*next + assembler.gathered() as u64, end));
             };
-            let mut data = &data[..data.len().min((end - *next) as usize - chunk.len())];
+            data.truncate((end - *next) as usize - assembler.gathered());
             self.received(&object, data.len());
             let first = *next / CHUNK_SIZE;
             let mut whole = Vec::new();
             while !data.is_empty() {
-                let chunk_len = (CHUNK_SIZE.min(object.size() - *next)) as usize;
-                if chunk.capacity() == 0 {
-                    chunk.reserve(chunk_len);
-                }
-                let take = (chunk_len - chunk.len()).min(data.len());
-                chunk.extend_from_slice(&data[..take]);
-                data = &data[take..];
-                if chunk.len() == chunk_len {
-                    whole.push(chunk.split().freeze());
-                    *next += chunk_len as u64;
+                let chunk_len = CHUNK_SIZE.min(object.size() - *next) as usize;
+                if let Some(chunk) = assembler.push(&mut data, chunk_len) {
+                    *next += chunk.len() as u64;
+                    whole.push(chunk);
                 }
             }
             if !whole.is_empty() {
@@ -709,7 +703,7 @@ impl Fetcher {
         &self,
         object: &Arc<Object>,
         first: u64,
-        chunks: Vec<bytes::Bytes>,
+        chunks: Vec<StreamChunk>,
     ) -> Result<Completed, FetchError> {
         let memory = &object.store.home().memory;
         let fits = chunks
@@ -722,11 +716,12 @@ impl Fetcher {
         if !spill.is_empty() {
             self.open_store(object)?;
             let spill_first = first + fits as u64;
-            for (i, bytes) in (spill_first..).zip(&spill) {
-                object
-                    .store
-                    .write(i * CHUNK_SIZE, bytes)
-                    .map_err(FetchError::Store)?;
+            for (i, chunk) in (spill_first..).zip(&spill) {
+                let mut at = i * CHUNK_SIZE;
+                for piece in chunk.slices(0, chunk.len()) {
+                    object.store.write(at, piece).map_err(FetchError::Store)?;
+                    at += piece.len() as u64;
+                }
             }
             ready.extend(object.store.complete(ChunkRange {
                 first: spill_first,

@@ -137,11 +137,11 @@ impl DataReply for FuseReadReply {
         Some(self.op.span_handle())
     }
 
-    fn data(self: Box<Self>, data: &[u8]) {
+    fn data(self: Box<Self>, parts: &[std::io::IoSlice<'_>]) {
         let FuseReadReply { reply, op } = *self;
-        op.replied_bytes(data.len());
+        op.replied_bytes(parts.iter().map(|p| p.len()).sum());
         op.answered();
-        reply.data(data);
+        reply.data_vectored(parts);
     }
 
     fn error(self: Box<Self>, error: FsError) {

@@ -27,6 +27,11 @@ impl ChunkSet {
         (i < end).then_some((start, end))
     }
 
+    /// The end of the run holding `i`, if `i` is in the set.
+    pub fn run_end(&self, i: u64) -> Option<u64> {
+        self.run_of(i).map(|(_, end)| end)
+    }
+
     pub fn contains(&self, i: u64) -> bool {
         self.run_of(i).is_some()
     }

@@ -6,8 +6,8 @@
 //! costs a copy into the page cache, a copy back out, and writeback to disk for data
 //! that is never read from there: on a sustained stream that, and the dirty-page
 //! throttling it brings, is most of the daemon's CPU and caps its throughput. So a
-//! sequential reader's fetches keep each completed chunk as the `Bytes` it was received
-//! into, and reads are answered from them; a chunk is let go once a read has consumed it
+//! sequential reader's fetches keep each completed chunk in memory, as received, and
+//! reads are answered from there; a chunk is let go once a read has consumed it
 //! to its end (and no parked read still needs it), when the object is closed, or with
 //! the store. Random reads, the head prefetch and anything beyond the memory budget go
 //! to the file as before.
@@ -16,12 +16,132 @@
 //! ask for; [`Source`] is where a ready read's bytes are (memory chunks, the file, or
 //! both), captured under the store's lock like the file itself, so it stays valid however
 //! the store changes before the answer is written.
+//!
+//! No byte of a stream is copied in user space between the socket and the reader: a
+//! [`StreamChunk`] is the list of pieces of the HTTP client's receive buffers that hold
+//! it (reference-counted slices, put together by [`ChunkAssembler`]), and a read is
+//! answered with one `writev` of the pieces it covers. Copying each byte into a chunk
+//! buffer and again into a reply buffer was a quarter of the daemon's CPU on a sustained
+//! stream. Pieces smaller than [`MIN_SHARED_PIECE`] are copied together instead, so a
+//! remote sending its body in tiny pieces can not make a chunk a list of thousands of
+//! slices (each costs 32 bytes, and a reply can carry at most 1023).
 
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::{CHUNK_SIZE, StoreFile};
+
+/// Received pieces at least this long are kept as they are; shorter ones are copied
+/// together. Bounds a chunk to `2 * CHUNK_SIZE / MIN_SHARED_PIECE + 1` pieces.
+pub const MIN_SHARED_PIECE: usize = 16 * 1024;
+
+/// Pieces a read's reply may carry; more (not reached with the bound above) are copied
+/// into one buffer. The kernel takes at most 1024 iovecs per write, the header is one.
+pub const MAX_REPLY_PIECES: usize = 1023;
+
+/// One chunk's bytes as received, in order: slices of the receive buffers.
+#[derive(Debug, Clone)]
+pub struct StreamChunk {
+    pieces: std::sync::Arc<[Bytes]>,
+    len: usize,
+}
+
+impl StreamChunk {
+    /// A chunk of one piece.
+    pub fn from_bytes(bytes: Bytes) -> StreamChunk {
+        let len = bytes.len();
+        StreamChunk {
+            pieces: std::sync::Arc::from([bytes]),
+            len,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The pieces covering bytes `start..end` of the chunk, in order.
+    pub fn slices(&self, start: usize, end: usize) -> impl Iterator<Item = &[u8]> {
+        let mut at = 0;
+        self.pieces.iter().filter_map(move |piece| {
+            let (from, to) = (at, at + piece.len());
+            at = to;
+            (from < end && to > start).then(|| &piece[start.max(from) - from..end.min(to) - from])
+        })
+    }
+
+    /// Copies bytes `start..start + out.len()` of the chunk into `out`; false if the
+    /// chunk is shorter.
+    pub fn copy_to(&self, start: usize, out: &mut [u8]) -> bool {
+        if start + out.len() > self.len {
+            return false;
+        }
+        let mut done = 0;
+        for slice in self.slices(start, start + out.len()) {
+            out[done..done + slice.len()].copy_from_slice(slice);
+            done += slice.len();
+        }
+        true
+    }
+}
+
+/// Puts received pieces together into [`StreamChunk`]s without copying them (but for
+/// pieces shorter than [`MIN_SHARED_PIECE`]).
+#[derive(Debug, Default)]
+pub struct ChunkAssembler {
+    pieces: Vec<Bytes>,
+    len: usize,
+    /// Short pieces copied together, not yet in `pieces`.
+    small: BytesMut,
+}
+
+impl ChunkAssembler {
+    /// Bytes gathered towards the current chunk.
+    pub fn gathered(&self) -> usize {
+        self.len + self.small.len()
+    }
+
+    /// Takes bytes from the front of `data` towards a chunk of `chunk_len` bytes and
+    /// returns the chunk once it is complete. The caller calls again while `data` has
+    /// bytes left.
+    pub fn push(&mut self, data: &mut Bytes, chunk_len: usize) -> Option<StreamChunk> {
+        let take = (chunk_len - self.gathered()).min(data.len());
+        let piece = data.split_to(take);
+        if piece.len() >= MIN_SHARED_PIECE {
+            self.flush_small();
+            self.len += piece.len();
+            self.pieces.push(piece);
+        } else if !piece.is_empty() {
+            if self.small.capacity() == 0 {
+                self.small.reserve(chunk_len - self.gathered());
+            }
+            self.small.extend_from_slice(&piece);
+        }
+        if self.gathered() < chunk_len {
+            return None;
+        }
+        self.flush_small();
+        let pieces = std::mem::take(&mut self.pieces);
+        Some(StreamChunk {
+            pieces: pieces.into(),
+            len: std::mem::take(&mut self.len),
+        })
+    }
+
+    fn flush_small(&mut self) {
+        if !self.small.is_empty() {
+            let small = self.small.split().freeze();
+            self.len += small.len();
+            self.pieces.push(small);
+        }
+    }
+}
 
 /// The bytes all stores may hold in memory together.
 #[derive(Debug)]
@@ -66,7 +186,7 @@ impl StreamMemory {
 pub struct Source {
     pub(super) file: Option<StoreFile>,
     /// (chunk index, its bytes), in order.
-    pub(super) memory: Vec<(u64, Bytes)>,
+    pub(super) memory: Vec<(u64, StreamChunk)>,
 }
 
 impl Source {
@@ -75,18 +195,140 @@ impl Source {
         self.file.is_some()
     }
 
-    /// The bytes `offset..offset + len` if they lie within one memory chunk: answered
-    /// without a copy.
-    pub(super) fn single_slice(&self, offset: u64, len: u32) -> Option<&[u8]> {
-        let (index, bytes) = self.memory.first()?;
-        let start = offset.checked_sub(index * CHUNK_SIZE)? as usize;
-        bytes.get(start..start + len as usize)
+    /// The pieces holding bytes `offset..offset + len` if all of them are in memory and
+    /// they fit in one reply: answered without a copy.
+    pub(super) fn memory_slices(&self, offset: u64, len: u32) -> Option<Vec<IoSlice<'_>>> {
+        if self.file.is_some() {
+            return None;
+        }
+        let end = offset + u64::from(len);
+        let mut slices = Vec::with_capacity(self.memory.len() * 4);
+        let mut covered = offset;
+        for (index, chunk) in &self.memory {
+            let chunk_start = index * CHUNK_SIZE;
+            if chunk_start >= end {
+                break;
+            }
+            let from = covered.checked_sub(chunk_start)? as usize;
+            let to = (end - chunk_start).min(chunk.len() as u64) as usize;
+            if from >= to {
+                continue;
+            }
+            slices.extend(chunk.slices(from, to).map(IoSlice::new));
+            covered = chunk_start + to as u64;
+        }
+        (covered == end && slices.len() <= MAX_REPLY_PIECES).then_some(slices)
     }
 
     /// The memory chunk `index`, if this source holds it.
-    pub(super) fn chunk(&self, index: u64) -> Option<&Bytes> {
+    pub(super) fn chunk(&self, index: u64) -> Option<&StreamChunk> {
         self.memory
             .iter()
-            .find_map(|(i, bytes)| (*i == index).then_some(bytes))
+            .find_map(|(i, chunk)| (*i == index).then_some(chunk))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `body` to an assembler in pieces of the given lengths (cycled), returning
+    /// the chunks and their piece counts.
+    fn assemble(body: &[u8], chunk_len: usize, piece_lens: &[usize]) -> Vec<StreamChunk> {
+        let mut assembler = ChunkAssembler::default();
+        let mut chunks = Vec::new();
+        let mut at = 0;
+        for &n in piece_lens.iter().cycle() {
+            if at == body.len() {
+                break;
+            }
+            let n = n.min(body.len() - at);
+            let mut data = Bytes::copy_from_slice(&body[at..at + n]);
+            at += n;
+            while !data.is_empty() {
+                let remaining = body.len() - (at - data.len()) + assembler.gathered();
+                if let Some(chunk) = assembler.push(&mut data, chunk_len.min(remaining)) {
+                    chunks.push(chunk);
+                }
+            }
+        }
+        chunks
+    }
+
+    fn body(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn chunks_hold_the_bytes_in_order_whatever_the_pieces() {
+        let chunk = 128 * 1024;
+        let data = body(3 * chunk + 1000);
+        for pieces in [
+            &[1usize][..],
+            &[4096, 70_000],
+            &[200_000],
+            &[16 * 1024, 5, 40_000],
+        ] {
+            let chunks = assemble(&data, chunk, pieces);
+            assert_eq!(chunks.len(), 4, "{pieces:?}");
+            let mut joined = Vec::new();
+            for c in &chunks {
+                let mut out = vec![0; c.len()];
+                assert!(c.copy_to(0, &mut out));
+                joined.extend(out);
+            }
+            assert_eq!(joined, data, "{pieces:?}");
+        }
+    }
+
+    #[test]
+    fn a_remote_sending_tiny_pieces_can_not_make_a_chunk_many_pieces() {
+        let chunk = 128 * 1024;
+        let data = body(2 * chunk);
+        let bound = 2 * chunk / MIN_SHARED_PIECE + 1;
+        for pieces in [
+            &[1usize][..],
+            &[MIN_SHARED_PIECE - 1, MIN_SHARED_PIECE],
+            &[3, 20_000],
+        ] {
+            for c in assemble(&data, chunk, pieces) {
+                assert!(c.pieces.len() <= bound, "{pieces:?}: {}", c.pieces.len());
+            }
+        }
+        // Large pieces are shared, not copied.
+        let received = Bytes::from(body(chunk));
+        let mut data = received.clone();
+        let c = ChunkAssembler::default().push(&mut data, chunk).unwrap();
+        assert_eq!(c.pieces[0].as_ptr(), received.as_ptr());
+    }
+
+    #[test]
+    fn memory_slices_cover_exactly_the_read() {
+        let chunk = CHUNK_SIZE as usize;
+        let data = body(3 * chunk);
+        let chunks = assemble(&data, chunk, &[50_000, 20_000]);
+        let source = Source {
+            file: None,
+            memory: (0..).zip(chunks).collect(),
+        };
+        for (offset, len) in [
+            (0, 4096),
+            (chunk as u64 - 10, 20),
+            (1000, 2 * chunk as u32),
+            (0, 3 * chunk as u32),
+        ] {
+            let slices = source.memory_slices(offset, len).unwrap();
+            let joined: Vec<u8> = slices.iter().flat_map(|s| s.iter().copied()).collect();
+            assert_eq!(
+                joined,
+                data[offset as usize..offset as usize + len as usize]
+            );
+        }
+        // A read beyond what the source holds is not answered from it.
+        assert!(
+            source
+                .memory_slices(chunk as u64 * 2, chunk as u32 + 1)
+                .is_none()
+        );
     }
 }

@@ -42,9 +42,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use bytes::Bytes;
 pub use chunks::ChunkSet;
-pub use memory::{Source, StreamMemory};
+pub use memory::{ChunkAssembler, Source, StreamChunk, StreamMemory};
 
 use crate::FsError;
 use crate::reads::PendingRead;
@@ -167,7 +166,7 @@ struct State {
     stored: Option<Stored>,
     /// Chunks of sequential streams held in memory instead (see `memory`), each exactly
     /// the chunk's bytes. A chunk is present if it is here or in the file.
-    memory: BTreeMap<u64, Bytes>,
+    memory: BTreeMap<u64, StreamChunk>,
     inflight: ChunkSet,
     /// The end (chunk index) of the furthest read so far: read-ahead planned for a read
     /// that arrives after it (the kernel's reads of one stream come on several threads)
@@ -188,6 +187,29 @@ impl State {
         self.memory.contains_key(&i) || self.stored.as_ref().is_some_and(|s| s.present.contains(i))
     }
 
+    /// The first chunk of `range` that is neither present nor being fetched. Skips runs
+    /// (of the read-ahead window, thousands of chunks) a run at a time, not a lookup per
+    /// chunk: it is asked on every read.
+    fn first_missing(&self, range: std::ops::Range<u64>) -> Option<u64> {
+        let mut i = range.start;
+        while i < range.end {
+            let run_end = self
+                .inflight
+                .run_end(i)
+                .or_else(|| self.stored.as_ref()?.present.run_end(i))
+                .or_else(|| {
+                    let in_memory = self.memory.range(i..range.end).map(|(&k, _)| k);
+                    let end = (i..).zip(in_memory).take_while(|(i, k)| i == k).count() as u64;
+                    (end > 0).then_some(i + end)
+                });
+            match run_end {
+                Some(end) => i = end,
+                None => return Some(i),
+            }
+        }
+        None
+    }
+
     fn all_present(&self, range: std::ops::Range<u64>) -> bool {
         range.into_iter().all(|i| self.is_present(i))
     }
@@ -197,8 +219,8 @@ impl State {
         let mut memory = Vec::new();
         let mut needs_file = false;
         for i in range {
-            if let Some(bytes) = self.memory.get(&i) {
-                memory.push((i, bytes.clone()));
+            if let Some(chunk) = self.memory.get(&i) {
+                memory.push((i, chunk.clone()));
             } else if self.stored.as_ref()?.present.contains(i) {
                 needs_file = true;
             } else {
@@ -458,8 +480,8 @@ impl BackingStore {
     }
 
     /// Gives the memory of `chunks` (taken out of the state) back to the budget.
-    fn release_memory(&self, chunks: impl Iterator<Item = Bytes>) {
-        let bytes: u64 = chunks.map(|b| b.len() as u64).sum();
+    fn release_memory(&self, chunks: impl Iterator<Item = StreamChunk>) {
+        let bytes: u64 = chunks.map(|c| c.len() as u64).sum();
         if bytes > 0 {
             self.memory_bytes.fetch_sub(bytes, Ordering::Relaxed);
             self.home.memory.give_back(bytes);
@@ -469,7 +491,7 @@ impl BackingStore {
     /// Lets go of the memory chunks no parked read waits for (the object was closed:
     /// the kernel's page cache has what was read). Never waits.
     pub fn drop_memory(&self) {
-        let dropped: BTreeMap<u64, Bytes> = {
+        let dropped: BTreeMap<u64, StreamChunk> = {
             let mut state = self.lock();
             let all = std::mem::take(&mut state.memory);
             let (kept, dropped) = all.into_iter().partition(|(i, _)| state.awaited(*i));
@@ -491,7 +513,7 @@ impl BackingStore {
         let done: Vec<u64> = state
             .memory
             .range(range.first..range.end)
-            .map(|(&i, bytes)| (i, i * CHUNK_SIZE + bytes.len() as u64))
+            .map(|(&i, chunk)| (i, i * CHUNK_SIZE + chunk.len() as u64))
             .filter(|&(i, chunk_end)| end >= chunk_end && !state.awaited(i))
             .map(|(i, _)| i)
             .collect();
@@ -592,9 +614,7 @@ impl BackingStore {
         }
         state.furthest_read = state.furthest_read.max(needed.end);
         if ra_end > ahead_from {
-            let frontier = (ahead_from..ra_end)
-                .find(|&i| state.missing(i))
-                .unwrap_or(ra_end);
+            let frontier = state.first_missing(ahead_from..ra_end).unwrap_or(ra_end);
             if (frontier - needed.end) * 2 <= ra_end - needed.end {
                 wanted.extend((frontier..ra_end).filter(|&i| state.missing(i)));
             }
@@ -641,8 +661,8 @@ impl BackingStore {
         if read.is_answered() {
             return true;
         }
-        if let Some(bytes) = source.single_slice(offset, len) {
-            read.data(bytes);
+        if let Some(slices) = source.memory_slices(offset, len) {
+            read.data(&slices);
             return true;
         }
         BUFFER.with_borrow_mut(|buf| {
@@ -651,7 +671,7 @@ impl BackingStore {
             }
             let buf = &mut buf[..len as usize];
             match Self::gather(source, buf, offset, wait) {
-                Ok(true) => read.data(buf),
+                Ok(true) => read.data(&[io::IoSlice::new(buf)]),
                 Ok(false) => return false,
                 Err(e) => read.error(FsError::Store(format!("read: {e}"))),
             };
@@ -676,9 +696,10 @@ impl BackingStore {
             let n = (CHUNK_SIZE as usize - within).min(buf.len() - done);
             let piece = &mut buf[done..done + n];
             match source.chunk(index) {
-                Some(bytes) => {
-                    let bytes = bytes.get(within..within + n);
-                    piece.copy_from_slice(bytes.ok_or(io::ErrorKind::UnexpectedEof)?);
+                Some(chunk) => {
+                    if !chunk.copy_to(within, piece) {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
                 }
                 None => {
                     if !read_at(file()?, piece, at, wait)? {
@@ -764,29 +785,29 @@ impl BackingStore {
     }
 
     /// Marks `chunks` present in memory (a sequential stream's fetch: see `memory`), one
-    /// `Bytes` per chunk from `first` on, and returns the parked reads now complete. The
-    /// caller took their size from the memory budget; it is given back when they go.
-    pub fn complete_in_memory(&self, first: u64, chunks: Vec<Bytes>) -> Completed {
+    /// per chunk from `first` on, and returns the parked reads now complete. The caller
+    /// took their size from the memory budget; it is given back when they go.
+    pub fn complete_in_memory(&self, first: u64, chunks: Vec<StreamChunk>) -> Completed {
         let range = ChunkRange {
             first,
             end: first + chunks.len() as u64,
         };
         let mut state = self.lock();
         let mut surplus = Vec::new();
-        for (i, bytes) in (first..).zip(chunks) {
+        for (i, chunk) in (first..).zip(chunks) {
             if state.is_present(i) {
-                surplus.push(bytes); // not reached: the fetch held these chunks
+                surplus.push(chunk); // not reached: the fetch held these chunks
             } else {
                 self.memory_bytes
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                state.memory.insert(i, bytes);
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                state.memory.insert(i, chunk);
             }
         }
         state.inflight.remove(range.first..range.end);
         let completed = self.take_completed(&mut state, range);
         drop(state);
         // Counted in `memory_bytes` only once inserted; the budget was taken for all.
-        let surplus: u64 = surplus.iter().map(|b| b.len() as u64).sum();
+        let surplus: u64 = surplus.iter().map(|c| c.len() as u64).sum();
         self.home.memory.give_back(surplus);
         completed
     }
@@ -906,12 +927,12 @@ mod tests {
     }
 
     /// Chunk `i` of an object whose byte `n` is `n % 251`.
-    fn chunk_bytes(store: &BackingStore, i: u64) -> Bytes {
+    fn chunk_bytes(store: &BackingStore, i: u64) -> StreamChunk {
         let r = store.byte_range(ChunkRange {
             first: i,
             end: i + 1,
         });
-        r.map(|n| (n % 251) as u8).collect::<Vec<u8>>().into()
+        StreamChunk::from_bytes(r.map(|n| (n % 251) as u8).collect::<Vec<u8>>().into())
     }
 
     fn expected(offset: u64, len: u64) -> Vec<u8> {
@@ -960,6 +981,45 @@ mod tests {
         let (r, _rx) = pending();
         let (plan, fetches) = store.read(CHUNK_SIZE, 10, 0..0, "test", &r);
         assert!(matches!(plan, ReadPlan::Ready(_)) && fetches.is_empty());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 256,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(20261202),
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// `first_missing` (run by run) finds what a chunk-by-chunk search finds.
+        #[test]
+        fn first_missing_is_the_first_chunk_neither_present_nor_in_flight(
+            kinds in proptest::collection::vec(0u8..4, 0..64),
+            from in 0u64..64,
+            len in 0u64..64,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = store_in(&dir, 64 * CHUNK_SIZE);
+            let mut state = store.lock();
+            state.stored = Some(Stored {
+                file: StoreFile::new(tempfile::tempfile().unwrap()),
+                present: ChunkSet::default(),
+            });
+            for (i, kind) in (0u64..).zip(&kinds) {
+                match kind {
+                    1 => state.inflight.insert(i..i + 1),
+                    2 => state.stored.as_mut().unwrap().present.insert(i..i + 1),
+                    3 => {
+                        let chunk = StreamChunk::from_bytes(vec![0; CHUNK_SIZE as usize].into());
+                        state.memory.insert(i, chunk);
+                    }
+                    _ => {}
+                }
+            }
+            let range = from..from + len;
+            let expected = range.clone().find(|&i| state.missing(i));
+            proptest::prop_assert_eq!(state.first_missing(range), expected);
+        }
     }
 
     #[test]
@@ -1207,7 +1267,10 @@ mod tests {
         let (_, fetches) = store.read(0, 2 * CHUNK_SIZE as u32, 0..0, "t", &r);
         assert_eq!(fetches, [ChunkRange { first: 0, end: 2 }]);
         store.open().unwrap();
-        store.write(0, &chunk_bytes(&store, 0)).unwrap();
+        let chunk = chunk_bytes(&store, 0);
+        let mut bytes = vec![0; chunk.len()];
+        assert!(chunk.copy_to(0, &mut bytes));
+        store.write(0, &bytes).unwrap();
         assert!(home.memory.try_take(CHUNK_SIZE));
         assert!(!home.memory.try_take(1), "the budget is spent");
         let first = store.complete(ChunkRange { first: 0, end: 1 });
@@ -1326,7 +1389,10 @@ mod shuttle_model {
                 thread::spawn(move || {
                     let completed = if keep == Keep::Memory {
                         assert!(store.home().memory.try_take(SIZE));
-                        store.complete_in_memory(0, vec![Bytes::from(vec![0xab; SIZE as usize])])
+                        store.complete_in_memory(
+                            0,
+                            vec![StreamChunk::from_bytes(vec![0xab; SIZE as usize].into())],
+                        )
                     } else {
                         store.open().unwrap();
                         store.write(0, &[0xab; SIZE as usize]).unwrap();

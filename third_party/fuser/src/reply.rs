@@ -209,6 +209,13 @@ impl ReplyData {
         self.reply.send_ll(&ll::ResponseSlice(data));
     }
 
+    /// Reply to a request with the concatenation of `parts`, written with one `writev`
+    /// without gathering them into one buffer first. At most 1023 parts (the kernel's
+    /// iovec limit, less the header).
+    pub fn data_vectored(self, parts: &[std::io::IoSlice<'_>]) {
+        self.reply.send_ll(&ll::ResponseSlices(parts));
+    }
+
     /// Reply to a request with the given error code
     pub fn error(self, err: Errno) {
         self.reply.error(err);
