@@ -414,10 +414,12 @@ impl Fetcher {
         self.runtime.spawn(fetch.instrument(span));
     }
 
-    /// The slots for one attempt of a fetch of `object` from `origin`: the object's first
-    /// (so one busy object can not hold its origin's slots idle), then the origin's.
-    async fn acquire(&self, object: &Object, origin: &Origin) -> Option<Held> {
-        let object_permit = object.fetch_gate.enter().await;
+    /// The slots for one attempt of a fetch of `object` from `origin` starting at byte
+    /// `at`: the object's first (so one busy object can not hold its origin's slots idle;
+    /// in turn: see `parallelism`), then the origin's.
+    async fn acquire(&self, object: &Object, origin: &Origin, at: u64) -> Option<Held> {
+        let turn = parallelism::Turn::new(object.store.awaited(at / CHUNK_SIZE), at);
+        let object_permit = object.fetch_gate.enter(turn).await;
         let slot = self.origins.acquire(origin).await?;
         Some(Held {
             _object: object_permit,
@@ -448,7 +450,7 @@ impl Fetcher {
             }
             let held = match first.take() {
                 Some(held) => held,
-                None => match self.acquire(&object, &origin).await {
+                None => match self.acquire(&object, &origin, next).await {
                     Some(held) => held,
                     None => return, // shutting down; `owed` releases the chunks
                 },

@@ -24,7 +24,14 @@
 //! The climb is a pure state machine ([`Climb::epoch`]: no clock, no I/O), unit-tested
 //! below against model remotes; [`Gate`] applies its limit to an object's fetch attempts
 //! and feeds it what they receive. Locks: the gate's is a leaf, held for counter updates.
+//!
+//! Attempts waiting for a place enter in [`Turn`] order: those a read waits for first,
+//! then the lowest offset. In whatever order they were woken, a far read-ahead range
+//! would often go before the range the reader needs next (seen: the reader stalled at 216
+//! MiB while 447 MiB was fetched), and the reader's stall held back the read-ahead
+//! window, so the streams ran dry.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -174,12 +181,32 @@ impl Climb {
     }
 }
 
+/// A waiting attempt's place in its object's queue: attempts a read waits for go first,
+/// then lower offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Turn {
+    /// False sorts first: a read waits for it.
+    unawaited: bool,
+    offset: u64,
+}
+
+impl Turn {
+    pub fn new(awaited: bool, offset: u64) -> Turn {
+        Turn {
+            unawaited: !awaited,
+            offset,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct GateState {
     climb: Climb,
     running: usize,
-    /// Attempts waiting for the limit now.
-    waiting: usize,
+    /// Attempts waiting for a place now, in the order they get one (the number breaks
+    /// ties, oldest first).
+    waiting: BTreeSet<(Turn, u64)>,
+    next_ticket: u64,
     epoch_start: Instant,
     epoch_bytes: u64,
     /// Bytes of this epoch that arrived while every stream allowed was running.
@@ -202,7 +229,8 @@ impl Default for Gate {
             state: Mutex::new(GateState {
                 climb: Climb::default(),
                 running: 0,
-                waiting: 0,
+                waiting: BTreeSet::new(),
+                next_ticket: 0,
                 epoch_start: Instant::now(),
                 epoch_bytes: 0,
                 epoch_saturated_bytes: 0,
@@ -224,19 +252,35 @@ impl Drop for Pass {
     }
 }
 
-/// An attempt waiting for a place, counted in `waiting` while it lives.
-struct Waiting<'a>(&'a Gate);
+/// An attempt waiting for a place, in `waiting` while it lives.
+struct Waiting<'a> {
+    gate: &'a Gate,
+    key: (Turn, u64),
+}
 
 impl<'a> Waiting<'a> {
-    fn new(gate: &'a Gate) -> Waiting<'a> {
-        gate.lock().waiting += 1;
-        Waiting(gate)
+    fn new(gate: &'a Gate, turn: Turn) -> Waiting<'a> {
+        let mut state = gate.lock();
+        let key = (turn, state.next_ticket);
+        state.next_ticket += 1;
+        state.waiting.insert(key);
+        Waiting { gate, key }
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.lock().waiting -= 1;
+        let was_first = {
+            let mut state = self.gate.lock();
+            let first = state.waiting.first() == Some(&self.key);
+            state.waiting.remove(&self.key);
+            first && state.running < state.climb.limit()
+        };
+        if was_first {
+            // It entered (or was cancelled) at the head of the queue: the next in turn may
+            // fit too, and no place freeing will say so.
+            self.gate.room.notify_waiters();
+        }
     }
 }
 
@@ -250,26 +294,35 @@ impl Gate {
         self.lock().climb.limit()
     }
 
-    /// A place for one attempt, now if the limit allows. Never waits.
+    /// A place for one attempt, now if the limit allows and no attempt waits for one
+    /// (this one would go before them). Never waits.
     pub fn try_enter(self: &Arc<Self>) -> Option<Pass> {
         let mut state = self.lock();
-        (state.running < state.climb.limit()).then(|| {
+        (state.waiting.is_empty() && state.running < state.climb.limit()).then(|| {
             state.running += 1;
             Pass(self.clone())
         })
     }
 
-    /// A place for one attempt, once the limit allows.
-    pub async fn enter(self: &Arc<Self>) -> Pass {
-        // Counted as waiting until it enters, or is dropped (a cancelled fetch) instead.
-        let _waiting = Waiting::new(self);
+    /// A place for one attempt, once the limit allows and the attempts before it in
+    /// [`Turn`] order have entered.
+    pub async fn enter(self: &Arc<Self>, turn: Turn) -> Pass {
+        // In the queue until it enters, or is dropped (a cancelled fetch) instead.
+        let waiting = Waiting::new(self, turn);
         loop {
             // Registered before the check, so a place freed in between still wakes us.
             let room = self.room.notified();
             let mut room = std::pin::pin!(room);
             room.as_mut().enable();
-            if let Some(pass) = self.try_enter() {
-                return pass;
+            {
+                let mut state = self.lock();
+                if state.running < state.climb.limit()
+                    && state.waiting.first() == Some(&waiting.key)
+                {
+                    state.running += 1;
+                    drop(state);
+                    return Pass(self.clone());
+                }
             }
             room.await;
         }
@@ -281,7 +334,7 @@ impl Gate {
         let grew = {
             let mut state = self.lock();
             state.epoch_bytes += bytes;
-            if state.running >= state.climb.limit() || state.waiting > 0 {
+            if state.running >= state.climb.limit() || !state.waiting.is_empty() {
                 state.epoch_saturated_bytes += bytes;
             }
             let elapsed = now.saturating_duration_since(state.epoch_start);
@@ -419,12 +472,12 @@ mod tests {
                 .map(|_| gate.try_enter().expect("within the limit"))
                 .collect();
             assert!(gate.try_enter().is_none(), "full");
-            let mut waiter = Box::pin(gate.enter());
+            let mut waiter = Box::pin(gate.enter(Turn::new(true, 0)));
             assert!((&mut waiter).now_or_never().is_none(), "waits");
-            assert_eq!(gate.lock().waiting, 1);
+            assert_eq!(gate.lock().waiting.len(), 1);
             drop(passes);
             let pass = waiter.await;
-            assert_eq!(gate.lock().waiting, 0);
+            assert!(gate.lock().waiting.is_empty());
             assert_eq!(gate.lock().running, 1);
             drop(pass);
             assert_eq!(gate.lock().running, 0);
@@ -432,12 +485,71 @@ mod tests {
             let passes: Vec<Pass> = (0..START_STREAMS)
                 .map(|_| gate.try_enter().unwrap())
                 .collect();
-            let mut cancelled = Box::pin(gate.enter());
+            let mut cancelled = Box::pin(gate.enter(Turn::new(true, 0)));
             assert!((&mut cancelled).now_or_never().is_none());
-            assert_eq!(gate.lock().waiting, 1);
+            assert_eq!(gate.lock().waiting.len(), 1);
             drop(cancelled);
-            assert_eq!(gate.lock().waiting, 0);
+            assert!(gate.lock().waiting.is_empty());
             drop(passes);
+        });
+    }
+
+    #[test]
+    fn waiting_attempts_enter_awaited_first_then_lowest_offset_first() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let gate = Arc::new(Gate::default());
+            let mut passes: Vec<Pass> = (0..START_STREAMS)
+                .map(|_| gate.try_enter().unwrap())
+                .collect();
+            // Queued in an order unlike the turn order.
+            let turns = [
+                Turn::new(false, 300),
+                Turn::new(false, 100),
+                Turn::new(true, 900),
+                Turn::new(false, 200),
+                Turn::new(true, 500),
+            ];
+            let mut waiters: Vec<_> = turns
+                .iter()
+                .map(|&turn| (turn, Box::pin(gate.enter(turn))))
+                .collect();
+            for (_, w) in &mut waiters {
+                assert!(w.as_mut().now_or_never().is_none(), "full: waits");
+            }
+            assert!(gate.try_enter().is_none(), "never ahead of waiters");
+            let mut entered = Vec::new();
+            while !waiters.is_empty() {
+                drop(passes.pop()); // one place frees
+                tokio::task::yield_now().await;
+                let mut admitted = Vec::new();
+                waiters.retain_mut(|(turn, w)| match w.as_mut().now_or_never() {
+                    Some(pass) => {
+                        admitted.push((*turn, pass));
+                        false
+                    }
+                    None => true,
+                });
+                assert_eq!(admitted.len(), 1, "one place, one attempt");
+                let (turn, pass) = admitted.pop().unwrap();
+                entered.push(turn);
+                passes.insert(0, pass);
+            }
+            let mut expected = turns.to_vec();
+            expected.sort();
+            assert_eq!(entered, expected);
+            assert_eq!(entered[0], Turn::new(true, 500));
+            // A cancelled waiter at the head passes its turn on.
+            let mut first = Box::pin(gate.enter(Turn::new(true, 0)));
+            let mut second = Box::pin(gate.enter(Turn::new(false, 0)));
+            assert!(first.as_mut().now_or_never().is_none());
+            assert!(second.as_mut().now_or_never().is_none());
+            drop(passes.pop());
+            assert!(second.as_mut().now_or_never().is_none(), "behind the first");
+            drop(first);
+            assert!(second.as_mut().now_or_never().is_some());
         });
     }
 }

@@ -839,6 +839,11 @@ impl BackingStore {
         }
     }
 
+    /// Whether a parked read waits for chunk `i`.
+    pub fn awaited(&self, i: u64) -> bool {
+        self.lock().awaited(i)
+    }
+
     /// Bytes held in memory chunks. Lock-free.
     pub fn memory_bytes(&self) -> u64 {
         self.memory_bytes.load(Ordering::Relaxed)
