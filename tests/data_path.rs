@@ -1,6 +1,7 @@
 //! The data path under faults: a stalled remote never blocks the rest of the mount,
 //! killed readers are released (FUSE_INTERRUPT), deadlines fire, a changed object fails
-//! cleanly, and reads under random faults return exact bytes or clean errors.
+//! cleanly, reads under random faults return exact bytes or clean errors, and a stream
+//! received in pieces of every size (kept in memory as received) reads exactly.
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -558,4 +559,37 @@ fn eviction_under_concurrent_opens_never_returns_wrong_bytes() {
         evictions.is_some_and(|n| n > 0.0),
         "the budget forced evictions: {evictions:?}"
     );
+}
+
+#[test]
+fn a_stream_received_in_pieces_of_every_size_reads_exactly_and_frees_its_memory() {
+    // Without the head prefetch (which goes to the store file), a sequential reader's bytes
+    // are all kept in memory as the pieces they were received in (`store::memory`).
+    let args = [
+        "--prefetch-head-kib",
+        "0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let fs = FuseStream::start_with(Options {
+        mountd_args: args.map(String::from).to_vec(),
+        ..Options::default()
+    });
+    let original = data(24 * MIB + 4321, 6);
+    let server = FaultyServer::start(original.clone(), Mode::Pieces { seed: 6 });
+    fs.ctl_ok(["stage", "--name", "pieces.bin", &server.url("pieces.bin")]);
+    let read = std::fs::read(fs.mountpoint.join("pieces.bin")).unwrap();
+    assert!(read.len() == original.len(), "read {} bytes", read.len());
+    let first_wrong = read.iter().zip(&original).position(|(a, b)| a != b);
+    assert_eq!(first_wrong, None, "bytes differ");
+    assert_eq!(
+        fs.open_store_files(),
+        0,
+        "served from memory, no store file"
+    );
+    // Closed: what was fetched ahead and not read is let go.
+    fs.wait_until("stream memory freed", |fs| {
+        fusestream_tests::metric(&fs.mountd_metrics(), "fusestream_stream_memory_bytes")
+            == Some(0.0)
+    });
 }

@@ -48,6 +48,10 @@ pub enum Mode {
     Silent,
     /// Every request is answered 503 with this Retry-After (seconds).
     Unavailable { retry_after: u32 },
+    /// Correct responses whose whole body is written in pieces (`TCP_NODELAY`): nine in
+    /// ten of 1-512 bytes, one in ten of 16-64 KiB, lengths drawn from `seed`. A client
+    /// receives them in pieces of every size, in no fixed relation to its own units.
+    Pieces { seed: u64 },
 }
 
 /// What [`Mode::Chaos`] did to one request.
@@ -364,6 +368,10 @@ fn respond(
     let close = has("close") || (version == "HTTP/1.0" && !has("keep-alive")) || body_sent;
     let (fault, mut rng) = match mode {
         Mode::Chaos { seed } => shared.chaos(seed),
+        Mode::Pieces { seed } => (
+            Fault::Healthy,
+            Prng::new(seed ^ shared.requests.load(SeqCst)),
+        ),
         _ => (Fault::Healthy, Prng::new(1)),
     };
     if mode == Mode::Silent {
@@ -418,6 +426,20 @@ fn respond(
         // Hang: wait for the peer to close or for `Drop` to shut the socket down.
         while matches!(stream.read(&mut [0u8; 4096]), Ok(n) if n > 0) {}
         return Ok(false);
+    }
+    if let Mode::Pieces { .. } = mode {
+        stream.set_nodelay(true)?;
+        let mut sent = 0;
+        while sent < body.len() {
+            let len = match rng.below(10) {
+                0 => 16 * 1024 + rng.below(48 * 1024) as usize,
+                _ => 1 + rng.below(512) as usize,
+            };
+            let next = (sent + len).min(body.len());
+            stream.write_all(&body[sent..next])?;
+            sent = next;
+        }
+        return Ok(!close);
     }
     let cut = rng.below(body.len().max(1) as u64) as usize;
     match fault {
