@@ -60,7 +60,9 @@ use crate::FsError;
 use crate::cache::Cache;
 use crate::events::Events;
 use crate::object::Object;
-use crate::store::{BackingStore, CHUNK_SIZE, ChunkAssembler, ChunkRange, Completed, StreamChunk};
+use crate::store::{
+    BackingStore, CHUNK_SIZE, ChunkAssembler, ChunkRange, Completed, Received, StreamChunk,
+};
 
 /// How long a fetch whose URL was rejected waits for a renewed one.
 const RENEWAL_WAIT: Duration = Duration::from_secs(30);
@@ -672,9 +674,10 @@ impl Fetcher {
         let object = owed.object.clone();
         let mut assembler = ChunkAssembler::default();
         while *next < end {
-            let Some(mut data) = self.next_body_piece(response).await? else {
+            let Some(data) = self.next_body_piece(response).await? else {
                 return Err(body_ended(*next + assembler.gathered() as u64, end));
             };
+            let mut data = Received::new(data);
             data.truncate((end - *next) as usize - assembler.gathered());
             self.received(&object, data.len());
             let first = *next / CHUNK_SIZE;

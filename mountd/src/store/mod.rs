@@ -43,7 +43,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 pub use chunks::ChunkSet;
-pub use memory::{ChunkAssembler, Source, StreamChunk, StreamMemory};
+pub use memory::{ChunkAssembler, Received, Source, StreamChunk, StreamMemory};
 
 use crate::FsError;
 use crate::reads::PendingRead;
