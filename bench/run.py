@@ -506,13 +506,87 @@ def perf_record(pid, path, stack):
     return stop
 
 
-def tool_version(cmd):
+def tool_version(cmd, name=None):
+    """First line of what `cmd` prints (stdout, else stderr); with `name`, the first line of
+    either that contains it (case-insensitive)."""
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
         out = (p.stdout or p.stderr).strip().splitlines()
+        if name:
+            out = [l for l in (p.stdout + "\n" + p.stderr).splitlines() if name.lower() in l.lower()]
         return out[0] if out else None
     except (OSError, subprocess.TimeoutExpired):
         return None
+
+
+# ---------------------------------------------------------------- peer mounts
+
+
+class PeerMount:
+    """A peer FUSE filesystem the benchmark compares with (rclone mount, httpdirfs): run in
+    the foreground as our child (so its pid is known), mounted on TMP/KEY-mnt with its cache
+    in TMP/KEY-cache. Every `mount()` is a fresh mount with an empty cache dir (new inodes, so
+    no page cache either); `unmount()` reads the process's VmHWM, unmounts, and stops and
+    waits for the process. `command(peer)` returns the command line; `version` are the
+    arguments that make it print its version. Skipped (`bin` None, with a `note`) when
+    `skip` (its --no-KEY option) or when it is not on PATH."""
+
+    def __init__(self, bench, key, skip, command, version, package=None):
+        self.bench = bench
+        self.key = key  # also its column, its name in the JSON and its binary's name
+        self.command = command
+        self.bin = None if skip else shutil.which(key)
+        self.version_cmd = [self.bin, *version]
+        self.note = None
+        if skip:
+            self.note = f"{key} skipped (--no-{key})"
+        elif not self.bin:
+            self.note = f"{key} skipped: not found on PATH" + (
+                f" (Debian package {package})" if package else "")
+        self.mnt = bench.tmp / f"{key}-mnt"
+        self.cache = bench.tmp / f"{key}-cache"
+        self.log = bench.tmp / f"{key}.log"  # for a tool that writes its own log
+        self.stderr = bench.tmp / f"{key}.stderr"
+        self.path = self.mnt / FILE
+        self.cmd = None
+        self.proc = None
+        self.hwm = []  # VmHWM of every process, read just before its unmount
+        self.mounts = 0
+
+    def mount(self):
+        """Fresh mount with an empty cache; the directory is listed and the file stat'ed
+        (untimed) before returning."""
+        self.unmount()
+        shutil.rmtree(self.cache, ignore_errors=True)
+        self.cache.mkdir()
+        self.mnt.mkdir(exist_ok=True)
+        self.cmd = self.command(self)
+        self.proc = spawn(self.cmd, self.stderr, self.bench.env)
+        self.mounts += 1
+
+        def alive():
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.key} exited with {self.proc.returncode}:\n"
+                                 + tail(self.log) + tail(self.stderr))
+
+        wait_until(lambda: is_mounted(self.mnt), 30, f"the {self.key} mount", alive=alive)
+        names = os.listdir(self.mnt)  # the listing (and HEAD) happen here, untimed
+        if FILE not in names:
+            raise BenchError(f"{self.key} mount does not list {FILE}: {names}")
+        st = os.stat(self.path)
+        if st.st_size != self.bench.size:
+            raise BenchError(f"{self.key} reports size {st.st_size}, expected {self.bench.size}")
+
+    def unmount(self):
+        if self.proc is None:
+            unmount(self.mnt)
+            return
+        hwm = vm_hwm_mib(self.proc.pid)
+        if hwm is not None:
+            self.hwm.append(hwm)
+        unmount(self.mnt)
+        stop_process(self.proc, self.key, timeout=15)
+        self.proc = None
 
 
 # ---------------------------------------------------------------- the bench
@@ -536,17 +610,8 @@ class Bench:
         self.fs_path = self.fs_mnt / FILE
         self.mountd = None
         self.ctl = None
-        self.rclone_bin = None if args.no_rclone else shutil.which("rclone")
-        self.rclone_note = None
-        if args.no_rclone:
-            self.rclone_note = "rclone skipped (--no-rclone)"
-        elif not self.rclone_bin:
-            self.rclone_note = "rclone skipped: not found on PATH"
-        self.rc_mnt = self.tmp / "rclone-mnt"
-        self.rc_cache = self.tmp / "rclone-cache"
-        self.rc_proc = None
-        self.rc_hwm = []  # VmHWM of every rclone process, read just before its unmount
-        self.rc_mounts = 0
+        # Peer FUSE filesystems, each a column of the loopback and remote tables.
+        self.peers = [PeerMount(self, "rclone", args.no_rclone, self.rclone_command, ["version"])]
         self.problems = []
         self.fs_ino = None  # inode of the current FuseStream entry
         self.stale_opens = 0
@@ -732,7 +797,6 @@ http {{
                 return int(cols[2])
         return None
 
-    # ---- rclone
     def make_cold(self):
         """Re-stage the entry (new inode, empty store) and let the replaced one go."""
         self.fs_stage()
@@ -786,51 +850,26 @@ http {{
         self.start_fusestream()
         return off, on, spans
 
-    def rclone_mount(self):
-        """Fresh rclone mount with an empty VFS cache; the directory is listed before returning."""
-        self.rclone_unmount()
-        shutil.rmtree(self.rc_cache, ignore_errors=True)
-        self.rc_cache.mkdir()
-        self.rc_mnt.mkdir(exist_ok=True)
+    # ---- peer mounts (see PeerMount)
+    def rclone_command(self, peer):
         conf = self.tmp / "rclone.conf"
-        conf.touch()
-        rlog = self.tmp / "rclone.log"
-        cmd = [self.rclone_bin, "mount", ":http:", str(self.rc_mnt),
-               "--http-url", f"http://127.0.0.1:{self.port}/",
-               "--config", str(conf),
-               "--read-only",
-               "--vfs-cache-mode", "full",
-               "--cache-dir", str(self.rc_cache),
-               "--daemon-timeout", "10m",
-               "--dir-cache-time", "1h",
-               "--log-file", str(rlog), "--log-level", "NOTICE"]
-        self.rclone_cmd = cmd
-        self.rc_proc = spawn(cmd, self.tmp / "rclone.stderr", self.env)
-        self.rc_mounts += 1
+        conf.touch()  # empty: nothing of the user's rclone setup is read
+        return [peer.bin, "mount", ":http:", str(peer.mnt),
+                "--http-url", f"http://127.0.0.1:{self.port}/",
+                "--config", str(conf),
+                "--read-only",
+                "--vfs-cache-mode", "full",
+                "--cache-dir", str(peer.cache),
+                "--daemon-timeout", "10m",
+                "--dir-cache-time", "1h",
+                "--log-file", str(peer.log), "--log-level", "NOTICE"]
 
-        def alive():
-            if self.rc_proc.poll() is not None:
-                raise BenchError(f"rclone mount exited with {self.rc_proc.returncode}:\n"
-                                 + tail(rlog) + tail(self.tmp / "rclone.stderr"))
+    def active_peers(self):
+        return [p for p in self.peers if p.bin]
 
-        wait_until(lambda: is_mounted(self.rc_mnt), 30, "the rclone mount", alive=alive)
-        names = os.listdir(self.rc_mnt)  # the listing (and HEAD) happen here, untimed
-        if FILE not in names:
-            raise BenchError(f"rclone mount does not list {FILE}: {names}")
-        st = os.stat(self.rc_mnt / FILE)
-        if st.st_size != self.size:
-            raise BenchError(f"rclone reports size {st.st_size}, expected {self.size}")
-
-    def rclone_unmount(self):
-        if self.rc_proc is None:
-            unmount(self.rc_mnt)
-            return
-        hwm = vm_hwm_mib(self.rc_proc.pid)
-        if hwm is not None:
-            self.rc_hwm.append(hwm)
-        unmount(self.rc_mnt)
-        stop_process(self.rc_proc, "rclone", timeout=15)
-        self.rc_proc = None
+    def unmount_peers(self):
+        for peer in self.peers:
+            peer.unmount()
 
     # ---- primitive measurements
     def dd(self, path):
@@ -982,25 +1021,24 @@ http {{
         rng = random.Random(4242 + run)
         return [rng.randrange(self.size // PAGE) * PAGE for _ in range(self.args.random_reads)]
 
-    def rclone_open_latency(self, into, mid):
-        """open + 4 KiB at 0 and at `mid` through rclone, each on a fresh mount with an
-        empty cache (`--rclone-latency-samples` remounts each), into `into`."""
-        if not self.rclone_bin:
-            return
-        n_rc = min(self.args.latency_samples, self.args.rclone_latency_samples)
-        log(f"open+first 4 KiB (at 0 and at {mid}): rclone x{n_rc} fresh mounts each")
-        for key, off in (("open_first4k", 0), ("open_mid4k", mid)):
-            lat = []
-            for _ in range(n_rc):
-                self.rclone_mount()
-                lat.append(self.open_first4k(self.rc_mnt / FILE, off)[0])
-            into[key] = lat
-        self.rclone_unmount()
+    def peers_open_latency(self, R, mid):
+        """open + 4 KiB at 0 and at `mid` through each peer mount, each sample on a fresh
+        mount with an empty cache (`--peer-latency-samples` mounts each), into R[peer]."""
+        n = min(self.args.latency_samples, self.args.peer_latency_samples)
+        for peer in self.active_peers():
+            log(f"open+first 4 KiB (at 0 and at {mid}): {peer.key} x{n} fresh mounts each")
+            for key, off in (("open_first4k", 0), ("open_mid4k", mid)):
+                lat = []
+                for _ in range(n):
+                    peer.mount()
+                    lat.append(self.open_first4k(peer.path, off)[0])
+                R[peer.key][key] = lat
+            peer.unmount()
 
     def random_read_runs(self, R):
         """`--random-reads` random 4 KiB reads per run, the same offsets for all: curl on
-        one kept-alive connection, FuseStream on a freshly staged file, rclone on a fresh
-        mount. Into R[system]["rand4k_runs"], one list of ms per run."""
+        one kept-alive connection, FuseStream on a freshly staged file, each peer on a
+        fresh mount. Into R[system]["rand4k_runs"], one list of ms per run."""
         a = self.args
         log(f"random 4 KiB preads: {a.random_reads} per run x{a.runs}")
         for key in R:
@@ -1010,10 +1048,10 @@ http {{
             R["curl"]["rand4k_runs"].append(self.curl_ranges(offs))
             fd = self.fs_open_fresh()
             R["fusestream"]["rand4k_runs"].append(self.random_preads(self.fs_path, offs, fd))
-            if self.rclone_bin:
-                self.rclone_mount()
-                R["rclone"]["rand4k_runs"].append(self.random_preads(self.rc_mnt / FILE, offs))
-        self.rclone_unmount()
+            for peer in self.active_peers():
+                peer.mount()
+                R[peer.key]["rand4k_runs"].append(self.random_preads(peer.path, offs))
+        self.unmount_peers()
 
     def sha_of(self, path):
         h = hashlib.sha256()
@@ -1028,7 +1066,7 @@ http {{
     # ---- the benchmark proper: one method per profile, each returning its raw results
     def run_loopback(self):
         a = self.args
-        R = {"curl": {}, "fusestream": {}, "rclone": {}}
+        R = {"curl": {}, "fusestream": {}, **{peer.key: {} for peer in self.peers}}
         self.make_source()
         self.start_nginx()
         self.start_fusestream()
@@ -1072,20 +1110,20 @@ http {{
             off, on, spans = self.otlp_runs()
             R["fusestream"].update(cold_seq_otlp_off=off, cold_seq_otlp=on, otlp_spans=spans)
 
-        if self.rclone_bin:
+        for peer in self.active_peers():
             cold, warm = [], []
             for i in range(a.runs):
-                self.rclone_mount()
+                peer.mount()
                 time.sleep(SETTLE)
-                p = self.rc_mnt / FILE
-                cold.append(self.dd(p))
-                warm.append(self.dd(p))
-                log(f"rclone run {i + 1}/{a.runs}: cold {cold[-1]:.0f} MB/s, "
+                cold.append(self.dd(peer.path))
+                warm.append(self.dd(peer.path))
+                log(f"{peer.key} run {i + 1}/{a.runs}: cold {cold[-1]:.0f} MB/s, "
                     f"warm {warm[-1]:.0f} MB/s")
-            if self.sha_of(self.rc_mnt / FILE) != self.sha256:
-                self.problem("sha256 of the file read through the rclone mount differs from the source")
-            self.rclone_unmount()
-            R["rclone"].update(cold_seq=cold, warm_seq=warm)
+            if self.sha_of(peer.path) != self.sha256:
+                self.problem(f"sha256 of the file read through the {peer.key} mount differs "
+                             f"from the source")
+            peer.unmount()
+            R[peer.key].update(cold_seq=cold, warm_seq=warm)
 
         # 3 open + first 4 KiB, freshly staged / freshly mounted
         n = a.latency_samples
@@ -1104,7 +1142,7 @@ http {{
         log(f"open+first 4 KiB at {mid}: curl and FuseStream x{n}")
         R["curl"]["open_mid4k"] = [self.curl_ranges([mid])[0] for _ in range(n)]
         R["fusestream"]["open_mid4k"] = self.fs_first4k_samples(n, mid)
-        self.rclone_open_latency(R["rclone"], mid)
+        self.peers_open_latency(R, mid)
 
         # 4 random 4 KiB preads on a cold file
         self.random_read_runs(R)
@@ -1120,9 +1158,9 @@ http {{
         # 5 peak RSS
         R["fusestream"]["rss_peak"] = vm_hwm_mib(self.mountd.pid)
         R["fusestream"]["control_rss_peak"] = vm_hwm_mib(self.ctl.pid)
-        if self.rclone_bin:
-            R["rclone"]["rss_peak"] = max(self.rc_hwm) if self.rc_hwm else None
-            R["rclone"]["rss_peak_per_mount"] = self.rc_hwm
+        for peer in self.active_peers():
+            R[peer.key]["rss_peak"] = max(peer.hwm) if peer.hwm else None
+            R[peer.key]["rss_peak_per_mount"] = peer.hwm
         R["fusestream"]["stale_opens"] = self.stale_opens
         if self.stale_opens:
             self.problem(f"{self.stale_opens} open(s) right after `fusestreamctl stage --replace` "
@@ -1248,7 +1286,7 @@ http {{
         self.timeout = 120 + 3 * self.size / (rate or 1e9)
         log(f"paced remote on 127.0.0.1:{self.port}: {a.rate_mbs:g} MB/s per connection, "
             f"{a.delay_ms:g} ms before each response")
-        R = {"curl": {}, "aria2c": {}, "rclone": {}, "fusestream": {}}
+        R = {"curl": {}, "aria2c": {}, **{peer.key: {} for peer in self.peers}, "fusestream": {}}
         R["server_check"] = self.remote_check(server, rate, delay)
         self.start_fusestream()
         aria2 = None if a.no_aria2 else shutil.which("aria2c")
@@ -1271,22 +1309,22 @@ http {{
             timed("curl", self.curl_seq)
             if aria2:
                 timed("aria2c", lambda: self.aria2c(aria_dir))
-            if self.rclone_bin:
-                timed("rclone", lambda: self.dd(self.rc_mnt / FILE),
-                      prepare=lambda: (self.rclone_mount(), time.sleep(SETTLE)))
+            for peer in self.active_peers():
+                timed(peer.key, lambda: self.dd(peer.path),
+                      prepare=lambda: (peer.mount(), time.sleep(SETTLE)))
             timed("fusestream", lambda: self.dd(self.fs_path), prepare=self.make_cold)
             log(f"run {i + 1}/{a.runs}: cold MB/s " + ", ".join(
                 f"{k} {R[k]['cold_seq'][-1]:.0f}" for k in R if R[k].get("cold_seq")))
         if self.sha_of(self.fs_path) != self.sha256:
             self.problem("sha256 of the file read through the FuseStream mount differs from the source")
-        self.rclone_unmount()
+        self.unmount_peers()
 
         n, mid = a.latency_samples, self.mid_offset()
         log(f"open+4 KiB at 0 and at {mid}: curl and FuseStream x{n}")
         for key, off in (("open_first4k", 0), ("open_mid4k", mid)):
             R["curl"][key] = [self.curl_ranges([off])[0] for _ in range(n)]
             R["fusestream"][key] = self.fs_first4k_samples(n, off)
-        self.rclone_open_latency(R["rclone"], mid)
+        self.peers_open_latency(R, mid)
         self.random_read_runs(R)
 
         for system, spans in windows.items():
@@ -1644,7 +1682,9 @@ def report_scale(args, bench, R, started):
 # ---------------------------------------------------------------- report
 
 
-def summarize(R, have_rclone):
+def summarize(R, peers):
+    """Rows of the loopback table: curl, FuseStream and each of `peers` (PeerMount; a
+    skipped one's values are None) with its ratio to curl, and FuseStream's target."""
     def agg(sysname, key):
         d = R[sysname]
         if key in ("cold_seq", "warm_seq"):
@@ -1684,9 +1724,12 @@ def summarize(R, have_rclone):
     for key, label in rows:
         c = agg("curl", key)
         f = agg("fusestream", key)
-        r = agg("rclone", key) if have_rclone else None
         fr = f / c if (f is not None and c) else None
-        rr = r / c if (r is not None and c) else None
+        peer_cols = {}
+        for peer in peers:
+            r = agg(peer.key, key) if peer.bin else None
+            peer_cols[peer.key] = r
+            peer_cols[f"{peer.key}_over_curl"] = r / c if (r is not None and c) else None
         t = TARGETS.get(target_key.get(key, key))
         target, ok = None, None
         if t:
@@ -1697,8 +1740,8 @@ def summarize(R, have_rclone):
                       f"FS {op} {lim:g}{unit}")
             if x is not None:
                 ok = x >= lim if op == ">=" else x <= lim
-        out.append(dict(key=key, metric=label, curl=c, fusestream=f, rclone=r,
-                        fusestream_over_curl=fr, rclone_over_curl=rr, target=target, met=ok))
+        out.append(dict(key=key, metric=label, curl=c, fusestream=f, fusestream_over_curl=fr,
+                        **peer_cols, target=target, met=ok))
     return out
 
 
@@ -1732,30 +1775,29 @@ def verdict(target, ok):
     return (target or "-") + ("" if ok is None else "  " + ("PASS" if ok else "FAIL"))
 
 
-def table(rows, have_rclone):
-    head = ["metric", "curl", "FuseStream", "rclone", "FuseStream/curl", "rclone/curl", "target"]
+def table(rows, peers):
+    def ratio(x):
+        return "-" if x is None else f"{x:.2f}"
+
+    head = (["metric", "curl", "FuseStream"] + [p.key for p in peers] + ["FuseStream/curl"]
+            + [f"{p.key}/curl" for p in peers] + ["target"])
     body = []
     for r in rows:
-        body.append([
-            r["metric"],
-            fmt_num(r["curl"], r["key"]),
-            fmt_num(r["fusestream"], r["key"]),
-            fmt_num(r["rclone"], r["key"]) if have_rclone else "n/a",
-            "-" if r["fusestream_over_curl"] is None else f"{r['fusestream_over_curl']:.2f}",
-            ("-" if r["rclone_over_curl"] is None else f"{r['rclone_over_curl']:.2f}")
-            if have_rclone else "n/a",
-            verdict(r["target"], r["met"]),
-        ])
+        body.append(
+            [r["metric"], fmt_num(r["curl"], r["key"]), fmt_num(r["fusestream"], r["key"])]
+            + [fmt_num(r[p.key], r["key"]) if p.bin else "n/a" for p in peers]
+            + [ratio(r["fusestream_over_curl"])]
+            + [ratio(r[f"{p.key}_over_curl"]) if p.bin else "n/a" for p in peers]
+            + [verdict(r["target"], r["met"])])
     return format_table(head, body)
 
 
 def report_loopback(args, bench, results, started):
     """Prints the loopback profile's table and notes; returns the summary rows."""
-    have_rclone = bench.rclone_bin is not None
-    rows = summarize(results, have_rclone)
+    rows = summarize(results, bench.peers)
     print(f"FuseStream benchmark  {started:%Y-%m-%d %H:%M} UTC  file {args.size_mib} MiB from nginx "
           f"on 127.0.0.1  runs {args.runs}  {os.cpu_count()} CPUs  {platform.release()}")
-    print(table(rows, have_rclone))
+    print(table(rows, bench.peers))
     print("medians over runs; MB/s = 10^6 bytes/s; ratios are medians / curl's median; "
           "curl latency = curl's time_total of a 4 KiB Range GET (new connection for "
           "open+first 4 KiB, kept-alive for random).")
@@ -1791,8 +1833,8 @@ def report_loopback(args, bench, results, started):
 def report_remote(args, bench, R, started):
     """Prints the remote profile's table (one column per system) and what GETs each made;
     returns the summary rows."""
-    systems = [("curl", "curl"), ("aria2c", f"aria2c -x{ARIA2_CONNECTIONS}"), ("rclone", "rclone"),
-               ("fusestream", "FuseStream")]
+    systems = ([("curl", "curl"), ("aria2c", f"aria2c -x{ARIA2_CONNECTIONS}")]
+               + [(p.key, p.key) for p in bench.peers] + [("fusestream", "FuseStream")])
     systems = [(k, label) for k, label in systems if R[k].get("cold_seq")]
     delay = args.delay_ms
 
@@ -1845,8 +1887,8 @@ def report_remote(args, bench, R, started):
         body.append(cells + [verdict(r["target"], r["met"])])
     print(format_table(head, body))
     print("medians over runs; MB/s = 10^6 bytes/s; curl latency = curl's time_total of a 4 KiB "
-          "Range GET (new connection for open, kept-alive for random); rclone's open latency on "
-          "fresh mounts.")
+          "Range GET (new connection for open, kept-alive for random); the peer mounts' ("
+          + ", ".join(p.key for p in bench.peers) + ") open latency on fresh mounts.")
     chk = R["server_check"]
     print(f"paced remote alone: {chk['streams']} curls at once got "
           f"{min(chk['per_stream_mbs']):.1f}-{max(chk['per_stream_mbs']):.1f} MB/s each, "
@@ -1855,7 +1897,7 @@ def report_remote(args, bench, R, started):
     for k, label in systems:
         for i, f in enumerate(R[k].get("fetches", [])):
             print(f"GETs of {label}'s cold read {i + 1}: {describe_fetches(f)}")
-    for note in (bench.aria2_note, bench.rclone_note):
+    for note in [bench.aria2_note] + [p.note for p in bench.peers]:
         if note:
             print(f"note: {note}")
     return rows
@@ -1941,8 +1983,9 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs) for debugging")
     ap.add_argument("--latency-samples", type=int, default=50,
                     help="re-stagings for the open+first 4 KiB latency (default 50)")
-    ap.add_argument("--rclone-latency-samples", type=int, default=20,
-                    help="fresh rclone mounts for the open+first 4 KiB latency (default 20)")
+    ap.add_argument("--peer-latency-samples", "--rclone-latency-samples", type=int, default=20,
+                    help="fresh mounts of each peer FUSE filesystem (rclone) for the open+first "
+                         "4 KiB latency (default 20)")
     ap.add_argument("--random-reads", type=int,
                     help="random 4 KiB preads per cold file (default: loopback 200, remote 100)")
     ap.add_argument("--rate-mbs", type=float, default=40.0,
@@ -1996,7 +2039,7 @@ def main():
     with ExitStack() as stack:
         try:
             bench = Bench(args, stack)
-            stack.callback(bench.rclone_unmount)
+            stack.callback(bench.unmount_peers)
             try:
                 results = run(bench)
             finally:
@@ -2004,7 +2047,7 @@ def main():
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
-                bench.rclone_unmount()
+                bench.unmount_peers()
                 exit_codes = bench.shutdown_fusestream()
         except (KeyboardInterrupt, Interrupted) as e:
             log(f"interrupted ({str(e) or 'SIGINT'}); cleaning up")
@@ -2018,24 +2061,26 @@ def main():
         return status or 1
 
     rows = report(args, bench, results, started)
-    if bench.rclone_note and args.profile == "loopback":
-        print(f"note: {bench.rclone_note}")
+    if args.profile == "loopback":
+        for peer in bench.peers:
+            if peer.note:
+                print(f"note: {peer.note}")
     for p in bench.problems:
         print(f"PROBLEM: {p}")
 
     if args.json:
-        have_rclone = bench.rclone_bin is not None
         doc = {
             "profile": args.profile,
             "started_utc": started.isoformat(timespec="seconds"),
             "config": {k: v for k, v in vars(args).items() if k not in ("json", "keep")}
-            | {"rclone_cmd": [str(x) for x in getattr(bench, "rclone_cmd", [])] or None},
+            | {f"{p.key}_cmd": [str(x) for x in p.cmd or []] or None for p in bench.peers},
             "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                         "machine": platform.machine()},
             "versions": {
                 "nginx": tool_version(["/usr/sbin/nginx", "-v"]),
                 "curl": tool_version(["curl", "--version"]),
-                "rclone": tool_version([bench.rclone_bin, "version"]) if have_rclone else None,
+                **{p.key: tool_version(p.version_cmd, p.key) if p.bin else None
+                   for p in bench.peers},
                 "aria2c": tool_version(["aria2c", "--version"]) if args.profile == "remote"
                 and shutil.which("aria2c") else None,
                 "fusestream": tool_version([str(BIN / "fusestream-mountd"), "--version"]),
@@ -2044,8 +2089,8 @@ def main():
             },
             "summary": rows,
             "raw": results,
-            "rclone_note": bench.rclone_note,
-            "rclone_mounts": bench.rc_mounts,
+            **{f"{p.key}_note": p.note for p in bench.peers},
+            **{f"{p.key}_mounts": p.mounts for p in bench.peers},
             "fusestream_exit_codes": exit_codes,
             "problems": bench.problems,
         }
