@@ -237,8 +237,14 @@ def start_paced_remote(files, rate, delay):
         if headers.get("if-match", etag) not in (etag, "*"):
             return status("412 Precondition Failed", {"Content-Length": 0, **common})
         if rng is None:
+            # With a short body, as nginx's and object stores' error replies have: httpdirfs
+            # 1.2.5 asks for the range past the end of a file whose size is a multiple of its
+            # segment size, and exits on a 416 without a body.
+            body = b"<html><body>416 Requested Range Not Satisfiable</body></html>\n"
             return status("416 Range Not Satisfiable",
-                          {"Content-Range": f"bytes */{size}", "Content-Length": 0, **common})
+                          {"Content-Range": f"bytes */{size}", **common,
+                           "Content-Type": "text/html", "Content-Length": len(body)},
+                          body if method == "GET" else b"")
         first, last = rng
         n = last - first + 1
         if "range" in headers:
