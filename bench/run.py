@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """FuseStream benchmark: profiles that read files through FuseStream next to curl (and
-rclone mount, aria2c), each from a server the benchmark starts on 127.0.0.1.
+rclone mount, httpdirfs, aria2c), each from a server the benchmark starts on 127.0.0.1.
 
 Run as root from anywhere (the repo is found from this file's location):
 
@@ -9,7 +9,7 @@ Run as root from anywhere (the repo is found from this file's location):
 - loopback (default): one file from a real nginx: cold and warm sequential reads, first-read
   and random-read latency, peak RSS, metadata with stalled readers, span export, dead hosts.
 - remote: a paced server that caps every connection's rate and delays every response, like
-  an object store: curl, aria2c -x16, rclone mount and FuseStream side by side.
+  an object store: curl, aria2c -x16, rclone mount, httpdirfs and FuseStream side by side.
 - sustained: several large objects from nginx read back to back through the mount: MB/s of
   each, the mount daemon's CPU-s and disk writes per GiB.
 - scale: 100,000 small local files staged with `stage -r` (five folders into one directory):
@@ -178,10 +178,10 @@ def start_paced_remote(files, rate, delay):
     """An HTTP/1.1 server for the files in `files` (name -> path) that, like an object
     store, caps every connection at `rate` bytes/s (0: no cap) and waits `delay` seconds
     before every response. Keep-alive, single Range requests, HEAD, ETag, Last-Modified,
-    If-Match, and a listing at / (for rclone's http backend). The body goes out with
-    `sendfile` from the page cache in slices of 1/100 s worth, each slice sent when the
-    bytes sent so far fall behind the rate, so the server costs little CPU even with many
-    connections. Every response is recorded in the server's `log` (conn, method, first,
+    If-Match, and a listing at / (for rclone's http backend and httpdirfs). The body goes
+    out with `sendfile` from the page cache in slices of 1/100 s worth, each slice sent when
+    the bytes sent so far fall behind the rate, so the server costs little CPU even with
+    many connections. Every response is recorded in the server's `log` (conn, method, first,
     length, sent, status, start, end; monotonic times): the fetches of a run, their sizes
     and how many ran at once."""
     import email.utils
@@ -519,7 +519,8 @@ def tool_version(cmd, name=None):
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
         out = (p.stdout or p.stderr).strip().splitlines()
         if name:
-            out = [l for l in (p.stdout + "\n" + p.stderr).splitlines() if name.lower() in l.lower()]
+            out = [l for l in (p.stdout + "\n" + p.stderr).splitlines()
+                   if name.lower() in l.lower()]
         return out[0] if out else None
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -617,7 +618,9 @@ class Bench:
         self.mountd = None
         self.ctl = None
         # Peer FUSE filesystems, each a column of the loopback and remote tables.
-        self.peers = [PeerMount(self, "rclone", args.no_rclone, self.rclone_command, ["version"])]
+        self.peers = [PeerMount(self, "rclone", args.no_rclone, self.rclone_command, ["version"]),
+                      PeerMount(self, "httpdirfs", args.no_httpdirfs, self.httpdirfs_command,
+                                ["--version"], package="httpdirfs")]
         self.problems = []
         self.fs_ino = None  # inode of the current FuseStream entry
         self.stale_opens = 0
@@ -693,7 +696,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {self.www};
-        autoindex on;  # rclone's http backend lists the directory
+        autoindex on;  # rclone's http backend and httpdirfs list the directory
     }}
 }}
 """
@@ -869,6 +872,21 @@ http {{
                 "--daemon-timeout", "10m",
                 "--dir-cache-time", "1h",
                 "--log-file", str(peer.log), "--log-level", "NOTICE"]
+
+    def httpdirfs_command(self, peer):
+        conf = self.tmp / "httpdirfs.conf"
+        conf.touch()  # empty: the user's ~/.config/httpdirfs/config is not read
+        # --cache: segments of the file (--dl-seg-size, 8 MB) are kept in the cache dir, read
+        # from there again (the warm re-read), and the next segment is fetched in the
+        # background; without it every FUSE read (128 KiB) is its own GET.
+        # --no-range-check: 1.2.5 exits at the first read unless a 206 reply carries
+        # "Accept-Ranges: bytes", which nginx sends only on 200 replies (1.2.8 also accepts
+        # Content-Range); it only turns that check off, reads are ranges all the same.
+        return [peer.bin, "-f",
+                "--config", str(conf),
+                "--cache", "--cache-location", str(peer.cache),
+                "--no-range-check",
+                f"http://127.0.0.1:{self.port}/", str(peer.mnt)]
 
     def active_peers(self):
         return [p for p in self.peers if p.bin]
@@ -1279,8 +1297,8 @@ http {{
 
     def run_remote(self):
         """Profile `remote`: the benchmark's file from a paced server (per-connection rate
-        cap, delay before every response): curl, aria2c, rclone mount and FuseStream side
-        by side, plus which GETs each of them made."""
+        cap, delay before every response): curl, aria2c, the peer mounts (rclone,
+        httpdirfs) and FuseStream side by side, plus which GETs each of them made."""
         a = self.args
         rate, delay = a.rate_mbs * 1e6, a.delay_ms / 1e3
         src = self.make_source()
@@ -1892,9 +1910,10 @@ def report_remote(args, bench, R, started):
                   for k, _ in systems if k != "curl"]
         body.append(cells + [verdict(r["target"], r["met"])])
     print(format_table(head, body))
+    peers = ", ".join(p.key for p in bench.active_peers())
     print("medians over runs; MB/s = 10^6 bytes/s; curl latency = curl's time_total of a 4 KiB "
-          "Range GET (new connection for open, kept-alive for random); the peer mounts' ("
-          + ", ".join(p.key for p in bench.peers) + ") open latency on fresh mounts.")
+          "Range GET (new connection for open, kept-alive for random)"
+          + (f"; {peers}: open latency on fresh mounts." if peers else "."))
     chk = R["server_check"]
     print(f"paced remote alone: {chk['streams']} curls at once got "
           f"{min(chk['per_stream_mbs']):.1f}-{max(chk['per_stream_mbs']):.1f} MB/s each, "
@@ -1983,6 +2002,7 @@ def main():
     ap.add_argument("--runs", type=int,
                     help="repetitions per measurement (default: loopback 5, remote and sustained 3)")
     ap.add_argument("--no-rclone", action="store_true", help="skip the rclone mount")
+    ap.add_argument("--no-httpdirfs", action="store_true", help="skip the httpdirfs mount")
     ap.add_argument("--no-otlp", action="store_true",
                     help="loopback: skip the cold reads with span export on")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
@@ -1990,8 +2010,8 @@ def main():
     ap.add_argument("--latency-samples", type=int, default=50,
                     help="re-stagings for the open+first 4 KiB latency (default 50)")
     ap.add_argument("--peer-latency-samples", "--rclone-latency-samples", type=int, default=20,
-                    help="fresh mounts of each peer FUSE filesystem (rclone) for the open+first "
-                         "4 KiB latency (default 20)")
+                    help="fresh mounts of each peer FUSE filesystem (rclone, httpdirfs) for the "
+                         "open+first 4 KiB latency (default 20)")
     ap.add_argument("--random-reads", type=int,
                     help="random 4 KiB preads per cold file (default: loopback 200, remote 100)")
     ap.add_argument("--rate-mbs", type=float, default=40.0,
