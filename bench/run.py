@@ -559,6 +559,7 @@ class PeerMount:
         self.proc = None
         self.hwm = []  # VmHWM of every process, read just before its unmount
         self.mounts = 0
+        self.early_exits = []  # processes that had exited before their unmount
 
     def mount(self):
         """Fresh mount with an empty cache; the directory is listed and the file stat'ed
@@ -584,10 +585,29 @@ class PeerMount:
         if st.st_size != self.bench.size:
             raise BenchError(f"{self.key} reports size {st.st_size}, expected {self.bench.size}")
 
+    def notes(self):
+        """What the report says about this peer: skipped, or processes that died."""
+        out = [self.note] if self.note else []
+        if self.early_exits:
+            whys = sorted({e["why"] or f"exit code {e['returncode']}" for e in self.early_exits})
+            out.append(f"{self.key} exited by itself {len(self.early_exits)} of {self.mounts} "
+                       f"times, after the last read through its mount, before the unmount: "
+                       + "; ".join(whys))
+        return out
+
     def unmount(self):
         if self.proc is None:
             unmount(self.mnt)
             return
+        if self.proc.poll() is not None:
+            # It died after the last read through this mount (one during a read fails that
+            # read, and the benchmark); its dead mount is unmounted below all the same.
+            said = (tail(self.log, 40) + tail(self.stderr, 40)).splitlines()
+            why = [l for l in said if "fatal" in l.lower() or "panic" in l.lower()]
+            self.early_exits.append(dict(pid=self.proc.pid, returncode=self.proc.returncode,
+                                         why=why[-1] if why else None))
+            log(f"{self.key} (pid {self.proc.pid}) exited with {self.proc.returncode} before its "
+                f"unmount: {why[-1] if why else '(no reason in its output)'}")
         hwm = vm_hwm_mib(self.proc.pid)
         if hwm is not None:
             self.hwm.append(hwm)
@@ -1922,7 +1942,7 @@ def report_remote(args, bench, R, started):
     for k, label in systems:
         for i, f in enumerate(R[k].get("fetches", [])):
             print(f"GETs of {label}'s cold read {i + 1}: {describe_fetches(f)}")
-    for note in [bench.aria2_note] + [p.note for p in bench.peers]:
+    for note in [bench.aria2_note] + [n for p in bench.peers for n in p.notes()]:
         if note:
             print(f"note: {note}")
     return rows
@@ -2088,9 +2108,8 @@ def main():
 
     rows = report(args, bench, results, started)
     if args.profile == "loopback":
-        for peer in bench.peers:
-            if peer.note:
-                print(f"note: {peer.note}")
+        for note in [n for p in bench.peers for n in p.notes()]:
+            print(f"note: {note}")
     for p in bench.problems:
         print(f"PROBLEM: {p}")
 
@@ -2117,6 +2136,7 @@ def main():
             "raw": results,
             **{f"{p.key}_note": p.note for p in bench.peers},
             **{f"{p.key}_mounts": p.mounts for p in bench.peers},
+            **{f"{p.key}_early_exits": p.early_exits for p in bench.peers},
             "fusestream_exit_codes": exit_codes,
             "problems": bench.problems,
         }
