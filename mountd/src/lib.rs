@@ -29,3 +29,15 @@ pub mod timers;
 pub mod watchdog;
 
 pub use error::FsError;
+
+/// The configuration of the crate's property tests: `cases` cases from a fixed seed (so CI
+/// runs the same cases every time), no failure files written into the tree.
+#[cfg(test)]
+pub(crate) fn proptest_config(cases: u32) -> proptest::prelude::ProptestConfig {
+    proptest::prelude::ProptestConfig {
+        cases,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(20261202),
+        failure_persistence: None,
+        ..proptest::prelude::ProptestConfig::default()
+    }
+}

@@ -595,12 +595,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: 256,
-            rng_seed: proptest::test_runner::RngSeed::Fixed(20261202),
-            failure_persistence: None,
-            ..proptest::prelude::ProptestConfig::default()
-        })]
+        #![proptest_config(crate::proptest_config(256))]
 
         /// Any sequence of waits, ends, cancellations, prefetches and limit moves: once
         /// everything that can run has run, no attempt waits while there is room (no lost
@@ -627,7 +622,7 @@ mod tests {
                         running.remove(n % running.len());
                     }
                     Step::Cancel(n) if !waiting.is_empty() => {
-                        waiting.remove(n % waiting.len());
+                        drop(waiting.remove(n % waiting.len())); // never polled again
                     }
                     Step::Prefetch => running.extend(gate.try_enter()),
                     Step::Epoch(bytes) => {

@@ -337,12 +337,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 48,
-        rng_seed: proptest::test_runner::RngSeed::Fixed(20261202),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(crate::proptest_config(48))]
 
     #[test]
     fn the_core_answers_every_read_once_with_the_pinned_bytes_or_a_clean_error(

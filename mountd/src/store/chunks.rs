@@ -145,7 +145,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, rng_seed: proptest::test_runner::RngSeed::Fixed(11), failure_persistence: None, ..ProptestConfig::default() })]
+        #![proptest_config(crate::proptest_config(256))]
 
         /// Against a plain set of indices: every query agrees after any sequence of changes.
         #[test]
