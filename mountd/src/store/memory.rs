@@ -61,7 +61,8 @@ pub struct StreamChunk {
 }
 
 impl StreamChunk {
-    /// A chunk of one piece.
+    /// A chunk of one piece (tests build chunks so; fetches through [`ChunkAssembler`]).
+    #[cfg(test)]
     pub fn from_bytes(bytes: Bytes) -> StreamChunk {
         let len = bytes.len();
         StreamChunk {
